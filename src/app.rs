@@ -1,0 +1,119 @@
+//! Running the server: open the store, load every live token into memory, follow the
+//! event feed, accept connections within limits, and drain on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::Config;
+use crate::proxy::framing::{HeadWatch, Watched};
+use crate::proxy::{self, Proxy};
+use crate::store::memory::TokenCache;
+use crate::store::{follow, Store, StoreError};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and lets requests in flight
+/// finish for up to the configured grace period.
+pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AppError> {
+    let store = Store::open(&config.store.location).await?;
+    let tokens = Arc::new(TokenCache::default());
+    let started = std::time::Instant::now();
+    let n = follow::load(&store, &tokens).await?;
+    tracing::info!(tokens = n, seq = tokens.seq(), elapsed_ms = started.elapsed().as_millis() as u64, "Tokens loaded");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let follower = tokio::spawn(follow::follow(store, tokens.clone(), config.store.clone(), stop_rx.clone()));
+
+    let listener = TcpListener::bind(config.proxy.listen).await.map_err(|source| AppError::Bind { addr: config.proxy.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| AppError::Bind { addr: config.proxy.listen, source })?;
+    tracing::info!(%addr, config = %config.source.display(), "Listening");
+
+    let proxy = Arc::new(Proxy::new(Arc::new(config.proxy), tokens));
+    let max = proxy.config().max_connections.min(u32::MAX as usize) as u32;
+    let slots = Arc::new(Semaphore::new(max as usize));
+    accept_loop(listener, proxy.clone(), slots.clone(), shutdown, stop_rx).await;
+
+    let _ = stop_tx.send(true);
+    // Every connection holds a slot until it ends: all slots back means all drained.
+    let grace = proxy.config().shutdown_grace;
+    if tokio::time::timeout(grace, slots.acquire_many(max)).await.is_err() {
+        tracing::warn!(connections = max as usize - slots.available_permits(), "Shutdown grace ended with connections open");
+    }
+    let _ = follower.await;
+    tracing::info!("Stopped");
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, limit: Arc<Semaphore>, shutdown: impl std::future::Future<Output = ()>, stop: watch::Receiver<bool>) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            _ = &mut shutdown => return,
+            slot = limit.clone().acquire_owned() => match slot { Ok(s) => s, Err(_) => return },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "Accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let proxy = proxy.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let config = proxy.config();
+            let framing = HeadWatch::new(config.max_header_bytes + 16 * 1024);
+            let conn_info = Arc::new(proxy::Connection { peer, framing: framing.clone() });
+            let io = TokioIo::new(Watched::new(tcp, framing));
+            let service = {
+                let proxy = proxy.clone();
+                service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    let conn_info = conn_info.clone();
+                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &conn_info).await) }
+                })
+            };
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(config.header_read_timeout)
+                .max_buf_size(config.max_header_bytes)
+                .keep_alive(true)
+                .serve_connection(io, service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => log_conn_end(r),
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    log_conn_end(conn.await);
+                }
+            }
+            drop(slot);
+        });
+    }
+}
+
+fn log_conn_end(r: Result<(), hyper::Error>) {
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "Connection ended with an error");
+    }
+}

@@ -1,0 +1,290 @@
+//! Authentication and authorization: from a request's headers to a [`Permit`].
+//!
+//! [`authenticate`] reads the credential and finds the token in the in-memory copy (never
+//! the store); [`authorize`] checks the scope and organization a route asks for. A
+//! [`Permit`] can only be built here, and forwarding takes one, so an unauthorized request
+//! cannot be forwarded. Nothing in this module logs or does I/O.
+
+pub mod credentials;
+pub mod rules;
+pub mod scope;
+pub mod token;
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+use crate::store::memory::{CachedToken, TokenCache};
+use credentials::{Credential, CredentialError};
+use rules::Requirement;
+use scope::Scope;
+
+/// The organizations a token covers. In JSON: `"*"` or a list of names.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Orgs {
+    /// Every organization (`*`).
+    All,
+    /// Only these.
+    List(Vec<String>),
+}
+
+impl Serialize for Orgs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Orgs::All => s.serialize_str("*"),
+            Orgs::List(l) => l.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Orgs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        let names = match Raw::deserialize(d)? {
+            Raw::One(s) => vec![s],
+            Raw::Many(v) => v,
+        };
+        Orgs::from_names(&names).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An organization name that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid organization `{0}`: use 1 to 100 of A-Z a-z 0-9 . _ - (not starting with '.'), or '*' alone for all")]
+pub struct InvalidOrg(pub String);
+
+impl Orgs {
+    /// Parses a comma-separated list, or `*` for all.
+    pub fn parse(list: &str) -> Result<Orgs, InvalidOrg> {
+        let items: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        Orgs::from_names(&items)
+    }
+
+    /// Builds from names; `["*"]` is all.
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Result<Orgs, InvalidOrg> {
+        if names.len() == 1 && names[0].as_ref() == "*" {
+            return Ok(Orgs::All);
+        }
+        if names.is_empty() {
+            return Err(InvalidOrg(String::new()));
+        }
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            let n = n.as_ref();
+            let ok = (1..=100).contains(&n.len())
+                && !n.starts_with('.')
+                && n.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+            if !ok {
+                return Err(InvalidOrg(n.to_owned()));
+            }
+            if !out.iter().any(|o| o == n) {
+                out.push(n.to_owned());
+            }
+        }
+        Ok(Orgs::List(out))
+    }
+
+    /// True when `org` is covered. Names compare exactly: the upstream is case-sensitive.
+    pub fn covers(&self, org: &str) -> bool {
+        match self {
+            Orgs::All => true,
+            Orgs::List(list) => list.iter().any(|o| o == org),
+        }
+    }
+}
+
+impl fmt::Debug for Orgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Orgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Orgs::All => f.write_str("*"),
+            Orgs::List(l) => f.write_str(&l.join(",")),
+        }
+    }
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// The Authorization header could not be read: 400.
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    /// No credential: 401.
+    #[error("no credential")]
+    Missing,
+    /// A credential that is not a well-formed token: 401.
+    #[error("malformed token")]
+    Malformed,
+    /// A well-formed token that is not live (never issued, or revoked): 401.
+    #[error("unknown or revoked token")]
+    Unknown,
+    /// A token past its expiry: 401.
+    #[error("expired token")]
+    Expired,
+    /// The token lacks the scope: 403.
+    #[error("token lacks scope {scope}")]
+    ScopeMissing { scope: Scope },
+    /// The token does not cover the organization: 403.
+    #[error("token does not cover organization {org}")]
+    OrgMissing { org: String },
+}
+
+impl AuthError {
+    /// True for the failures that are answered with 401.
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(self, AuthError::Missing | AuthError::Malformed | AuthError::Unknown | AuthError::Expired)
+    }
+}
+
+/// A live token, identified by the credential of a request.
+#[derive(Clone)]
+pub struct Identity(Arc<CachedToken>);
+
+impl Identity {
+    /// The token's public id.
+    pub fn token_id(&self) -> &str {
+        &self.0.id
+    }
+}
+
+/// Proof that a request may be forwarded: only [`authorize`] builds one.
+#[derive(Clone)]
+pub struct Permit {
+    token: Arc<CachedToken>,
+}
+
+impl Permit {
+    /// The token's public id.
+    pub fn token_id(&self) -> &str {
+        &self.token.id
+    }
+
+    /// The token's owner.
+    pub fn owner(&self) -> &str {
+        &self.token.owner
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit").field("token_id", &self.token_id()).field("owner", &self.owner()).finish()
+    }
+}
+
+/// Finds the live token named by the request's credential. `now` is Unix seconds.
+pub fn authenticate(headers: &HeaderMap, tokens: &TokenCache, now: i64) -> Result<Identity, AuthError> {
+    let secret = match credentials::from_headers(headers)? {
+        Credential::Missing => return Err(AuthError::Missing),
+        Credential::Malformed => return Err(AuthError::Malformed),
+        Credential::Token(secret) => secret,
+    };
+    let token = tokens.get(&secret.hash()).ok_or(AuthError::Unknown)?;
+    if now >= token.expires_at {
+        return Err(AuthError::Expired);
+    }
+    token.touch(now);
+    Ok(Identity(token))
+}
+
+/// Checks that the token allows what the route's rule requires.
+pub fn authorize(identity: Identity, need: Requirement<'_>) -> Result<Permit, AuthError> {
+    let token = identity.0;
+    if let Some(org) = need.org {
+        if !token.orgs.covers(org) {
+            return Err(AuthError::OrgMissing { org: org.to_owned() });
+        }
+    }
+    if !token.scopes.allows(need.scope) {
+        return Err(AuthError::ScopeMissing { scope: need.scope });
+    }
+    Ok(Permit { token })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TokenRecord;
+    use http::header::AUTHORIZATION;
+    use scope::ScopeSet;
+    use token::TokenSecret;
+
+    fn record(secret: &TokenSecret, scopes: &[&str], orgs: Orgs, expires_at: i64) -> TokenRecord {
+        TokenRecord {
+            id: "t1".into(),
+            hash: secret.hash(),
+            name: "ci".into(),
+            owner: "alice".into(),
+            orgs,
+            scopes: ScopeSet::parse(scopes).unwrap(),
+            created_at: 0,
+            expires_at,
+            revoked_at: None,
+            revoked_by: None,
+            last_used_at: None,
+        }
+    }
+
+    fn bearer(s: &TokenSecret) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, format!("Bearer {}", s.expose()).parse().unwrap());
+        h
+    }
+
+    fn need(scope: &str, org: Option<&'static str>) -> Requirement<'static> {
+        Requirement { scope: Scope::from_name(scope).unwrap(), org }
+    }
+
+    #[test]
+    fn a_live_token_with_the_scope_and_org_gets_a_permit() {
+        let s = TokenSecret::generate();
+        let cache = TokenCache::default();
+        cache.apply(&record(&s, &["code:write"], Orgs::parse("acme").unwrap(), 100), 0);
+        let id = authenticate(&bearer(&s), &cache, 50).unwrap();
+        let p = authorize(id.clone(), need("code:read", Some("acme"))).unwrap();
+        assert_eq!((p.token_id(), p.owner()), ("t1", "alice"));
+        assert_eq!(
+            authorize(id.clone(), need("code:manage", Some("acme"))).unwrap_err(),
+            AuthError::ScopeMissing { scope: Scope::from_name("code:manage").unwrap() }
+        );
+        assert_eq!(authorize(id.clone(), need("code:read", Some("other"))).unwrap_err(), AuthError::OrgMissing { org: "other".into() });
+        assert_eq!(authorize(id.clone(), need("code:read", Some("ACME"))).unwrap_err(), AuthError::OrgMissing { org: "ACME".into() });
+        assert!(authorize(id, need("code:read", None)).is_ok());
+    }
+
+    #[test]
+    fn expiry_is_exclusive_and_unknown_tokens_fail() {
+        let s = TokenSecret::generate();
+        let cache = TokenCache::default();
+        cache.apply(&record(&s, &["full"], Orgs::All, 100), 0);
+        assert!(authenticate(&bearer(&s), &cache, 99).is_ok());
+        assert_eq!(authenticate(&bearer(&s), &cache, 100).err(), Some(AuthError::Expired));
+        let other = TokenSecret::generate();
+        assert_eq!(authenticate(&bearer(&other), &cache, 0).err(), Some(AuthError::Unknown));
+        assert_eq!(authenticate(&HeaderMap::new(), &cache, 0).err(), Some(AuthError::Missing));
+    }
+
+    #[test]
+    fn orgs_parse_and_cover_exactly() {
+        assert_eq!(Orgs::parse("*").unwrap(), Orgs::All);
+        assert_eq!(Orgs::parse("a, b,a").unwrap(), Orgs::List(vec!["a".into(), "b".into()]));
+        assert!(Orgs::parse("").is_err());
+        assert!(Orgs::parse("a/b").is_err());
+        assert!(Orgs::parse("..").is_err());
+        assert!(Orgs::parse("a%2fb").is_err());
+        assert!(Orgs::parse("*,a").is_err());
+        assert!(Orgs::All.covers("x"));
+        assert!(!Orgs::parse("acme").unwrap().covers("Acme"));
+    }
+}

@@ -1,0 +1,278 @@
+//! Configuration in two layers: [`file::FileConfig`] is what the config crate reads
+//! (defaults, then the TOML file, then `PATGATE__SECTION__KEY` environment variables);
+//! [`Config`] is the validated form the program uses. Every error names the file and the key.
+
+pub mod file;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Method;
+
+use crate::auth::rules::{Pattern, Route, RouteTable, Rule, Rules, PRESETS};
+use crate::auth::scope::Scope;
+use crate::proxy::upstream::Upstream;
+use crate::{proxy, store, telemetry};
+use file::{FileConfig, RulesFile};
+
+/// The program's configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub source: PathBuf,
+    pub proxy: proxy::Config,
+    pub store: store::Config,
+    pub log: telemetry::Config,
+}
+
+/// A configuration that cannot be used: which file, which key, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: Option<String>,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(k) => write!(f, "{}: {k}: {}", self.file, self.reason),
+            None => write!(f, "{}: {}", self.file, self.reason),
+        }
+    }
+}
+
+/// The environment prefix: `PATGATE__SERVER__LISTEN` sets `server.listen`.
+pub const ENV_PREFIX: &str = "PATGATE";
+
+/// Reads, merges and validates the configuration at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    if !path.is_file() {
+        return Err(ConfigError { file, key: None, reason: "no such file".into() });
+    }
+    let raw = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(config::Environment::with_prefix(ENV_PREFIX).prefix_separator("__").separator("__").try_parsing(true))
+        .build()
+        .and_then(|c| c.try_deserialize::<FileConfig>())
+        .map_err(|e| ConfigError { file: file.clone(), key: None, reason: e.to_string() })?;
+    Config::from_file(raw, path)
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, key: impl Into<String>, reason: impl fmt::Display) -> ConfigError {
+        ConfigError { file: self.file.to_owned(), key: Some(key.into()), reason: reason.to_string() }
+    }
+
+    fn duration(&self, key: &str, value: &str) -> Result<Duration, ConfigError> {
+        let d = humantime::parse_duration(value).map_err(|e| self.err(key, format!("`{value}` is not a duration ({e}); write e.g. 30s, 250ms, 5m")))?;
+        if d.is_zero() {
+            return Err(self.err(key, "must be more than zero"));
+        }
+        Ok(d)
+    }
+
+    fn positive(&self, key: &str, value: usize) -> Result<usize, ConfigError> {
+        if value == 0 {
+            return Err(self.err(key, "must be at least 1"));
+        }
+        Ok(value)
+    }
+}
+
+impl Config {
+    /// Validates a [`FileConfig`] read from `source`.
+    pub fn from_file(f: FileConfig, source: &Path) -> Result<Config, ConfigError> {
+        let file = source.display().to_string();
+        let cx = Ctx { file: &file };
+        let listen: SocketAddr = f
+            .server
+            .listen
+            .parse()
+            .map_err(|_| cx.err("server.listen", format!("`{}` is not an address such as 127.0.0.1:8080", f.server.listen)))?;
+        if f.server.max_header_bytes < 8192 {
+            return Err(cx.err("server.max_header_bytes", "must be at least 8192"));
+        }
+        let upstream = proxy::upstream::Config {
+            connect_timeout: cx.duration("upstream.connect_timeout", &f.upstream.connect_timeout)?,
+            response_timeout: cx.duration("upstream.response_timeout", &f.upstream.response_timeout)?,
+            pool_idle_timeout: cx.duration("upstream.pool_idle_timeout", &f.upstream.pool_idle_timeout)?,
+            pool_max_idle_per_host: f.upstream.pool_max_idle_per_host,
+        };
+        if f.git.binary.trim().is_empty() {
+            return Err(cx.err("git.binary", "must name the git executable"));
+        }
+        let git = proxy::cgi::Config {
+            binary: PathBuf::from(&f.git.binary),
+            max_processes: cx.positive("git.max_processes", f.git.max_processes)?,
+        };
+        if f.routes.is_empty() {
+            return Err(cx.err("routes", "at least one [[routes]] entry is needed"));
+        }
+        let mut routes = Vec::with_capacity(f.routes.len());
+        let mut seen = Vec::new();
+        for (i, r) in f.routes.iter().enumerate() {
+            let key = |k: &str| format!("routes[{i}].{k}");
+            let pattern = Pattern::parse(&r.path).map_err(|e| cx.err(key("path"), format!("`{}`: {e}", r.path)))?;
+            if seen.contains(&r.path) {
+                return Err(cx.err(key("path"), format!("`{}` is already the path of another route", r.path)));
+            }
+            seen.push(r.path.clone());
+            let rules = match &r.rules {
+                RulesFile::Preset(name) => Rules::preset(name)
+                    .ok_or_else(|| cx.err(key("rules"), format!("unknown preset `{name}` (known: {})", PRESETS.join(", "))))?,
+                RulesFile::List(list) => {
+                    if list.is_empty() {
+                        return Err(cx.err(key("rules"), "no rule: every request would be denied"));
+                    }
+                    let mut rules = Vec::with_capacity(list.len());
+                    for (j, rule) in list.iter().enumerate() {
+                        let rkey = |k: &str| format!("routes[{i}].rules[{j}].{k}");
+                        let scope = Scope::from_name(&rule.scope).ok_or_else(|| {
+                            let known: Vec<&str> = Scope::all().map(Scope::name).collect();
+                            cx.err(rkey("scope"), format!("unknown scope `{}` (known: {})", rule.scope, known.join(", ")))
+                        })?;
+                        let methods = match &rule.methods {
+                            None => None,
+                            Some(ms) if ms.is_empty() => return Err(cx.err(rkey("methods"), "empty: leave it out to match every method")),
+                            Some(ms) => Some(
+                                ms.iter()
+                                    .map(|m| {
+                                        let upper = m.to_ascii_uppercase();
+                                        Method::from_bytes(upper.as_bytes()).map_err(|_| cx.err(rkey("methods"), format!("`{m}` is not an HTTP method")))
+                                    })
+                                    .collect::<Result<Vec<_>, _>>()?,
+                            ),
+                        };
+                        rules.push(Rule { methods, scope });
+                    }
+                    Rules::List(rules)
+                }
+            };
+            let response_timeout = match &r.response_timeout {
+                Some(t) => cx.duration(&key("response_timeout"), t)?,
+                None => upstream.response_timeout,
+            };
+            let target = Upstream::parse(&r.upstream, response_timeout).map_err(|e| cx.err(key("upstream"), format!("`{}`: {e}", r.upstream)))?;
+            routes.push(Route { pattern, rules, target });
+        }
+        let proxy = proxy::Config {
+            listen,
+            header_read_timeout: cx.duration("server.header_read_timeout", &f.server.header_read_timeout)?,
+            max_header_bytes: f.server.max_header_bytes,
+            max_connections: cx.positive("server.max_connections", f.server.max_connections)?,
+            shutdown_grace: cx.duration("server.shutdown_grace", &f.server.shutdown_grace)?,
+            routes: RouteTable::new(routes),
+            upstream,
+            git,
+        };
+        let store = store::Config {
+            location: store::Location::parse(&f.store.url).map_err(|e| cx.err("store.url", format!("`{}`: {e}", f.store.url)))?,
+            poll_interval: cx.duration("store.poll_interval", &f.store.poll_interval)?,
+            last_used_flush_interval: cx.duration("store.last_used_flush_interval", &f.store.last_used_flush_interval)?,
+        };
+        let format = match f.log.format.as_str() {
+            "text" => telemetry::Format::Text,
+            "json" => telemetry::Format::Json,
+            other => return Err(cx.err("log.format", format!("`{other}`: use text or json"))),
+        };
+        tracing_subscriber::EnvFilter::try_new(&f.log.level).map_err(|e| cx.err("log.level", format!("`{}`: {e}", f.log.level)))?;
+        let log = telemetry::Config { format, filter: f.log.level.clone() };
+        Ok(Config { source: source.to_owned(), proxy, store, log })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("patgate.toml");
+        std::fs::write(&path, toml).unwrap();
+        load(&path).map_err(|mut e| {
+            e.file = "patgate.toml".into();
+            e
+        })
+    }
+
+    const ROUTE: &str = "[[routes]]\npath = \"/{org}/**\"\nupstream = \"git-http-backend:repos\"\nrules = \"git\"\n";
+
+    fn err(toml: &str) -> String {
+        parse(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_shipped_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/patgate.toml");
+        let c = load(&path).unwrap();
+        assert_eq!(c.proxy.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.proxy.routes.iter().count(), 2);
+    }
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out() {
+        let c = parse(ROUTE).unwrap();
+        assert_eq!(c.proxy.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.store.poll_interval, Duration::from_millis(250));
+        assert_eq!(c.store.location, store::Location::Sqlite("data/patgate.db".into()));
+        assert_eq!(c.log.format, telemetry::Format::Text);
+    }
+
+    #[test]
+    fn each_rule_names_the_file_and_key() {
+        let cases: &[(&str, &str)] = &[
+            ("[server]\nlisten = \"nowhere\"\n", "patgate.toml: server.listen: `nowhere` is not an address"),
+            ("[server]\nheader_read_timeout = \"soon\"\n", "patgate.toml: server.header_read_timeout: `soon` is not a duration"),
+            ("[server]\nmax_header_bytes = 100\n", "patgate.toml: server.max_header_bytes: must be at least 8192"),
+            ("[server]\nmax_connections = 0\n", "patgate.toml: server.max_connections: must be at least 1"),
+            ("[store]\nurl = \"mysql://x\"\n", "patgate.toml: store.url: `mysql://x`: unknown store URL scheme"),
+            ("[store]\npoll_interval = \"0s\"\n", "patgate.toml: store.poll_interval: must be more than zero"),
+            ("[log]\nformat = \"xml\"\n", "patgate.toml: log.format: `xml`: use text or json"),
+            ("[git]\nmax_processes = 0\n", "patgate.toml: git.max_processes: must be at least 1"),
+        ];
+        for (extra, want) in cases {
+            let e = err(&format!("{extra}{ROUTE}"));
+            assert!(e.starts_with(want), "{e}\n  wanted: {want}");
+        }
+    }
+
+    #[test]
+    fn route_errors_name_the_route() {
+        let e = err("[[routes]]\npath = \"x\"\nupstream = \"http://127.0.0.1:1\"\nrules = \"git\"\n");
+        assert!(e.starts_with("patgate.toml: routes[0].path: `x`: must start with '/'"), "{e}");
+        let e = err("[[routes]]\npath = \"/x\"\nupstream = \"ftp://h\"\nrules = \"git\"\n");
+        assert!(e.starts_with("patgate.toml: routes[0].upstream: `ftp://h`"), "{e}");
+        let e = err("[[routes]]\npath = \"/x\"\nupstream = \"http://127.0.0.1:1\"\nrules = \"svn\"\n");
+        assert!(e.starts_with("patgate.toml: routes[0].rules: unknown preset `svn`"), "{e}");
+        let e = err("[[routes]]\npath = \"/x\"\nupstream = \"http://127.0.0.1:1\"\nrules = [{ scope = \"code:delete\" }]\n");
+        assert!(e.starts_with("patgate.toml: routes[0].rules[0].scope: unknown scope `code:delete`"), "{e}");
+        let e = err("[[routes]]\npath = \"/x\"\nupstream = \"http://127.0.0.1:1\"\nrules = [{ methods = [\"G T\"], scope = \"code:read\" }]\n");
+        assert!(e.starts_with("patgate.toml: routes[0].rules[0].methods: `G T` is not an HTTP method"), "{e}");
+        let e = err("");
+        assert!(e.starts_with("patgate.toml: routes: at least one"), "{e}");
+        let e = err(&format!("{ROUTE}{ROUTE}"));
+        assert!(e.starts_with("patgate.toml: routes[1].path:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_them() {
+        let e = err(&format!("[server]\nlisten_on = \"x\"\n{ROUTE}"));
+        assert!(e.starts_with("patgate.toml: ") && e.contains("listen_on"), "{e}");
+        let e = err(&format!("[sever]\n{ROUTE}"));
+        assert!(e.contains("sever"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let e = load(Path::new("/nonexistent/patgate.toml")).unwrap_err().to_string();
+        assert_eq!(e, "/nonexistent/patgate.toml: no such file");
+    }
+}

@@ -1,0 +1,13 @@
+//! patgate: a reverse proxy that admits git clients and build agents by personal access
+//! token, and forwards what the token's scopes and organizations allow.
+//!
+//! The request path ([`proxy`]) reads the validated [`config`] and the in-memory token
+//! copy ([`store::memory`]); the [`store`] itself, the CLI and the config loader are
+//! separate rooms that the request path does not enter.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod proxy;
+pub mod store;
+pub mod telemetry;

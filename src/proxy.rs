@@ -1,0 +1,288 @@
+//! The request path, as a pipeline that reads top to bottom:
+//! request target and framing → path normalization → credential → token lookup →
+//! route and rule → scope and organization → forward → access log.
+//!
+//! [`Proxy::handle`] is the one place where errors become answers; [`Proxy::handle_inner`]
+//! does the work and returns a typed [`ProxyError`]. The request path reads only the
+//! in-memory token copy and the validated config: it never enters the store.
+
+pub mod cgi;
+pub mod framing;
+pub mod headers;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+
+use crate::auth::credentials::CredentialError;
+use crate::auth::rules::{self, PathError, QueryError, Requirement, RouteTable, RuleError};
+use crate::auth::{self, AuthError};
+use crate::store::memory::TokenCache;
+use upstream::Upstream;
+
+/// Errors crossing the request path, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every answer.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Proxy settings, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+    pub routes: RouteTable<Upstream>,
+    pub upstream: upstream::Config,
+    pub git: cgi::Config,
+}
+
+/// What is known of the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// Watches the raw request heads for Content-Length next to Transfer-Encoding.
+    pub framing: framing::HeadWatch,
+}
+
+/// Why a request was not forwarded, or failed upstream. [`Proxy::handle`] maps each to
+/// a status and a one-line body.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("absolute-form request targets are not accepted")]
+    AbsoluteForm,
+    #[error("method {0} is not accepted")]
+    MethodNotAllowed(Method),
+    #[error("request has both Content-Length and Transfer-Encoding")]
+    ContentLengthWithTransferEncoding,
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("no route for this path")]
+    NoRoute,
+    #[error("no rule of route {route} admits {method} on this path")]
+    NoRule { route: String, method: Method },
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error("upstream unreachable")]
+    UpstreamUnreachable,
+    #[error("upstream did not answer within {}", humantime::format_duration(*.0))]
+    UpstreamTimeout(Duration),
+    #[error("upstream failed")]
+    UpstreamFailed,
+    #[error("git http-backend could not be run")]
+    CgiUnavailable,
+    #[error("git http-backend gave a malformed answer")]
+    CgiMalformed,
+}
+
+impl ProxyError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::AbsoluteForm
+            | ProxyError::ContentLengthWithTransferEncoding
+            | ProxyError::Path(_)
+            | ProxyError::Query(_)
+            | ProxyError::Auth(AuthError::Credential(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Auth(AuthError::Missing | AuthError::Malformed | AuthError::Unknown | AuthError::Expired) => {
+                StatusCode::UNAUTHORIZED
+            }
+            ProxyError::Auth(AuthError::ScopeMissing { .. } | AuthError::OrgMissing { .. }) | ProxyError::NoRule { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::UpstreamUnreachable | ProxyError::UpstreamFailed | ProxyError::CgiUnavailable | ProxyError::CgiMalformed => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The one line the client reads. Every 401 reads the same.
+    fn public_message(&self) -> String {
+        if self.status() == StatusCode::UNAUTHORIZED {
+            return UNAUTHORIZED_BODY.to_owned();
+        }
+        self.to_string()
+    }
+}
+
+/// The body of every 401, whatever the reason.
+pub const UNAUTHORIZED_BODY: &str = "authentication required: give a valid patgate token";
+
+/// The `WWW-Authenticate` value sent with every 401.
+pub const CHALLENGE: &str = "Basic realm=\"patgate\"";
+
+/// The request path: routes, the in-memory tokens, and the upstream clients.
+pub struct Proxy {
+    config: Arc<Config>,
+    tokens: Arc<TokenCache>,
+    http: upstream::HttpClient,
+    cgi: cgi::Runner,
+}
+
+/// What the access log says of one request.
+#[derive(Default)]
+struct AccessLog {
+    token_id: Option<String>,
+    route: Option<String>,
+}
+
+impl Proxy {
+    /// Builds the proxy over a config and the token copy it reads.
+    pub fn new(config: Arc<Config>, tokens: Arc<TokenCache>) -> Self {
+        let http = upstream::HttpClient::new(&config.upstream);
+        let cgi = cgi::Runner::new(config.git.clone());
+        Proxy { config, tokens, http, cgi }
+    }
+
+    /// The settings this proxy runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Answers one request: forwards it, or answers with the reason it was not.
+    pub async fn handle<B>(&self, req: Request<B>, conn: &Connection) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let mut log = AccessLog::default();
+        let result = self.handle_inner(req, conn, &mut log).await;
+        let (response, error) = match result {
+            Ok(r) => (r, None),
+            Err(e) => (error_response(&e), Some(e)),
+        };
+        let status = response.status().as_u16();
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let token_id = log.token_id.as_deref().unwrap_or("-");
+        let route = log.route.as_deref().unwrap_or("-");
+        let ip = conn.peer.ip();
+        match &error {
+            None => tracing::info!(
+                target: "patgate::access", duration_ms = elapsed_ms, client.ip = %ip, http.method = %method, url.path = %path,
+                http.status = status, token.id = token_id, route, "Request"
+            ),
+            Some(e) => tracing::info!(
+                target: "patgate::access", duration_ms = elapsed_ms, client.ip = %ip, http.method = %method, url.path = %path,
+                http.status = status, token.id = token_id, route, reason = %e, "Request denied"
+            ),
+        }
+        response
+    }
+
+    async fn handle_inner<B>(&self, req: Request<B>, conn: &Connection, log: &mut AccessLog) -> Result<Response<Body>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        // Request target and framing.
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            return Err(ProxyError::AbsoluteForm);
+        }
+        if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+            return Err(ProxyError::MethodNotAllowed(req.method().clone()));
+        }
+        if req.headers().contains_key(header::TRANSFER_ENCODING) && conn.framing.content_length_with_transfer_encoding(&req) {
+            return Err(ProxyError::ContentLengthWithTransferEncoding);
+        }
+        // Path.
+        let path = rules::normalize(req.uri().path())?;
+        // Credential and token.
+        let now = crate::store::now();
+        let identity = auth::authenticate(req.headers(), &self.tokens, now)?;
+        log.token_id = Some(identity.token_id().to_owned());
+        // Route and rule.
+        let found = self.config.routes.find(&path).ok_or(ProxyError::NoRoute)?;
+        log.route = Some(found.route.pattern.as_str().to_owned());
+        let scope = found.route.required_scope(req.method(), &path, req.uri().query()).map_err(|e| match e {
+            RuleError::NoRule => ProxyError::NoRule { route: found.route.pattern.to_string(), method: req.method().clone() },
+            RuleError::Query(q) => ProxyError::Query(q),
+        })?;
+        // Scope and organization.
+        let permit = auth::authorize(identity, Requirement { scope, org: found.org })?;
+        // Forward.
+        let (mut parts, body) = req.into_parts();
+        headers::prepare_upstream(&mut parts.headers, &permit, conn.peer);
+        match &found.route.target {
+            Upstream::Http(target) => self.http.forward(target, parts, body, &path, &permit).await,
+            Upstream::GitHttpBackend(root) => self.cgi.run(root, parts, body, &path, &permit, conn.peer).await,
+        }
+    }
+}
+
+fn full(text: String) -> Body {
+    Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// The answer for an error: its status, a one-line text body, and for 401 the challenge.
+pub fn error_response(e: &ProxyError) -> Response<Body> {
+    let mut r = Response::new(full(format!("{}\n", e.public_message())));
+    *r.status_mut() = e.status();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    if e.status() == StatusCode::UNAUTHORIZED {
+        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+    }
+    if matches!(e, ProxyError::Auth(AuthError::Credential(CredentialError::MultipleHeaders))) || e.status() == StatusCode::BAD_REQUEST {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_its_status_and_one_line() {
+        use StatusCode as S;
+        let cases: Vec<(ProxyError, StatusCode)> = vec![
+            (ProxyError::AbsoluteForm, S::BAD_REQUEST),
+            (ProxyError::MethodNotAllowed(Method::TRACE), S::METHOD_NOT_ALLOWED),
+            (ProxyError::ContentLengthWithTransferEncoding, S::BAD_REQUEST),
+            (ProxyError::Path(PathError::DotSegment), S::BAD_REQUEST),
+            (ProxyError::Auth(AuthError::Credential(CredentialError::BadBase64)), S::BAD_REQUEST),
+            (ProxyError::Auth(AuthError::Missing), S::UNAUTHORIZED),
+            (ProxyError::Auth(AuthError::Malformed), S::UNAUTHORIZED),
+            (ProxyError::Auth(AuthError::Unknown), S::UNAUTHORIZED),
+            (ProxyError::Auth(AuthError::Expired), S::UNAUTHORIZED),
+            (ProxyError::Auth(AuthError::OrgMissing { org: "x".into() }), S::FORBIDDEN),
+            (ProxyError::NoRoute, S::NOT_FOUND),
+            (ProxyError::NoRule { route: "/x".into(), method: Method::GET }, S::FORBIDDEN),
+            (ProxyError::Query(QueryError::DuplicateService), S::BAD_REQUEST),
+            (ProxyError::UpstreamUnreachable, S::BAD_GATEWAY),
+            (ProxyError::UpstreamTimeout(Duration::from_secs(60)), S::GATEWAY_TIMEOUT),
+            (ProxyError::UpstreamFailed, S::BAD_GATEWAY),
+            (ProxyError::CgiUnavailable, S::BAD_GATEWAY),
+            (ProxyError::CgiMalformed, S::BAD_GATEWAY),
+        ];
+        for (e, want) in cases {
+            let r = error_response(&e);
+            assert_eq!(r.status(), want, "{e}");
+            assert!(!e.public_message().contains('\n'));
+            assert_eq!(r.headers().contains_key(header::WWW_AUTHENTICATE), want == S::UNAUTHORIZED);
+        }
+    }
+
+    #[test]
+    fn every_401_reads_the_same() {
+        let bodies: Vec<String> = [AuthError::Missing, AuthError::Malformed, AuthError::Unknown, AuthError::Expired]
+            .into_iter()
+            .map(|e| ProxyError::Auth(e).public_message())
+            .collect();
+        assert!(bodies.iter().all(|b| b == UNAUTHORIZED_BODY));
+    }
+}

@@ -1,0 +1,230 @@
+//! The built-in git upstream: `git http-backend` run as CGI over a folder of bare
+//! repositories (`/{org}/{repo}.git` is `DIR/{org}/{repo}.git`), with `REMOTE_USER` set
+//! to the token's owner. The request body is pumped into the process while its answer
+//! streams out, so a clone or push of any size passes in bounded memory. At most
+//! [`Config::max_processes`] run at once; a client that goes away ends its process.
+
+use std::ffi::OsStr;
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{Body, BoxError, ProxyError};
+use crate::auth::rules::NormalizedPath;
+use crate::auth::Permit;
+
+/// The most bytes of CGI response headers read.
+const MAX_CGI_HEADER: usize = 64 * 1024;
+/// The size of each read from the process.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Settings of the built-in git upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The git executable.
+    pub binary: PathBuf,
+    /// The most processes at once.
+    pub max_processes: usize,
+}
+
+/// Runs `git http-backend`, at most `max_processes` at a time.
+pub struct Runner {
+    config: Config,
+    slots: Arc<Semaphore>,
+}
+
+impl Runner {
+    /// A runner with `config`'s limits.
+    pub fn new(config: Config) -> Self {
+        let slots = Arc::new(Semaphore::new(config.max_processes));
+        Runner { config, slots }
+    }
+
+    /// Serves one permitted request from the repositories under `root`.
+    pub async fn run<B>(&self, root: &Path, parts: request::Parts, body: B, path: &NormalizedPath, permit: &Permit, peer: SocketAddr) -> Result<Response<Body>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let slot = self.slots.clone().acquire_owned().await.map_err(|_| ProxyError::CgiUnavailable)?;
+        let mut cmd = Command::new(&self.config.binary);
+        cmd.arg("http-backend")
+            .env_clear()
+            .env("GIT_PROJECT_ROOT", root)
+            .env("GIT_HTTP_EXPORT_ALL", "1")
+            .env("GATEWAY_INTERFACE", "CGI/1.1")
+            .env("SERVER_PROTOCOL", "HTTP/1.1")
+            .env("SERVER_SOFTWARE", "patgate")
+            .env("REQUEST_METHOD", parts.method.as_str())
+            .env("PATH_INFO", path.decoded())
+            .env("QUERY_STRING", parts.uri.query().unwrap_or(""))
+            .env("REMOTE_USER", permit.owner())
+            .env("REMOTE_ADDR", peer.ip().to_string())
+            .env("AUTH_TYPE", "Basic");
+        for var in ["PATH", "HOME", "LANG"] {
+            if let Some(v) = std::env::var_os(var) {
+                cmd.env(var, v);
+            }
+        }
+        for (name, value) in &parts.headers {
+            let v = OsStr::from_bytes(value.as_bytes());
+            if name == header::CONTENT_TYPE {
+                cmd.env("CONTENT_TYPE", v);
+            } else if name == header::CONTENT_LENGTH {
+                cmd.env("CONTENT_LENGTH", v);
+            } else {
+                cmd.env(format!("HTTP_{}", name.as_str().to_ascii_uppercase().replace('-', "_")), v);
+            }
+        }
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| {
+            tracing::error!(binary = %self.config.binary.display(), error = %e, "Cannot start git http-backend");
+            ProxyError::CgiUnavailable
+        })?;
+        let (Some(mut stdin), Some(mut stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
+            return Err(ProxyError::CgiUnavailable);
+        };
+
+        let mut body = body.map_err(Into::into).boxed_unsync();
+        tokio::spawn(async move {
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => {
+                        if let Ok(data) = f.into_data() {
+                            if stdin.write_all(&data).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "Client request body ended early");
+                        return;
+                    }
+                }
+            }
+            let _ = stdin.shutdown().await;
+        });
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::warn!(target: "patgate::cgi", message = %line.chars().take(500).collect::<String>(), "git http-backend");
+            }
+        });
+
+        let (head, rest) = read_head(&mut stdout).await?;
+        let mut response = parse_head(&head)?;
+        let state = Streaming { first: (!rest.is_empty()).then_some(rest), stdout, child: Some(child), _slot: slot };
+        *response.body_mut() = StreamBody::new(futures_util::stream::unfold(state, next_chunk)).boxed_unsync();
+        Ok(response)
+    }
+}
+
+struct Streaming {
+    first: Option<Bytes>,
+    stdout: ChildStdout,
+    child: Option<Child>,
+    _slot: OwnedSemaphorePermit,
+}
+
+async fn next_chunk(mut s: Streaming) -> Option<(Result<Frame<Bytes>, BoxError>, Streaming)> {
+    if let Some(first) = s.first.take() {
+        return Some((Ok(Frame::data(first)), s));
+    }
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    match s.stdout.read_buf(&mut buf).await {
+        Ok(0) => {
+            if let Some(mut child) = s.child.take() {
+                match child.wait().await {
+                    Ok(status) if !status.success() => tracing::warn!(%status, "git http-backend exited with failure"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "git http-backend could not be waited for"),
+                }
+            }
+            None
+        }
+        Ok(_) => Some((Ok(Frame::data(buf.freeze())), s)),
+        Err(e) => Some((Err(Box::new(e) as BoxError), s)),
+    }
+}
+
+/// Reads until the blank line that ends the CGI headers; returns them and what followed.
+async fn read_head(stdout: &mut ChildStdout) -> Result<(Vec<u8>, Bytes), ProxyError> {
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        if let Some((end, sep)) = find_blank_line(&buf) {
+            let head = buf[..end].to_vec();
+            let rest = buf.split_off(end + sep).freeze();
+            return Ok((head, rest));
+        }
+        if buf.len() > MAX_CGI_HEADER {
+            return Err(ProxyError::CgiMalformed);
+        }
+        let n = stdout.read_buf(&mut buf).await.map_err(|_| ProxyError::CgiMalformed)?;
+        if n == 0 {
+            tracing::warn!("git http-backend ended before its headers");
+            return Err(ProxyError::CgiMalformed);
+        }
+    }
+}
+
+fn find_blank_line(b: &[u8]) -> Option<(usize, usize)> {
+    let crlf = b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+    let lf = b.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+fn parse_head(head: &[u8]) -> Result<Response<Body>, ProxyError> {
+    let mut response = Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync());
+    let text = std::str::from_utf8(head).map_err(|_| ProxyError::CgiMalformed)?;
+    for line in text.split('\n').map(|l| l.trim_end_matches('\r')).filter(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':').ok_or(ProxyError::CgiMalformed)?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value.split_whitespace().next().and_then(|c| c.parse::<u16>().ok());
+            *response.status_mut() = code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(ProxyError::CgiMalformed)?;
+            continue;
+        }
+        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| ProxyError::CgiMalformed)?;
+        let value = HeaderValue::from_str(value).map_err(|_| ProxyError::CgiMalformed)?;
+        response.headers_mut().append(name, value);
+    }
+    super::headers::prepare_response(response.headers_mut());
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgi_heads_parse() {
+        let r = parse_head(b"Status: 404 Not Found\r\nContent-Type: text/plain\r\nExpires: Fri, 01 Jan 1980 00:00:00 GMT").unwrap();
+        assert_eq!(r.status(), 404);
+        assert_eq!(r.headers()["content-type"], "text/plain");
+        let r = parse_head(b"Content-Type: application/x-git-upload-pack-advertisement\nCache-Control: no-cache").unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(parse_head(b"Status: banana").is_err());
+        assert!(parse_head(b"no colon here").is_err());
+    }
+
+    #[test]
+    fn blank_lines_are_found_in_either_style() {
+        assert_eq!(find_blank_line(b"a: b\r\n\r\nbody"), Some((4, 4)));
+        assert_eq!(find_blank_line(b"a: b\n\nbody"), Some((4, 2)));
+        assert_eq!(find_blank_line(b"a: b\r\n"), None);
+    }
+}

@@ -1,0 +1,324 @@
+//! The embedded SQLite store: WAL mode, a versioned schema created on first start, and
+//! each change written with its event in one transaction. Calls block; [`super::Store`]
+//! runs them on tokio's blocking pool.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+
+use super::{Change, EventKind, Snapshot, StoreError, TokenEvent, TokenRecord};
+use crate::auth::scope::ScopeSet;
+use crate::auth::token::TokenHash;
+use crate::auth::Orgs;
+
+/// Schema migrations, in order; the position plus one is the version.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE tokens (
+    id            TEXT PRIMARY KEY,
+    hash          BLOB NOT NULL UNIQUE,
+    name          TEXT NOT NULL,
+    owner         TEXT NOT NULL,
+    orgs          TEXT NOT NULL,
+    scopes        TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    revoked_at    INTEGER,
+    revoked_by    TEXT,
+    last_used_at  INTEGER
+);
+CREATE INDEX tokens_owner ON tokens (owner);
+CREATE TABLE token_events (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    token_id  TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    at        INTEGER NOT NULL,
+    actor     TEXT
+);
+"#];
+
+const COLUMNS: &str = "id, hash, name, owner, orgs, scopes, created_at, expires_at, revoked_at, revoked_by, last_used_at";
+
+/// A SQLite database file.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let fail = |reason: String| StoreError::Open { path: path.display().to_string(), reason };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(|e| fail(e.to_string()))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| fail(e.to_string()))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| fail(e.to_string()))?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(|e| fail(e.to_string()))?;
+        migrate(&mut conn).map_err(|e| match e {
+            StoreError::SchemaTooNew { .. } => e,
+            other => fail(other.to_string()),
+        })?;
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        // A panic while holding the lock leaves the connection usable: SQLite rolls back.
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn)
+    }
+
+    pub(super) fn insert(&self, r: &TokenRecord, actor: Option<&str>) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                params![
+                    r.id,
+                    &r.hash.0[..],
+                    r.name,
+                    r.owner,
+                    orgs_to_text(&r.orgs),
+                    r.scopes.to_string(),
+                    r.created_at,
+                    r.expires_at,
+                    r.revoked_at,
+                    r.revoked_by,
+                    r.last_used_at
+                ],
+            )?;
+            append_event(&tx, &r.id, EventKind::Created, r.created_at, actor)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    pub(super) fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!("SELECT {COLUMNS} FROM tokens ORDER BY created_at DESC, id"))?;
+            let rows = st.query_map([], read_row)?;
+            rows.map(|r| r?).collect()
+        })
+    }
+
+    pub(super) fn get(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.with(|c| get(c, id))
+    }
+
+    pub(super) fn revoke(&self, id: &str, actor: Option<&str>, now: i64) -> Result<TokenRecord, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let changed = tx.execute(
+                "UPDATE tokens SET revoked_at = ?2, revoked_by = ?3 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, now, actor],
+            )?;
+            if changed == 1 {
+                append_event(&tx, id, EventKind::Revoked, now, actor)?;
+            }
+            let record = get(&tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+            tx.commit()?;
+            Ok(record)
+        })
+    }
+
+    pub(super) fn revoke_owner(&self, owner: &str, actor: Option<&str>, now: i64) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let ids: Vec<String> = {
+                let mut st = tx.prepare("SELECT id FROM tokens WHERE owner = ?1 AND revoked_at IS NULL")?;
+                let rows = st.query_map([owner], |r| r.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for id in &ids {
+                tx.execute("UPDATE tokens SET revoked_at = ?2, revoked_by = ?3 WHERE id = ?1", params![id, now, actor])?;
+                append_event(&tx, id, EventKind::Revoked, now, actor)?;
+            }
+            tx.commit()?;
+            Ok(ids.len())
+        })
+    }
+
+    pub(super) fn snapshot(&self, now: i64) -> Result<Snapshot, StoreError> {
+        self.with(|c| {
+            // One read transaction: the tokens and the sequence number agree.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM token_events", [], |r| r.get(0))?;
+            let live = {
+                let mut st = tx.prepare(&format!("SELECT {COLUMNS} FROM tokens WHERE revoked_at IS NULL AND expires_at > ?1"))?;
+                let rows = st.query_map([now], read_row)?;
+                rows.map(|r| r?).collect::<Result<Vec<_>, _>>()?
+            };
+            tx.commit()?;
+            Ok(Snapshot { live, seq })
+        })
+    }
+
+    pub(super) fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let events = {
+                let mut st = tx.prepare("SELECT seq, token_id, kind, at, actor FROM token_events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+                let rows = st.query_map(params![seq, limit as i64], |r| {
+                    let kind: String = r.get(2)?;
+                    Ok(TokenEvent {
+                        seq: r.get(0)?,
+                        token_id: r.get(1)?,
+                        kind: EventKind::parse(&kind).unwrap_or(EventKind::Updated),
+                        at: r.get(3)?,
+                        actor: r.get(4)?,
+                    })
+                })?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            let mut out = Vec::with_capacity(events.len());
+            for event in events {
+                let record = get(&tx, &event.token_id)?;
+                out.push(Change { event, record });
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    pub(super) fn record_last_used(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut st = tx.prepare(
+                    "UPDATE tokens SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+                )?;
+                for (id, at) in uses {
+                    st.execute(params![id, at])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")?;
+    let current: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::SchemaTooNew { found: current, known });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)", params![i as i64 + 1, super::now()])?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn append_event(tx: &Transaction<'_>, id: &str, kind: EventKind, at: i64, actor: Option<&str>) -> Result<(), StoreError> {
+    tx.execute("INSERT INTO token_events (token_id, kind, at, actor) VALUES (?1, ?2, ?3, ?4)", params![id, kind.as_str(), at, actor])?;
+    Ok(())
+}
+
+fn get(c: &Connection, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+    let mut st = c.prepare_cached(&format!("SELECT {COLUMNS} FROM tokens WHERE id = ?1"))?;
+    st.query_row([id], read_row).optional()?.transpose()
+}
+
+fn orgs_to_text(o: &Orgs) -> String {
+    serde_json::to_string(o).unwrap_or_else(|_| "[]".into())
+}
+
+fn read_row(r: &Row<'_>) -> rusqlite::Result<Result<TokenRecord, StoreError>> {
+    let hash: Vec<u8> = r.get(1)?;
+    let orgs: String = r.get(4)?;
+    let scopes: String = r.get(5)?;
+    let id: String = r.get(0)?;
+    let corrupt = |what: &str| StoreError::Database(format!("token {id}: stored {what} cannot be read"));
+    let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else { return Ok(Err(corrupt("hash"))) };
+    let Ok(orgs) = serde_json::from_str::<Orgs>(&orgs) else { return Ok(Err(corrupt("organizations"))) };
+    let names: Vec<&str> = scopes.split(',').filter(|s| !s.is_empty()).collect();
+    let Ok(scopes) = ScopeSet::parse(&names) else { return Ok(Err(corrupt("scopes"))) };
+    Ok(Ok(TokenRecord {
+        id: id.clone(),
+        hash: TokenHash(hash),
+        name: r.get(2)?,
+        owner: r.get(3)?,
+        orgs,
+        scopes,
+        created_at: r.get(6)?,
+        expires_at: r.get(7)?,
+        revoked_at: r.get(8)?,
+        revoked_by: r.get(9)?,
+        last_used_at: r.get(10)?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{NewToken, Store};
+    use super::*;
+
+    fn new(owner: &str) -> NewToken {
+        NewToken {
+            name: "ci".into(),
+            owner: owner.into(),
+            orgs: Orgs::parse("acme").unwrap(),
+            scopes: ScopeSet::parse(&["code:read"]).unwrap(),
+            lifespan: Duration::from_secs(3600),
+        }
+    }
+
+    #[tokio::test]
+    async fn create_revoke_and_the_event_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&super::super::Location::Sqlite(dir.path().join("sub/p.db"))).await.unwrap();
+        let a = store.create(new("alice"), Some("cli".into())).await.unwrap();
+        let b = store.create(new("alice"), None).await.unwrap();
+        let c = store.create(new("bob"), None).await.unwrap();
+        assert_eq!(a.record.hash, a.secret.hash());
+        let snap = store.snapshot().await.unwrap();
+        assert_eq!((snap.live.len(), snap.seq), (3, 3));
+        let got = store.get(&a.record.id).await.unwrap();
+        assert_eq!(got, a.record);
+
+        let r = store.revoke(&b.record.id, Some("admin".into())).await.unwrap();
+        assert!(r.revoked_at.is_some());
+        assert_eq!(r.revoked_by.as_deref(), Some("admin"));
+        // Idempotent: no second event.
+        store.revoke(&b.record.id, None).await.unwrap();
+        assert_eq!(store.revoke_owner("alice", None).await.unwrap(), 1);
+        assert!(matches!(store.revoke("nope", None).await, Err(StoreError::NotFound(_))));
+
+        let changes = store.changes_since(3, 100).await.unwrap();
+        let seen: Vec<(i64, &str, EventKind)> = changes.iter().map(|c| (c.event.seq, c.event.token_id.as_str(), c.event.kind)).collect();
+        assert_eq!(seen, vec![(4, b.record.id.as_str(), EventKind::Revoked), (5, a.record.id.as_str(), EventKind::Revoked)]);
+        let snap = store.snapshot().await.unwrap();
+        assert_eq!(snap.live.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), vec![c.record.id.clone()]);
+
+        store.record_last_used(vec![(c.record.id.clone(), 42)]).await.unwrap();
+        assert_eq!(store.get(&c.record.id).await.unwrap().last_used_at, Some(42));
+        assert_eq!(store.list().await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_everything_and_does_not_migrate_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = super::super::Location::Sqlite(dir.path().join("p.db"));
+        let id = {
+            let store = Store::open(&loc).await.unwrap();
+            store.create(new("alice"), None).await.unwrap().record.id
+        };
+        let store = Store::open(&loc).await.unwrap();
+        assert_eq!(store.get(&id).await.unwrap().owner, "alice");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+        let err = Store::open(&super::super::Location::Sqlite(path)).await.err().unwrap();
+        assert!(err.to_string().contains("p.db"), "{err}");
+    }
+}
