@@ -33,13 +33,24 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     let tokens = Arc::new(TokenCache::default());
     let started = std::time::Instant::now();
     let n = follow::load(&store, &tokens).await?;
-    tracing::info!(tokens = n, seq = tokens.seq(), elapsed_ms = started.elapsed().as_millis() as u64, "Tokens loaded");
+    tracing::info!(
+        tokens = n,
+        seq = tokens.seq(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "Tokens loaded"
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let follower = tokio::spawn(follow::follow(store, tokens.clone(), config.store.clone(), stop_rx.clone()));
 
-    let listener = TcpListener::bind(config.proxy.listen).await.map_err(|source| AppError::Bind { addr: config.proxy.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| AppError::Bind { addr: config.proxy.listen, source })?;
+    let listener = TcpListener::bind(config.proxy.listen).await.map_err(|source| AppError::Bind {
+        addr: config.proxy.listen,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| AppError::Bind {
+        addr: config.proxy.listen,
+        source,
+    })?;
     tracing::info!(%addr, config = %config.source.display(), "Listening");
 
     let proxy = Arc::new(Proxy::new(Arc::new(config.proxy), tokens));
@@ -51,14 +62,23 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     // Every connection holds a slot until it ends: all slots back means all drained.
     let grace = proxy.config().shutdown_grace;
     if tokio::time::timeout(grace, slots.acquire_many(max)).await.is_err() {
-        tracing::warn!(connections = max as usize - slots.available_permits(), "Shutdown grace ended with connections open");
+        tracing::warn!(
+            connections = max as usize - slots.available_permits(),
+            "Shutdown grace ended with connections open"
+        );
     }
     let _ = follower.await;
     tracing::info!("Stopped");
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, limit: Arc<Semaphore>, shutdown: impl std::future::Future<Output = ()>, stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    limit: Arc<Semaphore>,
+    shutdown: impl std::future::Future<Output = ()>,
+    stop: watch::Receiver<bool>,
+) {
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -83,7 +103,10 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, limit: Arc<Semaph
         tokio::spawn(async move {
             let config = proxy.config();
             let framing = HeadWatch::new(config.max_header_bytes + 16 * 1024);
-            let conn_info = Arc::new(proxy::Connection { peer, framing: framing.clone() });
+            let conn_info = Arc::new(proxy::Connection {
+                peer,
+                framing: framing.clone(),
+            });
             let io = TokioIo::new(Watched::new(tcp, framing));
             let service = {
                 let proxy = proxy.clone();

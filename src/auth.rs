@@ -144,7 +144,10 @@ pub enum AuthError {
 impl AuthError {
     /// True for the failures that are answered with 401.
     pub fn is_unauthenticated(&self) -> bool {
-        matches!(self, AuthError::Missing | AuthError::Malformed | AuthError::Unknown | AuthError::Expired)
+        matches!(
+            self,
+            AuthError::Missing | AuthError::Malformed | AuthError::Unknown | AuthError::Expired
+        )
     }
 }
 
@@ -179,7 +182,10 @@ impl Permit {
 
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Permit").field("token_id", &self.token_id()).field("owner", &self.owner()).finish()
+        f.debug_struct("Permit")
+            .field("token_id", &self.token_id())
+            .field("owner", &self.owner())
+            .finish()
     }
 }
 
@@ -243,7 +249,10 @@ mod tests {
     }
 
     fn need(scope: &str, org: Option<&'static str>) -> Requirement<'static> {
-        Requirement { scope: Scope::from_name(scope).unwrap(), org }
+        Requirement {
+            scope: Scope::from_name(scope).unwrap(),
+            org,
+        }
     }
 
     #[test]
@@ -256,10 +265,18 @@ mod tests {
         assert_eq!((p.token_id(), p.owner()), ("t1", "alice"));
         assert_eq!(
             authorize(id.clone(), need("code:manage", Some("acme"))).unwrap_err(),
-            AuthError::ScopeMissing { scope: Scope::from_name("code:manage").unwrap() }
+            AuthError::ScopeMissing {
+                scope: Scope::from_name("code:manage").unwrap()
+            }
         );
-        assert_eq!(authorize(id.clone(), need("code:read", Some("other"))).unwrap_err(), AuthError::OrgMissing { org: "other".into() });
-        assert_eq!(authorize(id.clone(), need("code:read", Some("ACME"))).unwrap_err(), AuthError::OrgMissing { org: "ACME".into() });
+        assert_eq!(
+            authorize(id.clone(), need("code:read", Some("other"))).unwrap_err(),
+            AuthError::OrgMissing { org: "other".into() }
+        );
+        assert_eq!(
+            authorize(id.clone(), need("code:read", Some("ACME"))).unwrap_err(),
+            AuthError::OrgMissing { org: "ACME".into() }
+        );
         assert!(authorize(id, need("code:read", None)).is_ok());
     }
 

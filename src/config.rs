@@ -51,14 +51,27 @@ pub const ENV_PREFIX: &str = "PATGATE";
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
     if !path.is_file() {
-        return Err(ConfigError { file, key: None, reason: "no such file".into() });
+        return Err(ConfigError {
+            file,
+            key: None,
+            reason: "no such file".into(),
+        });
     }
     let raw = config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Toml))
-        .add_source(config::Environment::with_prefix(ENV_PREFIX).prefix_separator("__").separator("__").try_parsing(true))
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
         .build()
         .and_then(|c| c.try_deserialize::<FileConfig>())
-        .map_err(|e| ConfigError { file: file.clone(), key: None, reason: e.to_string() })?;
+        .map_err(|e| ConfigError {
+            file: file.clone(),
+            key: None,
+            reason: e.to_string(),
+        })?;
     Config::from_file(raw, path)
 }
 
@@ -68,11 +81,16 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, key: impl Into<String>, reason: impl fmt::Display) -> ConfigError {
-        ConfigError { file: self.file.to_owned(), key: Some(key.into()), reason: reason.to_string() }
+        ConfigError {
+            file: self.file.to_owned(),
+            key: Some(key.into()),
+            reason: reason.to_string(),
+        }
     }
 
     fn duration(&self, key: &str, value: &str) -> Result<Duration, ConfigError> {
-        let d = humantime::parse_duration(value).map_err(|e| self.err(key, format!("`{value}` is not a duration ({e}); write e.g. 30s, 250ms, 5m")))?;
+        let d = humantime::parse_duration(value)
+            .map_err(|e| self.err(key, format!("`{value}` is not a duration ({e}); write e.g. 30s, 250ms, 5m")))?;
         if d.is_zero() {
             return Err(self.err(key, "must be more than zero"));
         }
@@ -92,11 +110,12 @@ impl Config {
     pub fn from_file(f: FileConfig, source: &Path) -> Result<Config, ConfigError> {
         let file = source.display().to_string();
         let cx = Ctx { file: &file };
-        let listen: SocketAddr = f
-            .server
-            .listen
-            .parse()
-            .map_err(|_| cx.err("server.listen", format!("`{}` is not an address such as 127.0.0.1:8080", f.server.listen)))?;
+        let listen: SocketAddr = f.server.listen.parse().map_err(|_| {
+            cx.err(
+                "server.listen",
+                format!("`{}` is not an address such as 127.0.0.1:8080", f.server.listen),
+            )
+        })?;
         if f.server.max_header_bytes < 8192 {
             return Err(cx.err("server.max_header_bytes", "must be at least 8192"));
         }
@@ -137,7 +156,10 @@ impl Config {
                         let rkey = |k: &str| format!("routes[{i}].rules[{j}].{k}");
                         let scope = Scope::from_name(&rule.scope).ok_or_else(|| {
                             let known: Vec<&str> = Scope::all().map(Scope::name).collect();
-                            cx.err(rkey("scope"), format!("unknown scope `{}` (known: {})", rule.scope, known.join(", ")))
+                            cx.err(
+                                rkey("scope"),
+                                format!("unknown scope `{}` (known: {})", rule.scope, known.join(", ")),
+                            )
                         })?;
                         let methods = match &rule.methods {
                             None => None,
@@ -146,7 +168,8 @@ impl Config {
                                 ms.iter()
                                     .map(|m| {
                                         let upper = m.to_ascii_uppercase();
-                                        Method::from_bytes(upper.as_bytes()).map_err(|_| cx.err(rkey("methods"), format!("`{m}` is not an HTTP method")))
+                                        Method::from_bytes(upper.as_bytes())
+                                            .map_err(|_| cx.err(rkey("methods"), format!("`{m}` is not an HTTP method")))
                                     })
                                     .collect::<Result<Vec<_>, _>>()?,
                             ),
@@ -160,7 +183,8 @@ impl Config {
                 Some(t) => cx.duration(&key("response_timeout"), t)?,
                 None => upstream.response_timeout,
             };
-            let target = Upstream::parse(&r.upstream, response_timeout).map_err(|e| cx.err(key("upstream"), format!("`{}`: {e}", r.upstream)))?;
+            let target =
+                Upstream::parse(&r.upstream, response_timeout).map_err(|e| cx.err(key("upstream"), format!("`{}`: {e}", r.upstream)))?;
             routes.push(Route { pattern, rules, target });
         }
         let proxy = proxy::Config {
@@ -184,8 +208,16 @@ impl Config {
             other => return Err(cx.err("log.format", format!("`{other}`: use text or json"))),
         };
         tracing_subscriber::EnvFilter::try_new(&f.log.level).map_err(|e| cx.err("log.level", format!("`{}`: {e}", f.log.level)))?;
-        let log = telemetry::Config { format, filter: f.log.level.clone() };
-        Ok(Config { source: source.to_owned(), proxy, store, log })
+        let log = telemetry::Config {
+            format,
+            filter: f.log.level.clone(),
+        };
+        Ok(Config {
+            source: source.to_owned(),
+            proxy,
+            store,
+            log,
+        })
     }
 }
 
@@ -229,12 +261,30 @@ mod tests {
     #[test]
     fn each_rule_names_the_file_and_key() {
         let cases: &[(&str, &str)] = &[
-            ("[server]\nlisten = \"nowhere\"\n", "patgate.toml: server.listen: `nowhere` is not an address"),
-            ("[server]\nheader_read_timeout = \"soon\"\n", "patgate.toml: server.header_read_timeout: `soon` is not a duration"),
-            ("[server]\nmax_header_bytes = 100\n", "patgate.toml: server.max_header_bytes: must be at least 8192"),
-            ("[server]\nmax_connections = 0\n", "patgate.toml: server.max_connections: must be at least 1"),
-            ("[store]\nurl = \"mysql://x\"\n", "patgate.toml: store.url: `mysql://x`: unknown store URL scheme"),
-            ("[store]\npoll_interval = \"0s\"\n", "patgate.toml: store.poll_interval: must be more than zero"),
+            (
+                "[server]\nlisten = \"nowhere\"\n",
+                "patgate.toml: server.listen: `nowhere` is not an address",
+            ),
+            (
+                "[server]\nheader_read_timeout = \"soon\"\n",
+                "patgate.toml: server.header_read_timeout: `soon` is not a duration",
+            ),
+            (
+                "[server]\nmax_header_bytes = 100\n",
+                "patgate.toml: server.max_header_bytes: must be at least 8192",
+            ),
+            (
+                "[server]\nmax_connections = 0\n",
+                "patgate.toml: server.max_connections: must be at least 1",
+            ),
+            (
+                "[store]\nurl = \"mysql://x\"\n",
+                "patgate.toml: store.url: `mysql://x`: unknown store URL scheme",
+            ),
+            (
+                "[store]\npoll_interval = \"0s\"\n",
+                "patgate.toml: store.poll_interval: must be more than zero",
+            ),
             ("[log]\nformat = \"xml\"\n", "patgate.toml: log.format: `xml`: use text or json"),
             ("[git]\nmax_processes = 0\n", "patgate.toml: git.max_processes: must be at least 1"),
         ];
@@ -253,9 +303,16 @@ mod tests {
         let e = err("[[routes]]\npath = \"/x\"\nupstream = \"http://127.0.0.1:1\"\nrules = \"svn\"\n");
         assert!(e.starts_with("patgate.toml: routes[0].rules: unknown preset `svn`"), "{e}");
         let e = err("[[routes]]\npath = \"/x\"\nupstream = \"http://127.0.0.1:1\"\nrules = [{ scope = \"code:delete\" }]\n");
-        assert!(e.starts_with("patgate.toml: routes[0].rules[0].scope: unknown scope `code:delete`"), "{e}");
-        let e = err("[[routes]]\npath = \"/x\"\nupstream = \"http://127.0.0.1:1\"\nrules = [{ methods = [\"G T\"], scope = \"code:read\" }]\n");
-        assert!(e.starts_with("patgate.toml: routes[0].rules[0].methods: `G T` is not an HTTP method"), "{e}");
+        assert!(
+            e.starts_with("patgate.toml: routes[0].rules[0].scope: unknown scope `code:delete`"),
+            "{e}"
+        );
+        let e =
+            err("[[routes]]\npath = \"/x\"\nupstream = \"http://127.0.0.1:1\"\nrules = [{ methods = [\"G T\"], scope = \"code:read\" }]\n");
+        assert!(
+            e.starts_with("patgate.toml: routes[0].rules[0].methods: `G T` is not an HTTP method"),
+            "{e}"
+        );
         let e = err("");
         assert!(e.starts_with("patgate.toml: routes: at least one"), "{e}");
         let e = err(&format!("{ROUTE}{ROUTE}"));

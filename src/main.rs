@@ -106,7 +106,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime").and_then(|rt| rt.block_on(run(cli.command, config)));
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+        .and_then(|rt| rt.block_on(run(cli.command, config)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -128,7 +132,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(t) => {
-            telemetry::init(&telemetry::Config { filter: "warn".into(), ..config.log.clone() });
+            telemetry::init(&telemetry::Config {
+                filter: "warn".into(),
+                ..config.log.clone()
+            });
             let store = Store::open(&config.store.location).await?;
             token(t, &store).await
         }
@@ -152,7 +159,13 @@ async fn token(command: TokenCommand, store: &Store) -> anyhow::Result<()> {
         TokenCommand::Create(a) => {
             let scopes = ScopeSet::parse(&a.scopes).context("--scopes")?;
             let orgs = Orgs::parse(&a.orgs).context("--orgs")?;
-            let new = NewToken { name: a.name, owner: a.owner, orgs, scopes, lifespan: a.expires_in };
+            let new = NewToken {
+                name: a.name,
+                owner: a.owner,
+                orgs,
+                scopes,
+                lifespan: a.expires_in,
+            };
             let created = store.create(new, Some(ACTOR.into())).await?;
             let r = &created.record;
             if a.json {

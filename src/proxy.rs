@@ -207,10 +207,16 @@ impl Proxy {
         // Route and rule.
         let found = self.config.routes.find(&path).ok_or(ProxyError::NoRoute)?;
         log.route = Some(found.route.pattern.as_str().to_owned());
-        let scope = found.route.required_scope(req.method(), &path, req.uri().query()).map_err(|e| match e {
-            RuleError::NoRule => ProxyError::NoRule { route: found.route.pattern.to_string(), method: req.method().clone() },
-            RuleError::Query(q) => ProxyError::Query(q),
-        })?;
+        let scope = found
+            .route
+            .required_scope(req.method(), &path, req.uri().query())
+            .map_err(|e| match e {
+                RuleError::NoRule => ProxyError::NoRule {
+                    route: found.route.pattern.to_string(),
+                    method: req.method().clone(),
+                },
+                RuleError::Query(q) => ProxyError::Query(q),
+            })?;
         // Scope and organization.
         let permit = auth::authorize(identity, Requirement { scope, org: found.org })?;
         // Forward.
@@ -261,7 +267,13 @@ mod tests {
             (ProxyError::Auth(AuthError::Expired), S::UNAUTHORIZED),
             (ProxyError::Auth(AuthError::OrgMissing { org: "x".into() }), S::FORBIDDEN),
             (ProxyError::NoRoute, S::NOT_FOUND),
-            (ProxyError::NoRule { route: "/x".into(), method: Method::GET }, S::FORBIDDEN),
+            (
+                ProxyError::NoRule {
+                    route: "/x".into(),
+                    method: Method::GET,
+                },
+                S::FORBIDDEN,
+            ),
             (ProxyError::Query(QueryError::DuplicateService), S::BAD_REQUEST),
             (ProxyError::UpstreamUnreachable, S::BAD_GATEWAY),
             (ProxyError::UpstreamTimeout(Duration::from_secs(60)), S::GATEWAY_TIMEOUT),

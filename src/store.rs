@@ -121,7 +121,10 @@ fn rfc3339_opt<S: serde::Serializer>(t: &Option<i64>, ser: S) -> Result<S::Ok, S
 
 /// The current time in Unix seconds.
 pub fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// What a new token is made of.
@@ -285,7 +288,9 @@ impl Store {
         match self {
             Store::Sqlite(s) => {
                 let s = s.clone();
-                tokio::task::spawn_blocking(move || f(&s)).await.map_err(|_| StoreError::TaskStopped)?
+                tokio::task::spawn_blocking(move || f(&s))
+                    .await
+                    .map_err(|_| StoreError::TaskStopped)?
             }
         }
     }

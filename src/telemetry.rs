@@ -21,7 +21,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { format: Format::Text, filter: "info".into() }
+        Config {
+            format: Format::Text,
+            filter: "info".into(),
+        }
     }
 }
 

@@ -210,7 +210,10 @@ mod tests {
             (b"Bearer \xff\xfe".to_vec(), NotAscii),
             (b"Bearer a\x00b".to_vec(), NotAscii),
             (format!("Bearer {}", "a".repeat(MAX_AUTHORIZATION_LEN)).into_bytes(), TooLong),
-            (format!("Basic {}", b64(&format!("{}:{}", a.expose(), b.expose()))).into_bytes(), ConflictingTokens),
+            (
+                format!("Basic {}", b64(&format!("{}:{}", a.expose(), b.expose()))).into_bytes(),
+                ConflictingTokens,
+            ),
         ];
         for (v, want) in cases {
             assert_eq!(parse(&v), Err(want), "{:?}", String::from_utf8_lossy(&v));

@@ -416,9 +416,7 @@ fn git_scope(method: &Method, path: &NormalizedPath, query: Option<&str>) -> Res
                     Some(Service::UploadPack) | None => read,
                 })
             }
-            Some(["info", "alternates" | "http-alternates" | "packs"]) if tail(3).is_some_and(|t| t[0] == "objects") => {
-                return Ok(read)
-            }
+            Some(["info", "alternates" | "http-alternates" | "packs"]) if tail(3).is_some_and(|t| t[0] == "objects") => return Ok(read),
             Some([dir, file]) if is_hex(dir, &[2]) && is_hex(file, &[38, 62]) && tail(3).is_some_and(|t| t[0] == "objects") => {
                 return Ok(read)
             }
@@ -498,7 +496,9 @@ impl<T> RouteTable<T> {
 
     /// The most specific route matching `path`.
     pub fn find<'a, 'p>(&'a self, path: &'p NormalizedPath) -> Option<RouteMatch<'a, 'p, T>> {
-        self.routes.iter().find_map(|route| route.pattern.matches(path).map(|org| RouteMatch { route, org }))
+        self.routes
+            .iter()
+            .find_map(|route| route.pattern.matches(path).map(|org| RouteMatch { route, org }))
     }
 
     /// The routes, most specific first.
@@ -517,7 +517,14 @@ mod tests {
 
     #[test]
     fn plain_paths_pass_unchanged() {
-        for p in ["/", "/acme/demo.git/info/refs", "/acme/repo-1_x~y/HEAD", "/a/b/", "/a%20b/c", "/acme/demo.git"] {
+        for p in [
+            "/",
+            "/acme/demo.git/info/refs",
+            "/acme/repo-1_x~y/HEAD",
+            "/a/b/",
+            "/a%20b/c",
+            "/acme/demo.git",
+        ] {
             assert_eq!(n(p).as_str(), p);
         }
     }
@@ -575,19 +582,36 @@ mod tests {
     }
 
     fn table() -> RouteTable<&'static str> {
-        let route = |p: &str, rules: Rules, t| Route { pattern: Pattern::parse(p).unwrap(), rules, target: t };
+        let route = |p: &str, rules: Rules, t| Route {
+            pattern: Pattern::parse(p).unwrap(),
+            rules,
+            target: t,
+        };
         let s = |x| Scope::from_name(x).unwrap();
         RouteTable::new(vec![
             route("/{org}/**", Rules::Git, "git"),
             route(
                 "/{org}/_apis/distributedtask/**",
                 Rules::List(vec![
-                    Rule { methods: Some(vec![Method::GET]), scope: s("agentpools:read") },
-                    Rule { methods: None, scope: s("agentpools:manage") },
+                    Rule {
+                        methods: Some(vec![Method::GET]),
+                        scope: s("agentpools:read"),
+                    },
+                    Rule {
+                        methods: None,
+                        scope: s("agentpools:manage"),
+                    },
                 ]),
                 "agents",
             ),
-            route("/_apis/audit/*", Rules::List(vec![Rule { methods: Some(vec![Method::GET]), scope: s("auditlog:read") }]), "audit"),
+            route(
+                "/_apis/audit/*",
+                Rules::List(vec![Rule {
+                    methods: Some(vec![Method::GET]),
+                    scope: s("auditlog:read"),
+                }]),
+                "audit",
+            ),
         ])
     }
 
@@ -637,21 +661,66 @@ mod tests {
     fn the_git_preset_tells_fetch_from_push() {
         let sha1 = "0123456789abcdef0123456789abcdef01234567";
         let cases: Vec<(Method, String, Option<&str>, Result<&str, RuleError>)> = vec![
-            (Method::GET, "/acme/demo.git/info/refs".into(), Some("service=git-upload-pack"), Ok("code:read")),
-            (Method::HEAD, "/acme/demo.git/info/refs".into(), Some("service=git-upload-pack"), Ok("code:read")),
-            (Method::GET, "/acme/demo.git/info/refs".into(), Some("service=git-receive-pack"), Ok("code:write")),
+            (
+                Method::GET,
+                "/acme/demo.git/info/refs".into(),
+                Some("service=git-upload-pack"),
+                Ok("code:read"),
+            ),
+            (
+                Method::HEAD,
+                "/acme/demo.git/info/refs".into(),
+                Some("service=git-upload-pack"),
+                Ok("code:read"),
+            ),
+            (
+                Method::GET,
+                "/acme/demo.git/info/refs".into(),
+                Some("service=git-receive-pack"),
+                Ok("code:write"),
+            ),
             (Method::GET, "/acme/demo.git/info/refs".into(), None, Ok("code:read")),
-            (Method::GET, "/acme/demo.git/info/refs".into(), Some("foo=bar&service=git-receive-pack"), Ok("code:write")),
+            (
+                Method::GET,
+                "/acme/demo.git/info/refs".into(),
+                Some("foo=bar&service=git-receive-pack"),
+                Ok("code:write"),
+            ),
             (Method::POST, "/acme/demo.git/git-upload-pack".into(), None, Ok("code:read")),
             (Method::POST, "/acme/demo.git/git-receive-pack".into(), None, Ok("code:write")),
-            (Method::POST, "/acme/demo.git/git-receive-pack".into(), Some("service=git-upload-pack"), Ok("code:write")),
+            (
+                Method::POST,
+                "/acme/demo.git/git-receive-pack".into(),
+                Some("service=git-upload-pack"),
+                Ok("code:write"),
+            ),
             (Method::GET, "/acme/demo.git/HEAD".into(), None, Ok("code:read")),
             (Method::GET, "/acme/demo.git/objects/info/packs".into(), None, Ok("code:read")),
             (Method::GET, "/acme/demo.git/objects/info/alternates".into(), None, Ok("code:read")),
-            (Method::GET, "/acme/demo.git/objects/info/http-alternates".into(), None, Ok("code:read")),
-            (Method::GET, format!("/acme/demo.git/objects/{}/{}", &sha1[..2], &sha1[2..]), None, Ok("code:read")),
-            (Method::GET, format!("/acme/demo.git/objects/pack/pack-{sha1}.pack"), None, Ok("code:read")),
-            (Method::GET, format!("/acme/demo.git/objects/pack/pack-{sha1}.idx"), None, Ok("code:read")),
+            (
+                Method::GET,
+                "/acme/demo.git/objects/info/http-alternates".into(),
+                None,
+                Ok("code:read"),
+            ),
+            (
+                Method::GET,
+                format!("/acme/demo.git/objects/{}/{}", &sha1[..2], &sha1[2..]),
+                None,
+                Ok("code:read"),
+            ),
+            (
+                Method::GET,
+                format!("/acme/demo.git/objects/pack/pack-{sha1}.pack"),
+                None,
+                Ok("code:read"),
+            ),
+            (
+                Method::GET,
+                format!("/acme/demo.git/objects/pack/pack-{sha1}.idx"),
+                None,
+                Ok("code:read"),
+            ),
             // Denied: wrong method, unknown endpoint, case variants.
             (Method::GET, "/acme/demo.git/git-receive-pack".into(), None, Err(RuleError::NoRule)),
             (Method::PUT, "/acme/demo.git/git-receive-pack".into(), None, Err(RuleError::NoRule)),
@@ -659,7 +728,12 @@ mod tests {
             (Method::GET, "/acme/demo.git/INFO/refs".into(), None, Err(RuleError::NoRule)),
             (Method::POST, "/acme/demo.git/Git-Receive-Pack".into(), None, Err(RuleError::NoRule)),
             (Method::GET, "/acme/demo.git/config".into(), None, Err(RuleError::NoRule)),
-            (Method::GET, "/acme/demo.git/objects/pack/pack-xyz.pack".into(), None, Err(RuleError::NoRule)),
+            (
+                Method::GET,
+                "/acme/demo.git/objects/pack/pack-xyz.pack".into(),
+                None,
+                Err(RuleError::NoRule),
+            ),
             (Method::GET, "/acme/demo.git/objects/zz/abc".into(), None, Err(RuleError::NoRule)),
             (Method::OPTIONS, "/acme/demo.git/info/refs".into(), None, Err(RuleError::NoRule)),
         ];

@@ -19,16 +19,56 @@ struct ScopeDef {
 
 /// The single source of truth for scopes. The position in this table is the bit.
 const TABLE: &[ScopeDef] = &[
-    ScopeDef { name: "code:read", implies: &[], summary: "clone and fetch repositories" },
-    ScopeDef { name: "code:write", implies: &["code:read"], summary: "push to repositories" },
-    ScopeDef { name: "code:manage", implies: &["code:write"], summary: "create, delete and administer repositories" },
-    ScopeDef { name: "agentpools:read", implies: &[], summary: "read agent pools and agents" },
-    ScopeDef { name: "agentpools:manage", implies: &["agentpools:read"], summary: "register agents and manage pools" },
-    ScopeDef { name: "auditlog:read", implies: &[], summary: "read the audit log" },
-    ScopeDef { name: "auditstreams:manage", implies: &[], summary: "manage audit streams" },
-    ScopeDef { name: "tokens:read", implies: &[], summary: "list and read one's own tokens" },
-    ScopeDef { name: "tokens:manage", implies: &["tokens:read"], summary: "create, change and revoke one's own tokens" },
-    ScopeDef { name: "tokens:admin", implies: &["tokens:manage"], summary: "manage every owner's tokens" },
+    ScopeDef {
+        name: "code:read",
+        implies: &[],
+        summary: "clone and fetch repositories",
+    },
+    ScopeDef {
+        name: "code:write",
+        implies: &["code:read"],
+        summary: "push to repositories",
+    },
+    ScopeDef {
+        name: "code:manage",
+        implies: &["code:write"],
+        summary: "create, delete and administer repositories",
+    },
+    ScopeDef {
+        name: "agentpools:read",
+        implies: &[],
+        summary: "read agent pools and agents",
+    },
+    ScopeDef {
+        name: "agentpools:manage",
+        implies: &["agentpools:read"],
+        summary: "register agents and manage pools",
+    },
+    ScopeDef {
+        name: "auditlog:read",
+        implies: &[],
+        summary: "read the audit log",
+    },
+    ScopeDef {
+        name: "auditstreams:manage",
+        implies: &[],
+        summary: "manage audit streams",
+    },
+    ScopeDef {
+        name: "tokens:read",
+        implies: &[],
+        summary: "list and read one's own tokens",
+    },
+    ScopeDef {
+        name: "tokens:manage",
+        implies: &["tokens:read"],
+        summary: "create, change and revoke one's own tokens",
+    },
+    ScopeDef {
+        name: "tokens:admin",
+        implies: &["tokens:manage"],
+        summary: "manage every owner's tokens",
+    },
 ];
 
 /// The name that stands for every scope.

@@ -96,7 +96,10 @@ pub struct GitFile {
 
 impl Default for GitFile {
     fn default() -> Self {
-        GitFile { binary: "git".into(), max_processes: 32 }
+        GitFile {
+            binary: "git".into(),
+            max_processes: 32,
+        }
     }
 }
 
@@ -112,7 +115,10 @@ pub struct LogFile {
 
 impl Default for LogFile {
     fn default() -> Self {
-        LogFile { format: "text".into(), level: "info".into() }
+        LogFile {
+            format: "text".into(),
+            level: "info".into(),
+        }
     }
 }
 

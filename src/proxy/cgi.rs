@@ -52,7 +52,15 @@ impl Runner {
     }
 
     /// Serves one permitted request from the repositories under `root`.
-    pub async fn run<B>(&self, root: &Path, parts: request::Parts, body: B, path: &NormalizedPath, permit: &Permit, peer: SocketAddr) -> Result<Response<Body>, ProxyError>
+    pub async fn run<B>(
+        &self,
+        root: &Path,
+        parts: request::Parts,
+        body: B,
+        path: &NormalizedPath,
+        permit: &Permit,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, ProxyError>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -87,7 +95,10 @@ impl Runner {
                 cmd.env(format!("HTTP_{}", name.as_str().to_ascii_uppercase().replace('-', "_")), v);
             }
         }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| {
             tracing::error!(binary = %self.config.binary.display(), error = %e, "Cannot start git http-backend");
             ProxyError::CgiUnavailable
@@ -124,7 +135,12 @@ impl Runner {
 
         let (head, rest) = read_head(&mut stdout).await?;
         let mut response = parse_head(&head)?;
-        let state = Streaming { first: (!rest.is_empty()).then_some(rest), stdout, child: Some(child), _slot: slot };
+        let state = Streaming {
+            first: (!rest.is_empty()).then_some(rest),
+            stdout,
+            child: Some(child),
+            _slot: slot,
+        };
         *response.body_mut() = StreamBody::new(futures_util::stream::unfold(state, next_chunk)).boxed_unsync();
         Ok(response)
     }

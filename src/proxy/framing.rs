@@ -21,7 +21,10 @@ pub struct HeadWatch {
 impl HeadWatch {
     /// Keeps at least the last `keep` bytes read (at least the largest request head).
     pub fn new(keep: usize) -> Self {
-        HeadWatch { inner: Arc::new(Mutex::new(Vec::with_capacity(keep.min(64 * 1024)))), keep }
+        HeadWatch {
+            inner: Arc::new(Mutex::new(Vec::with_capacity(keep.min(64 * 1024)))),
+            keep,
+        }
     }
 
     fn record(&self, bytes: &[u8]) {

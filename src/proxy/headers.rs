@@ -14,10 +14,26 @@ pub const X_PATGATE_USER: HeaderName = HeaderName::from_static("x-patgate-user")
 /// The token's public id, as sent upstream.
 pub const X_PATGATE_TOKEN_ID: HeaderName = HeaderName::from_static("x-patgate-token-id");
 
-const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// Headers a client may not set for the upstream: patgate alone speaks for identity and origin.
-const SPOOFABLE: &[&str] = &["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "forwarded", "x-real-ip", "x-remote-user"];
+const SPOOFABLE: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "forwarded",
+    "x-real-ip",
+    "x-remote-user",
+];
 
 fn is_removed_from_request(name: &HeaderName) -> bool {
     let n = name.as_str();
@@ -50,7 +66,10 @@ pub fn prepare_upstream(headers: &mut HeaderMap, permit: &Permit, peer: SocketAd
     for name in doomed {
         headers.remove(&name);
     }
-    headers.insert(HeaderName::from_static("x-forwarded-for"), HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a header value"));
+    headers.insert(
+        HeaderName::from_static("x-forwarded-for"),
+        HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a header value"),
+    );
     headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
     if let Some(host) = headers.get(header::HOST).cloned() {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
@@ -91,10 +110,31 @@ mod tests {
 
     #[test]
     fn request_headers_are_classified() {
-        for n in ["authorization", "proxy-authorization", "x-patgate-user", "x-patgate-token-id", "x-patgate-anything", "forwarded", "x-forwarded-for", "x-remote-user", "x_forwarded_for", "remote_user", "expect", "te", "upgrade"] {
+        for n in [
+            "authorization",
+            "proxy-authorization",
+            "x-patgate-user",
+            "x-patgate-token-id",
+            "x-patgate-anything",
+            "forwarded",
+            "x-forwarded-for",
+            "x-remote-user",
+            "x_forwarded_for",
+            "remote_user",
+            "expect",
+            "te",
+            "upgrade",
+        ] {
             assert!(is_removed_from_request(&HeaderName::from_static(n)), "{n}");
         }
-        for n in ["content-type", "content-length", "git-protocol", "user-agent", "accept-encoding", "host"] {
+        for n in [
+            "content-type",
+            "content-length",
+            "git-protocol",
+            "user-agent",
+            "accept-encoding",
+            "host",
+        ] {
             assert!(!is_removed_from_request(&HeaderName::from_static(n)), "{n}");
         }
     }

@@ -58,7 +58,9 @@ impl Upstream {
         let uri: Uri = text.parse().map_err(|_| "is not a URL".to_string())?;
         match uri.scheme() {
             Some(s) if *s == Scheme::HTTP => {}
-            Some(s) if *s == Scheme::HTTPS => return Err("https upstreams are not supported yet; use http:// or git-http-backend:DIR".into()),
+            Some(s) if *s == Scheme::HTTPS => {
+                return Err("https upstreams are not supported yet; use http:// or git-http-backend:DIR".into())
+            }
             _ => return Err("use http://HOST:PORT or git-http-backend:DIR".into()),
         }
         let authority = uri.authority().cloned().ok_or("has no host")?;
@@ -66,7 +68,11 @@ impl Upstream {
             return Err("may not have a query".into());
         }
         let prefix = uri.path().trim_end_matches('/').to_owned();
-        Ok(Upstream::Http(HttpTarget { authority, prefix, response_timeout }))
+        Ok(Upstream::Http(HttpTarget {
+            authority,
+            prefix,
+            response_timeout,
+        }))
     }
 }
 
@@ -90,7 +96,14 @@ impl HttpClient {
     }
 
     /// Sends a permitted request to `target` and streams the answer back.
-    pub async fn forward<B>(&self, target: &HttpTarget, mut parts: request::Parts, body: B, path: &NormalizedPath, _permit: &Permit) -> Result<Response<Body>, ProxyError>
+    pub async fn forward<B>(
+        &self,
+        target: &HttpTarget,
+        mut parts: request::Parts,
+        body: B,
+        path: &NormalizedPath,
+        _permit: &Permit,
+    ) -> Result<Response<Body>, ProxyError>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -133,8 +146,13 @@ mod tests {
     #[test]
     fn upstreams_parse() {
         let t = Duration::from_secs(1);
-        assert_eq!(Upstream::parse("git-http-backend:data/repos", t), Ok(Upstream::GitHttpBackend("data/repos".into())));
-        let Upstream::Http(h) = Upstream::parse("http://127.0.0.1:9000/base/", t).unwrap() else { panic!() };
+        assert_eq!(
+            Upstream::parse("git-http-backend:data/repos", t),
+            Ok(Upstream::GitHttpBackend("data/repos".into()))
+        );
+        let Upstream::Http(h) = Upstream::parse("http://127.0.0.1:9000/base/", t).unwrap() else {
+            panic!()
+        };
         assert_eq!((h.authority.as_str(), h.prefix.as_str()), ("127.0.0.1:9000", "/base"));
         assert!(Upstream::parse("git-http-backend:", t).is_err());
         assert!(Upstream::parse("ftp://x", t).is_err());

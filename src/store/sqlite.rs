@@ -48,7 +48,10 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let fail = |reason: String| StoreError::Open { path: path.display().to_string(), reason };
+        let fail = |reason: String| StoreError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
         }
@@ -132,7 +135,10 @@ impl SqliteStore {
                 rows.collect::<Result<_, _>>()?
             };
             for id in &ids {
-                tx.execute("UPDATE tokens SET revoked_at = ?2, revoked_by = ?3 WHERE id = ?1", params![id, now, actor])?;
+                tx.execute(
+                    "UPDATE tokens SET revoked_at = ?2, revoked_by = ?3 WHERE id = ?1",
+                    params![id, now, actor],
+                )?;
                 append_event(&tx, id, EventKind::Revoked, now, actor)?;
             }
             tx.commit()?;
@@ -146,7 +152,9 @@ impl SqliteStore {
             let tx = c.transaction_with_behavior(TransactionBehavior::Deferred)?;
             let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM token_events", [], |r| r.get(0))?;
             let live = {
-                let mut st = tx.prepare(&format!("SELECT {COLUMNS} FROM tokens WHERE revoked_at IS NULL AND expires_at > ?1"))?;
+                let mut st = tx.prepare(&format!(
+                    "SELECT {COLUMNS} FROM tokens WHERE revoked_at IS NULL AND expires_at > ?1"
+                ))?;
                 let rows = st.query_map([now], read_row)?;
                 rows.map(|r| r?).collect::<Result<Vec<_>, _>>()?
             };
@@ -186,9 +194,8 @@ impl SqliteStore {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
-                let mut st = tx.prepare(
-                    "UPDATE tokens SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
-                )?;
+                let mut st =
+                    tx.prepare("UPDATE tokens SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)")?;
                 for (id, at) in uses {
                     st.execute(params![id, at])?;
                 }
@@ -209,14 +216,20 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(sql)?;
-        tx.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)", params![i as i64 + 1, super::now()])?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![i as i64 + 1, super::now()],
+        )?;
         tx.commit()?;
     }
     Ok(())
 }
 
 fn append_event(tx: &Transaction<'_>, id: &str, kind: EventKind, at: i64, actor: Option<&str>) -> Result<(), StoreError> {
-    tx.execute("INSERT INTO token_events (token_id, kind, at, actor) VALUES (?1, ?2, ?3, ?4)", params![id, kind.as_str(), at, actor])?;
+    tx.execute(
+        "INSERT INTO token_events (token_id, kind, at, actor) VALUES (?1, ?2, ?3, ?4)",
+        params![id, kind.as_str(), at, actor],
+    )?;
     Ok(())
 }
 
@@ -235,10 +248,16 @@ fn read_row(r: &Row<'_>) -> rusqlite::Result<Result<TokenRecord, StoreError>> {
     let scopes: String = r.get(5)?;
     let id: String = r.get(0)?;
     let corrupt = |what: &str| StoreError::Database(format!("token {id}: stored {what} cannot be read"));
-    let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else { return Ok(Err(corrupt("hash"))) };
-    let Ok(orgs) = serde_json::from_str::<Orgs>(&orgs) else { return Ok(Err(corrupt("organizations"))) };
+    let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
+        return Ok(Err(corrupt("hash")));
+    };
+    let Ok(orgs) = serde_json::from_str::<Orgs>(&orgs) else {
+        return Ok(Err(corrupt("organizations")));
+    };
     let names: Vec<&str> = scopes.split(',').filter(|s| !s.is_empty()).collect();
-    let Ok(scopes) = ScopeSet::parse(&names) else { return Ok(Err(corrupt("scopes"))) };
+    let Ok(scopes) = ScopeSet::parse(&names) else {
+        return Ok(Err(corrupt("scopes")));
+    };
     Ok(Ok(TokenRecord {
         id: id.clone(),
         hash: TokenHash(hash),
@@ -272,7 +291,9 @@ mod tests {
     #[tokio::test]
     async fn create_revoke_and_the_event_feed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&super::super::Location::Sqlite(dir.path().join("sub/p.db"))).await.unwrap();
+        let store = Store::open(&super::super::Location::Sqlite(dir.path().join("sub/p.db")))
+            .await
+            .unwrap();
         let a = store.create(new("alice"), Some("cli".into())).await.unwrap();
         let b = store.create(new("alice"), None).await.unwrap();
         let c = store.create(new("bob"), None).await.unwrap();
@@ -291,10 +312,22 @@ mod tests {
         assert!(matches!(store.revoke("nope", None).await, Err(StoreError::NotFound(_))));
 
         let changes = store.changes_since(3, 100).await.unwrap();
-        let seen: Vec<(i64, &str, EventKind)> = changes.iter().map(|c| (c.event.seq, c.event.token_id.as_str(), c.event.kind)).collect();
-        assert_eq!(seen, vec![(4, b.record.id.as_str(), EventKind::Revoked), (5, a.record.id.as_str(), EventKind::Revoked)]);
+        let seen: Vec<(i64, &str, EventKind)> = changes
+            .iter()
+            .map(|c| (c.event.seq, c.event.token_id.as_str(), c.event.kind))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (4, b.record.id.as_str(), EventKind::Revoked),
+                (5, a.record.id.as_str(), EventKind::Revoked)
+            ]
+        );
         let snap = store.snapshot().await.unwrap();
-        assert_eq!(snap.live.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), vec![c.record.id.clone()]);
+        assert_eq!(
+            snap.live.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+            vec![c.record.id.clone()]
+        );
 
         store.record_last_used(vec![(c.record.id.clone(), 42)]).await.unwrap();
         assert_eq!(store.get(&c.record.id).await.unwrap().last_used_at, Some(42));

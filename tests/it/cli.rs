@@ -1,0 +1,97 @@
+//! The command line: tokens, config errors, environment overrides.
+
+use std::process::Command;
+
+use crate::support::*;
+
+#[test]
+fn token_list_never_shows_secrets_and_revoke_by_owner_works() {
+    let p = TestPatgate::start("");
+    let a = p.mint("code:read", "acme", "1h");
+    let b = p.mint("code:write,agentpools:read", "*", "30d");
+    let out = p.cli(&["token", "list", "--json"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains(&a.token) && !text.contains(&b.token) && !text.contains("patg_"));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert!(v.as_array().unwrap().iter().all(|t| t["state"] == "active"));
+    let table = String::from_utf8(p.cli(&["token", "list"]).stdout).unwrap();
+    assert!(table.starts_with("ID") && table.contains(&a.id) && !table.contains("patg_"));
+
+    let out = p.cli(&["token", "revoke", "--owner", "alice", "--all"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Revoked 2 token(s) of alice");
+    let v: serde_json::Value = serde_json::from_slice(&p.cli(&["token", "list", "--json"]).stdout).unwrap();
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["state"] == "revoked" && t["revoked_by"] == "cli"));
+    let out = p.cli(&["token", "revoke", "nosuchid"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no token with id nosuchid"));
+}
+
+#[test]
+fn bad_token_arguments_are_refused_clearly() {
+    let p = TestPatgate::start("");
+    for (args, want) in [
+        (
+            vec!["--scopes", "code:delete", "--orgs", "acme", "--expires-in", "1h"],
+            "unknown scope `code:delete`",
+        ),
+        (
+            vec!["--scopes", "code:read", "--orgs", "a/b", "--expires-in", "1h"],
+            "invalid organization `a/b`",
+        ),
+        (
+            vec!["--scopes", "code:read", "--orgs", "acme", "--expires-in", "soon"],
+            "--expires-in",
+        ),
+    ] {
+        let mut all = vec!["token", "create", "--name", "n", "--owner", "o"];
+        all.extend(args);
+        let out = p.cli(&all);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+    }
+}
+
+#[test]
+fn a_bad_config_names_the_file_and_key_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:0\"\nheader_read_timeout = \"forever\"\n[[routes]]\npath = \"/{org}/**\"\nupstream = \"git-http-backend:r\"\nrules = \"git\"\n").unwrap();
+    let out = Command::new(BIN).arg("--config").arg(&path).arg("check-config").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml: server.header_read_timeout: `forever` is not a duration"),
+        "{err}"
+    );
+    // The same file fixed through the environment.
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .env("PATGATE__SERVER__HEADER_READ_TIMEOUT", "10s")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.path().join("missing.toml"))
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml: no such file"));
+}
+
+#[test]
+fn the_environment_overrides_the_file() {
+    // The file's listen address is invalid; the environment's is used.
+    let p = TestPatgate::start_with_env("", &[("PATGATE__SERVER__LISTEN", "127.0.0.1:0")]);
+    assert!(p.addr.port() != 0);
+}

@@ -1,0 +1,384 @@
+//! Test support: a patgate process on an ephemeral port with its own store and
+//! repositories, a recording HTTP upstream, the real git client, and raw HTTP.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_patgate");
+
+/// A running `patgate serve`, killed on drop.
+pub struct TestPatgate {
+    pub dir: TempDir,
+    pub addr: SocketAddr,
+    pub config: PathBuf,
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+/// A token made with the CLI.
+#[derive(Clone)]
+pub struct Minted {
+    pub id: String,
+    pub token: String,
+}
+
+impl TestPatgate {
+    /// Starts patgate with the git route, plus `extra` TOML (routes are tried by specificity).
+    pub fn start(extra: &str) -> TestPatgate {
+        Self::start_with_env(extra, &[])
+    }
+
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> TestPatgate {
+        let dir = tempfile::tempdir().unwrap();
+        let repos = dir.path().join("repos");
+        std::fs::create_dir_all(&repos).unwrap();
+        let config = dir.path().join("patgate.toml");
+        let listen_in_file = if env.iter().any(|(k, _)| *k == "PATGATE__SERVER__LISTEN") {
+            "not-an-address"
+        } else {
+            "127.0.0.1:0"
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"{listen_in_file}\"\nshutdown_grace = \"2s\"\n\n[store]\nurl = \"sqlite://{}\"\npoll_interval = \"100ms\"\n\n{extra}\n\n[[routes]]\npath = \"/{{org}}/**\"\nupstream = \"git-http-backend:{}\"\nrules = \"git\"\n",
+                dir.path().join("patgate.db").display(),
+                repos.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("Listening") {
+                        if let Some(addr) = line.split("addr=").nth(1).and_then(|r| r.split_whitespace().next()) {
+                            if let Some(tx) = tx.take() {
+                                let _ = tx.send(addr.to_owned());
+                            }
+                        }
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("patgate did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        TestPatgate {
+            dir,
+            addr,
+            config,
+            child,
+            log,
+        }
+    }
+
+    pub fn repos(&self) -> PathBuf {
+        self.dir.path().join("repos")
+    }
+
+    pub fn url(&self, userinfo: &str, path: &str) -> String {
+        format!("http://{userinfo}{}{path}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Runs a CLI command against this instance's store.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN).arg("--config").arg(&self.config).args(args).output().unwrap()
+    }
+
+    pub fn mint(&self, scopes: &str, orgs: &str, expires_in: &str) -> Minted {
+        let out = self.cli(&[
+            "token",
+            "create",
+            "--name",
+            "test",
+            "--owner",
+            "alice",
+            "--scopes",
+            scopes,
+            "--orgs",
+            orgs,
+            "--expires-in",
+            expires_in,
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v["expires_at"].is_string());
+        Minted {
+            id: v["id"].as_str().unwrap().to_owned(),
+            token: v["token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Mints a token and waits until the running server admits it.
+    pub fn mint_live(&self, scopes: &str, orgs: &str) -> Minted {
+        let m = self.mint(scopes, orgs, "1h");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = http(
+                self.addr,
+                &format!(
+                    "GET /nope-org/x.git/HEAD HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+                    m.token
+                ),
+            );
+            if r.status != 401 {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "token never became live");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Creates `repos/{org}/{name}.git` with one commit on `main`.
+    pub fn init_repo(&self, org: &str, name: &str) -> PathBuf {
+        let bare = self.repos().join(org).join(format!("{name}.git"));
+        std::fs::create_dir_all(&bare).unwrap();
+        run_git(&self.repos(), &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]).ok();
+        let work = self.dir.path().join(format!("seed-{org}-{name}"));
+        run_git(self.dir.path(), &["init", "-q", "-b", "main", work.to_str().unwrap()]).ok();
+        std::fs::write(work.join("README"), "hello\n").unwrap();
+        run_git(&work, &["add", "README"]).ok();
+        run_git(&work, &["commit", "-q", "-m", "init"]).ok();
+        run_git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]).ok();
+        bare
+    }
+}
+
+impl Drop for TestPatgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The result of a git command.
+pub struct GitRun {
+    pub ok: bool,
+    pub stderr: String,
+    pub stdout: String,
+}
+
+impl GitRun {
+    pub fn ok(self) -> GitRun {
+        assert!(self.ok, "git failed: {}", self.stderr);
+        self
+    }
+}
+
+/// Runs the real git with no prompts, no user config, and a 120 s limit.
+pub fn git(cwd: &Path, args: &[&str]) -> GitRun {
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg("git")
+        .args(args)
+        .current_dir(cwd)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_ASKPASS", "")
+        .env("SSH_ASKPASS", "")
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(124), "git {args:?} hung");
+    GitRun {
+        ok: out.status.success(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+    }
+}
+
+fn run_git(cwd: &Path, args: &[&str]) -> Result<(), String> {
+    let r = git(cwd, args);
+    if r.ok {
+        Ok(())
+    } else {
+        panic!("git {args:?}: {}", r.stderr)
+    }
+}
+
+/// A parsed HTTP/1.1 answer.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// Sends raw bytes and reads one answer (the request should ask to close).
+pub fn http(addr: SocketAddr, raw: &str) -> RawResponse {
+    http_bytes(addr, raw.as_bytes())
+}
+
+pub fn http_bytes(addr: SocketAddr, raw: &[u8]) -> RawResponse {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("reading the answer: {e}"),
+        }
+        if let Some(r) = complete(&buf) {
+            return r;
+        }
+    }
+    complete(&buf).unwrap_or_else(|| panic!("no complete answer: {:?}", String::from_utf8_lossy(&buf)))
+}
+
+fn complete(buf: &[u8]) -> Option<RawResponse> {
+    let text = String::from_utf8_lossy(buf);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let r = RawResponse {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    };
+    if let Some(len) = r.header("content-length").and_then(|l| l.parse::<usize>().ok()) {
+        if body.len() < len {
+            return None;
+        }
+    } else if r.header("transfer-encoding").is_some() && !body.ends_with("0\r\n\r\n") {
+        return None;
+    }
+    Some(r)
+}
+
+/// What a recording upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: usize,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect()
+    }
+}
+
+/// An HTTP upstream that records every request and answers 200 "ok", or never answers
+/// when `hang` is set.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+pub fn spawn_upstream(hang: bool) -> Upstream {
+    use http_body_util::BodyExt;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rec = seen.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let rec = rec.clone();
+                        async move {
+                            let method = req.method().to_string();
+                            let uri = req.uri().to_string();
+                            let headers = req
+                                .headers()
+                                .iter()
+                                .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                                .collect();
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+                            rec.lock().unwrap().push(Seen {
+                                method,
+                                uri,
+                                headers,
+                                body_len: body,
+                            });
+                            if hang {
+                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                            }
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+                                b"ok\n",
+                            ))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    Upstream { addr, seen }
+}
+
+/// `Basic base64(user:password)`.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
