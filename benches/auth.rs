@@ -1,1 +1,103 @@
-fn main() {}
+//! The authentication decision on the request path, timed with criterion:
+//! header → credential → SHA-256 → in-memory lookup → rule → scope and organization check.
+//!
+//! Run: `cargo bench --bench auth` (add `-- --quick` for a short run).
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, Method};
+use patgate::auth::credentials;
+use patgate::auth::rules::{normalize, Pattern, Requirement, Route, RouteTable, Rules};
+use patgate::auth::scope::ScopeSet;
+use patgate::auth::token::TokenSecret;
+use patgate::auth::{authenticate, authorize, Orgs};
+use patgate::store::memory::TokenCache;
+use patgate::store::TokenRecord;
+
+fn record(i: usize, secret: &TokenSecret) -> TokenRecord {
+    TokenRecord {
+        id: format!("id{i}"),
+        hash: secret.hash(),
+        name: "bench".into(),
+        owner: format!("owner{}", i % 1000),
+        orgs: Orgs::List(vec!["acme".into()]),
+        scopes: ScopeSet::parse(&["code:write"]).unwrap(),
+        created_at: 0,
+        expires_at: i64::MAX,
+        revoked_at: None,
+        revoked_by: None,
+        last_used_at: None,
+    }
+}
+
+fn cache_with(n: usize) -> (TokenCache, TokenSecret) {
+    let cache = TokenCache::default();
+    let mut last = TokenSecret::generate();
+    for i in 0..n {
+        last = TokenSecret::generate();
+        cache.apply(&record(i, &last), 0);
+    }
+    (cache, last)
+}
+
+fn routes() -> RouteTable<()> {
+    let route = |p: &str, rules| Route {
+        pattern: Pattern::parse(p).unwrap(),
+        rules,
+        target: (),
+    };
+    RouteTable::new(vec![
+        route("/{org}/**", Rules::Git),
+        route("/{org}/_apis/distributedtask/**", Rules::List(vec![])),
+        route("/_apis/audit/**", Rules::List(vec![])),
+    ])
+}
+
+fn decision(c: &mut Criterion) {
+    let table = routes();
+    let mut group = c.benchmark_group("auth_decision");
+    for n in [1_000usize, 1_000_000] {
+        let (cache, secret) = cache_with(n);
+        let mut headers = HeaderMap::new();
+        let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("git:{}", secret.expose()));
+        headers.insert(AUTHORIZATION, format!("Basic {basic}").parse().unwrap());
+        let method = Method::GET;
+        group.bench_with_input(BenchmarkId::new("tokens", n), &n, |b, _| {
+            b.iter(|| {
+                let path = normalize(black_box("/acme/demo.git/info/refs")).unwrap();
+                let id = authenticate(black_box(&headers), &cache, 1).unwrap();
+                let m = table.find(&path).unwrap();
+                let scope = m.route.required_scope(&method, &path, Some("service=git-upload-pack")).unwrap();
+                black_box(authorize(id, Requirement { scope, org: m.org }).unwrap());
+            })
+        });
+    }
+    group.finish();
+}
+
+fn parts(c: &mut Criterion) {
+    let secret = TokenSecret::generate();
+    let value = format!("Bearer {}", secret.expose());
+    c.bench_function("credential_parse_bearer", |b| {
+        b.iter(|| black_box(credentials::parse(black_box(value.as_bytes())).unwrap()))
+    });
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("git:{}", secret.expose()))
+    );
+    c.bench_function("credential_parse_basic", |b| {
+        b.iter(|| black_box(credentials::parse(black_box(basic.as_bytes())).unwrap()))
+    });
+    c.bench_function("token_hash", |b| b.iter(|| black_box(black_box(&secret).hash())));
+    let table = routes();
+    let path = normalize("/acme/_apis/distributedtask/pools/7/agents").unwrap();
+    c.bench_function("route_match", |b| b.iter(|| black_box(table.find(black_box(&path)).is_some())));
+    c.bench_function("path_normalize", |b| {
+        b.iter(|| black_box(normalize(black_box("/acme/demo.git/objects/pack/pack-0123.pack"))))
+    });
+}
+
+criterion_group!(benches, decision, parts);
+criterion_main!(benches);

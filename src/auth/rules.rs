@@ -660,7 +660,8 @@ mod tests {
     #[test]
     fn the_git_preset_tells_fetch_from_push() {
         let sha1 = "0123456789abcdef0123456789abcdef01234567";
-        let cases: Vec<(Method, String, Option<&str>, Result<&str, RuleError>)> = vec![
+        type Case<'a> = (Method, String, Option<&'a str>, Result<&'a str, RuleError>);
+        let cases: Vec<Case> = vec![
             (
                 Method::GET,
                 "/acme/demo.git/info/refs".into(),
