@@ -95,3 +95,28 @@ fn the_environment_overrides_the_file() {
     let p = TestPatgate::start_with_env("", &[("PATGATE__SERVER__LISTEN", "127.0.0.1:0")]);
     assert!(p.addr.port() != 0);
 }
+
+#[test]
+fn json_logs_carry_one_access_event_per_request_without_secrets() {
+    let p = TestPatgate::start("[log]\nformat = \"json\"\n");
+    let t = p.mint_live("code:read", "acme");
+    let r = http(
+        p.addr,
+        &format!(
+            "GET /acme/x.git/config HTTP/1.1\r\nHost: h\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+            basic("u", &t.token)
+        ),
+    );
+    assert_eq!(r.status, 403);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = p.log();
+    assert!(!log.contains(&t.token));
+    let access: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "patgate::access" && v["url.path"] == "/acme/x.git/config")
+        .collect();
+    assert_eq!(access.len(), 1, "{log}");
+    assert_eq!(access[0]["http.status"], 403);
+    assert_eq!(access[0]["token.id"], t.id.as_str());
+}

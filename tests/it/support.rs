@@ -75,7 +75,9 @@ impl TestPatgate {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
                     if line.contains("Listening") {
-                        if let Some(addr) = line.split("addr=").nth(1).and_then(|r| r.split_whitespace().next()) {
+                        let text = line.split("addr=").nth(1).and_then(|r| r.split_whitespace().next());
+                        let json = line.split("\"addr\":\"").nth(1).and_then(|r| r.split('"').next());
+                        if let Some(addr) = text.or(json) {
                             if let Some(tx) = tx.take() {
                                 let _ = tx.send(addr.to_owned());
                             }
