@@ -2,7 +2,7 @@
 //! request target and framing → path normalization → credential → token lookup →
 //! route and rule → scope and organization → forward → access log.
 //!
-//! [`Proxy::handle`] is the one place where errors become answers; [`Proxy::handle_inner`]
+//! [`Proxy::handle`] is the one place where errors become answers; `Proxy::handle_inner`
 //! does the work and returns a typed [`ProxyError`]. The request path reads only the
 //! in-memory token copy and the validated config: it never enters the store.
 
