@@ -131,6 +131,7 @@ impl Config {
         let git = proxy::cgi::Config {
             binary: PathBuf::from(&f.git.binary),
             max_processes: cx.positive("git.max_processes", f.git.max_processes)?,
+            response_timeout: upstream.response_timeout,
         };
         if f.routes.is_empty() {
             return Err(cx.err("routes", "at least one [[routes]] entry is needed"));

@@ -37,6 +37,8 @@ pub enum PathError {
     EncodedSeparator,
     #[error("path holds a malformed percent-encoding")]
     BadEncoding,
+    #[error("path holds a double percent-encoding")]
+    DoubleEncoding,
     #[error("path does not decode to UTF-8")]
     NotUtf8,
 }
@@ -112,6 +114,10 @@ pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
                     return Err(PathError::BadEncoding);
                 };
                 let v = h << 4 | l;
+                // `%25XX` decodes to another escape: an upstream that decodes twice reads it otherwise.
+                if v == b'%' && b.get(i + 3).and_then(|&x| hex(x)).is_some() && b.get(i + 4).and_then(|&x| hex(x)).is_some() {
+                    return Err(PathError::DoubleEncoding);
+                }
                 match v {
                     b'/' | b'\\' | b'.' => return Err(PathError::EncodedSeparator),
                     0..=0x1f | 0x7f => return Err(PathError::ControlByte),
@@ -562,6 +568,8 @@ mod tests {
             ("/acme/x%0a", ControlByte),
             ("/acme/x\t", ControlByte),
             ("/acme/%", BadEncoding),
+            ("/acme/%252e%252e/x", DoubleEncoding),
+            ("/acme/a%252Fb", DoubleEncoding),
             ("/acme/%4", BadEncoding),
             ("/acme/%zz", BadEncoding),
             ("/acme/%c0%ae%c0%ae/x", NotUtf8),

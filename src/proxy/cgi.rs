@@ -2,14 +2,17 @@
 //! repositories (`/{org}/{repo}.git` is `DIR/{org}/{repo}.git`), with `REMOTE_USER` set
 //! to the token's owner. The request body is pumped into the process while its answer
 //! streams out, so a clone or push of any size passes in bounded memory. At most
-//! [`Config::max_processes`] run at once; a client that goes away ends its process.
+//! [`Config::max_processes`] run at once; a client that goes away ends its process, and so
+//! does git staying silent for [`Config::response_timeout`] (a stalled upload).
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
@@ -26,6 +29,8 @@ use crate::auth::Permit;
 
 /// The most bytes of CGI response headers read.
 const MAX_CGI_HEADER: usize = 64 * 1024;
+/// The most bytes of a process's standard error that are logged.
+const MAX_STDERR: u64 = 64 * 1024;
 /// The size of each read from the process.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -36,6 +41,9 @@ pub struct Config {
     pub binary: PathBuf,
     /// The most processes at once.
     pub max_processes: usize,
+    /// The longest wait for a free process slot plus git's response headers, and the
+    /// longest git may go without writing while it answers.
+    pub response_timeout: Duration,
 }
 
 /// Runs `git http-backend`, at most `max_processes` at a time.
@@ -51,8 +59,32 @@ impl Runner {
         Runner { config, slots }
     }
 
-    /// Serves one permitted request from the repositories under `root`.
+    /// Serves one permitted request from the repositories under `root`. Waiting for a
+    /// process slot and for git's response headers together take at most
+    /// [`Config::response_timeout`]; past it the process is ended and the answer is 504.
     pub async fn run<B>(
+        &self,
+        root: &Path,
+        parts: request::Parts,
+        body: B,
+        path: &NormalizedPath,
+        permit: &Permit,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let limit = self.config.response_timeout;
+        tokio::time::timeout(limit, self.start(root, parts, body, path, permit, peer))
+            .await
+            .map_err(|_| {
+                tracing::warn!(timeout = %humantime::format_duration(limit), "git http-backend gave no answer in time");
+                ProxyError::UpstreamTimeout(limit)
+            })?
+    }
+
+    async fn start<B>(
         &self,
         root: &Path,
         parts: request::Parts,
@@ -108,6 +140,8 @@ impl Runner {
         };
 
         let mut body = body.map_err(Into::into).boxed_unsync();
+        let upload = Arc::new(Activity::new());
+        let uploading = upload.clone();
         tokio::spawn(async move {
             while let Some(frame) = body.frame().await {
                 match frame {
@@ -116,6 +150,7 @@ impl Runner {
                             if stdin.write_all(&data).await.is_err() {
                                 return;
                             }
+                            uploading.touch();
                         }
                     }
                     Err(e) => {
@@ -127,10 +162,13 @@ impl Runner {
             let _ = stdin.shutdown().await;
         });
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
+            // At most MAX_STDERR bytes are logged; the rest is read and dropped.
+            let mut stderr = stderr;
+            let mut lines = BufReader::new((&mut stderr).take(MAX_STDERR)).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 tracing::warn!(target: "patgate::cgi", message = %line.chars().take(500).collect::<String>(), "git http-backend");
             }
+            let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
         });
 
         let (head, rest) = read_head(&mut stdout).await?;
@@ -139,6 +177,8 @@ impl Runner {
             first: (!rest.is_empty()).then_some(rest),
             stdout,
             child: Some(child),
+            idle: self.config.response_timeout,
+            upload,
             _slot: slot,
         };
         *response.body_mut() = StreamBody::new(futures_util::stream::unfold(state, next_chunk)).boxed_unsync();
@@ -150,7 +190,36 @@ struct Streaming {
     first: Option<Bytes>,
     stdout: ChildStdout,
     child: Option<Child>,
+    /// The longest git may stay silent (for instance while it waits for a stalled upload).
+    idle: Duration,
+    /// When the request body last moved: git is silent while a push streams in.
+    upload: Arc<Activity>,
     _slot: OwnedSemaphorePermit,
+}
+
+/// When something last happened, as milliseconds since the value was made.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        self.start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
 }
 
 async fn next_chunk(mut s: Streaming) -> Option<(Result<Frame<Bytes>, BoxError>, Streaming)> {
@@ -158,7 +227,19 @@ async fn next_chunk(mut s: Streaming) -> Option<(Result<Frame<Bytes>, BoxError>,
         return Some((Ok(Frame::data(first)), s));
     }
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    match s.stdout.read_buf(&mut buf).await {
+    let read = loop {
+        // Reading a child's stdout is cancel-safe: a timed-out read loses nothing.
+        match tokio::time::timeout(s.idle, s.stdout.read_buf(&mut buf)).await {
+            Ok(read) => break read,
+            Err(_) if s.upload.quiet_for() < s.idle => continue,
+            Err(_) => {
+                // Dropping the state ends the process and frees its slot.
+                tracing::warn!(idle = %humantime::format_duration(s.idle), "git http-backend silent too long; response cut");
+                return Some((Err("git http-backend went silent".into()), s));
+            }
+        }
+    };
+    match read {
         Ok(0) => {
             if let Some(mut child) = s.child.take() {
                 match child.wait().await {

@@ -22,7 +22,7 @@ impl HeadWatch {
     /// Keeps at least the last `keep` bytes read (at least the largest request head).
     pub fn new(keep: usize) -> Self {
         HeadWatch {
-            inner: Arc::new(Mutex::new(Vec::with_capacity(keep.min(64 * 1024)))),
+            inner: Arc::new(Mutex::new(Vec::new())),
             keep,
         }
     }

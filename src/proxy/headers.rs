@@ -24,15 +24,24 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Headers a client may not set for the upstream: patgate alone speaks for identity and origin.
+/// Headers a client may not set for the upstream: patgate alone speaks for identity and
+/// origin (every `x-forwarded-*` and `x-patgate-*` too, by prefix), and nothing may make
+/// the upstream read another method or path than the rules judged.
 const SPOOFABLE: &[&str] = &[
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
     "forwarded",
     "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "remote-user",
     "x-remote-user",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    // httpoxy: `Proxy` would become HTTP_PROXY in a CGI environment.
+    "proxy",
 ];
 
 fn is_removed_from_request(name: &HeaderName) -> bool {
@@ -40,6 +49,7 @@ fn is_removed_from_request(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&n)
         || SPOOFABLE.contains(&n)
         || n.starts_with("x-patgate-")
+        || n.starts_with("x-forwarded-")
         || n.contains('_')
         || name == header::AUTHORIZATION
         || name == header::PROXY_AUTHORIZATION
@@ -111,6 +121,11 @@ mod tests {
     #[test]
     fn request_headers_are_classified() {
         for n in [
+            "x-http-method-override",
+            "x-original-url",
+            "proxy",
+            "x-forwarded-user",
+            "remote-user",
             "authorization",
             "proxy-authorization",
             "x-patgate-user",

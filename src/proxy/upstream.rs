@@ -120,6 +120,9 @@ impl HttpClient {
             .build()
             .map_err(|_| ProxyError::UpstreamFailed)?;
         parts.version = http::Version::HTTP_11;
+        // The upstream serves the route's host; the client's stays in X-Forwarded-Host.
+        let host = http::HeaderValue::from_str(target.authority.as_str()).map_err(|_| ProxyError::UpstreamFailed)?;
+        parts.headers.insert(http::header::HOST, host);
         let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
         let response = match tokio::time::timeout(target.response_timeout, self.client.request(req)).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout(target.response_timeout)),

@@ -165,3 +165,54 @@ fn a_token_revoked_with_the_cli_is_refused_within_a_second() {
     );
     assert!(!r.ok);
 }
+
+#[test]
+fn a_stalled_upload_cannot_hold_the_git_backend() {
+    let p = TestPatgate::start("[upstream]\nresponse_timeout = \"1s\"\n\n[git]\nmax_processes = 1\n");
+    p.init_repo("acme", "demo");
+    let t = p.mint_live("code:read", "acme");
+    // Announce a body and never send it: git waits for it, patgate does not wait for git.
+    let mut s = std::net::TcpStream::connect(p.addr).unwrap();
+    use std::io::Write;
+    write!(
+        s,
+        "POST /acme/demo.git/git-upload-pack HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {}\r\nContent-Type: application/x-git-upload-pack-request\r\nContent-Length: 100000\r\n\r\n",
+        t.token
+    )
+    .unwrap();
+    // git answers its headers first, then waits for the body: patgate cuts it after 1 s of silence.
+    let mut answer = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let ended = std::io::Read::read_to_end(&mut s, &mut answer);
+    assert!(ended.is_ok(), "the connection was not closed: {ended:?}");
+    assert!(p.log().contains("git http-backend silent too long"), "{}", p.log());
+    // The only process slot is free again.
+    git(
+        p.dir.path(),
+        &["clone", "-q", &p.url(&format!("x:{}@", t.token), "/acme/demo.git"), "c"],
+    )
+    .ok();
+}
+
+#[test]
+fn a_slow_upload_is_not_cut_while_bytes_flow() {
+    let p = TestPatgate::start("[upstream]\nresponse_timeout = \"1s\"\n");
+    p.init_repo("acme", "demo");
+    let t = p.mint_live("code:write", "acme");
+    let mut s = std::net::TcpStream::connect(p.addr).unwrap();
+    use std::io::Write;
+    write!(
+        s,
+        "POST /acme/demo.git/git-receive-pack HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {}\r\nContent-Type: application/x-git-receive-pack-request\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        t.token
+    )
+    .unwrap();
+    // One pkt-line announced as 256 bytes, sent a byte every 100 ms for 3 s: git waits, bytes flow.
+    s.write_all(b"4\r\n0100\r\n").unwrap();
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(b"1\r\na\r\n").unwrap();
+    }
+    assert!(!p.log().contains("silent too long"), "{}", p.log());
+    let _ = s.write_all(b"0\r\n\r\n");
+}
