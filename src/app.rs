@@ -13,6 +13,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
 use crate::proxy::framing::{HeadWatch, Watched};
+use crate::proxy::upstream::Upstream;
 use crate::proxy::{self, Proxy};
 use crate::store::memory::TokenCache;
 use crate::store::{follow, Store, StoreError};
@@ -52,6 +53,13 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
         source,
     })?;
     tracing::info!(%addr, config = %config.source.display(), "Listening");
+    for route in config.proxy.routes.iter() {
+        if let Upstream::GitHttpBackend(root) = &route.target {
+            if !root.is_dir() {
+                tracing::warn!(route = %route.pattern, folder = %root.display(), "Repository folder does not exist yet");
+            }
+        }
+    }
 
     let proxy = Arc::new(Proxy::new(Arc::new(config.proxy), tokens));
     let max = proxy.config().max_connections.min(u32::MAX as usize) as u32;

@@ -20,7 +20,6 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 
-use crate::auth::credentials::CredentialError;
 use crate::auth::rules::{self, PathError, QueryError, Requirement, RouteTable, RuleError};
 use crate::auth::{self, AuthError};
 use crate::store::memory::TokenCache;
@@ -242,7 +241,8 @@ pub fn error_response(e: &ProxyError) -> Response<Body> {
     if e.status() == StatusCode::UNAUTHORIZED {
         h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
     }
-    if matches!(e, ProxyError::Auth(AuthError::Credential(CredentialError::MultipleHeaders))) || e.status() == StatusCode::BAD_REQUEST {
+    // A request that could be read two ways may have left the connection in doubt too.
+    if e.status() == StatusCode::BAD_REQUEST {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
@@ -251,6 +251,7 @@ pub fn error_response(e: &ProxyError) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::credentials::CredentialError;
 
     #[test]
     fn every_error_has_its_status_and_one_line() {

@@ -206,23 +206,28 @@ impl SqliteStore {
     }
 }
 
+/// Applies pending migrations, one transaction each. The version is read inside the
+/// write transaction, so processes opening a new store at once never apply one twice.
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")?;
-    let current: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
     let known = MIGRATIONS.len() as i64;
-    if current > known {
-        return Err(StoreError::SchemaTooNew { found: current, known });
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch(sql)?;
+        tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")?;
+        let current: i64 = tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
+        if current > known {
+            return Err(StoreError::SchemaTooNew { found: current, known });
+        }
+        if current == known {
+            tx.commit()?;
+            return Ok(());
+        }
+        tx.execute_batch(MIGRATIONS[current as usize])?;
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-            params![i as i64 + 1, super::now()],
+            params![current + 1, super::now()],
         )?;
         tx.commit()?;
     }
-    Ok(())
 }
 
 fn append_event(tx: &Transaction<'_>, id: &str, kind: EventKind, at: i64, actor: Option<&str>) -> Result<(), StoreError> {
@@ -344,6 +349,24 @@ mod tests {
         };
         let store = Store::open(&loc).await.unwrap();
         assert_eq!(store.get(&id).await.unwrap().owner, "alice");
+    }
+
+    #[test]
+    fn processes_opening_a_new_store_at_once_migrate_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || SqliteStore::open(&path).map(|_| ()))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+        let conn = Connection::open(&path).unwrap();
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, MIGRATIONS.len() as i64);
     }
 
     #[tokio::test]
