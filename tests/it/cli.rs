@@ -120,3 +120,38 @@ fn json_logs_carry_one_access_event_per_request_without_secrets() {
     assert_eq!(access[0]["http.status"], 403);
     assert_eq!(access[0]["token.id"], t.id.as_str());
 }
+
+#[test]
+fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
+    let up = spawn_upstream(false);
+    let slow = spawn_upstream(true);
+    let extra = format!(
+        "[[routes]]\npath = \"/{{org}}/_apis/slow/**\"\nupstream = \"http://{}\"\nresponse_timeout = \"1s\"\nrules = [ {{ scope = \"agentpools:read\" }} ]\n\n[[routes]]\npath = \"/{{org}}/_apis/fast/**\"\nupstream = \"http://{}\"\nrules = [ {{ scope = \"agentpools:read\" }} ]\n",
+        slow.addr, up.addr
+    );
+    let mut p = TestPatgate::start(&extra);
+    let t = p.mint_live("agentpools:read", "acme");
+    // An idle keep-alive connection does not hold the shutdown up.
+    let mut idle = std::net::TcpStream::connect(p.addr).unwrap();
+    use std::io::Write;
+    write!(
+        idle,
+        "GET /acme/_apis/fast/x HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {}\r\n\r\n",
+        t.token
+    )
+    .unwrap();
+    // A request in flight (its upstream answers only by the 1 s timeout) is answered.
+    let addr = p.addr;
+    let token = t.token.clone();
+    let in_flight = std::thread::spawn(move || {
+        http(
+            addr,
+            &format!("GET /acme/_apis/slow/x HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (status, _) = p.terminate();
+    assert!(status.success(), "{status:?}\n{}", p.log());
+    assert_eq!(in_flight.join().unwrap().status, 504);
+    assert!(p.log().contains("Stopped"));
+}
