@@ -108,7 +108,7 @@ fn json_logs_carry_one_access_event_per_request_without_secrets() {
         ),
     );
     assert_eq!(r.status, 403);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(p.log_shows("\"url.path\":\"/acme/x.git/config\""), "{}", p.log());
     let log = p.log();
     assert!(!log.contains(&t.token));
     let access: Vec<serde_json::Value> = log
@@ -153,5 +153,5 @@ fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
     let (status, _) = p.terminate();
     assert!(status.success(), "{status:?}\n{}", p.log());
     assert_eq!(in_flight.join().unwrap().status, 504);
-    assert!(p.log().contains("Stopped"));
+    assert!(p.log_shows("Stopped"), "{}", p.log());
 }

@@ -128,6 +128,18 @@ impl TestPatgate {
         }
     }
 
+    /// Waits up to 5 s for `needle` to appear in the log (it is read by another thread).
+    pub fn log_shows(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
@@ -168,7 +180,12 @@ impl TestPatgate {
 
     /// Mints a token and waits until the running server admits it.
     pub fn mint_live(&self, scopes: &str, orgs: &str) -> Minted {
-        let m = self.mint(scopes, orgs, "1h");
+        self.mint_live_for(scopes, orgs, "1h")
+    }
+
+    /// Mints a token with a lifespan and waits until the running server admits it.
+    pub fn mint_live_for(&self, scopes: &str, orgs: &str, expires_in: &str) -> Minted {
+        let m = self.mint(scopes, orgs, expires_in);
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let r = http(
