@@ -23,7 +23,7 @@ use crate::store::{follow, Store, StoreError};
 pub enum AppError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
@@ -37,6 +37,7 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     tracing::info!(
         tokens = n,
         seq = tokens.seq(),
+        store = %config.store.location,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "Tokens loaded"
     );

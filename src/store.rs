@@ -38,6 +38,14 @@ pub enum Location {
     Sqlite(PathBuf),
 }
 
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+        }
+    }
+}
+
 impl Location {
     /// Parses `sqlite://relative/path.db` or `sqlite:///absolute/path.db`.
     pub fn parse(url: &str) -> Result<Location, String> {

@@ -154,4 +154,7 @@ fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
     assert!(status.success(), "{status:?}\n{}", p.log());
     assert_eq!(in_flight.join().unwrap().status, 504);
     assert!(p.log_shows("Stopped"), "{}", p.log());
+    // Uses seen by the server were written back on the way out.
+    let v: serde_json::Value = serde_json::from_slice(&p.cli(&["token", "list", "--json"]).stdout).unwrap();
+    assert!(v[0]["last_used_at"].is_string(), "{v}");
 }
