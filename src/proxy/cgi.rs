@@ -20,7 +20,7 @@ use http::{request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Body, BoxError, ProxyError};
@@ -76,28 +76,40 @@ impl Runner {
         B::Error: Into<BoxError>,
     {
         let limit = self.config.response_timeout;
-        tokio::time::timeout(limit, self.start(root, parts, body, path, permit, peer))
-            .await
-            .map_err(|_| {
-                tracing::warn!(timeout = %humantime::format_duration(limit), "git http-backend gave no answer in time");
-                ProxyError::UpstreamTimeout(limit)
-            })?
+        let started = async {
+            let slot = self.slots.clone().acquire_owned().await.map_err(|_| ProxyError::CgiUnavailable)?;
+            let mut child = self.command(root, &parts, path, permit, peer).spawn().map_err(|e| {
+                tracing::error!(binary = %self.config.binary.display(), error = %e, "Cannot start git http-backend");
+                ProxyError::CgiUnavailable
+            })?;
+            let (Some(stdin), Some(mut stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
+                return Err(ProxyError::CgiUnavailable);
+            };
+            let upload = Arc::new(Activity::new());
+            tokio::spawn(pump_body(body.map_err(Into::into).boxed_unsync(), stdin, upload.clone()));
+            tokio::spawn(log_stderr(stderr));
+
+            let (head, rest) = read_head(&mut stdout).await?;
+            let mut response = parse_head(&head)?;
+            let state = Streaming {
+                first: (!rest.is_empty()).then_some(rest),
+                stdout,
+                child: Some(child),
+                idle: limit,
+                upload,
+                _slot: slot,
+            };
+            *response.body_mut() = StreamBody::new(futures_util::stream::unfold(state, next_chunk)).boxed_unsync();
+            Ok(response)
+        };
+        tokio::time::timeout(limit, started).await.map_err(|_| {
+            tracing::warn!(timeout = %humantime::format_duration(limit), "git http-backend gave no answer in time");
+            ProxyError::UpstreamTimeout(limit)
+        })?
     }
 
-    async fn start<B>(
-        &self,
-        root: &Path,
-        parts: request::Parts,
-        body: B,
-        path: &NormalizedPath,
-        permit: &Permit,
-        peer: SocketAddr,
-    ) -> Result<Response<Body>, ProxyError>
-    where
-        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let slot = self.slots.clone().acquire_owned().await.map_err(|_| ProxyError::CgiUnavailable)?;
+    /// The `git http-backend` command with its CGI environment, and nothing else of ours.
+    fn command(&self, root: &Path, parts: &request::Parts, path: &NormalizedPath, permit: &Permit, peer: SocketAddr) -> Command {
         let mut cmd = Command::new(&self.config.binary);
         cmd.arg("http-backend")
             .env_clear()
@@ -131,59 +143,38 @@ impl Runner {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| {
-            tracing::error!(binary = %self.config.binary.display(), error = %e, "Cannot start git http-backend");
-            ProxyError::CgiUnavailable
-        })?;
-        let (Some(mut stdin), Some(mut stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
-            return Err(ProxyError::CgiUnavailable);
-        };
+        cmd
+    }
+}
 
-        let mut body = body.map_err(Into::into).boxed_unsync();
-        let upload = Arc::new(Activity::new());
-        let uploading = upload.clone();
-        tokio::spawn(async move {
-            while let Some(frame) = body.frame().await {
-                match frame {
-                    Ok(f) => {
-                        if let Ok(data) = f.into_data() {
-                            if stdin.write_all(&data).await.is_err() {
-                                return;
-                            }
-                            uploading.touch();
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "Client request body ended early");
+/// Copies the request body into git's standard input, noting each write in `activity`.
+async fn pump_body(mut body: Body, mut stdin: ChildStdin, activity: Arc<Activity>) {
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Ok(data) = f.into_data() {
+                    if stdin.write_all(&data).await.is_err() {
                         return;
                     }
+                    activity.touch();
                 }
             }
-            let _ = stdin.shutdown().await;
-        });
-        tokio::spawn(async move {
-            // At most MAX_STDERR bytes are logged; the rest is read and dropped.
-            let mut stderr = stderr;
-            let mut lines = BufReader::new((&mut stderr).take(MAX_STDERR)).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::warn!(target: "patgate::cgi", message = %line.chars().take(500).collect::<String>(), "git http-backend");
+            Err(e) => {
+                tracing::debug!(error = %e, "Client request body ended early");
+                return;
             }
-            let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
-        });
-
-        let (head, rest) = read_head(&mut stdout).await?;
-        let mut response = parse_head(&head)?;
-        let state = Streaming {
-            first: (!rest.is_empty()).then_some(rest),
-            stdout,
-            child: Some(child),
-            idle: self.config.response_timeout,
-            upload,
-            _slot: slot,
-        };
-        *response.body_mut() = StreamBody::new(futures_util::stream::unfold(state, next_chunk)).boxed_unsync();
-        Ok(response)
+        }
     }
+    let _ = stdin.shutdown().await;
+}
+
+/// Logs git's standard error line by line, at most [`MAX_STDERR`] bytes; drops the rest.
+async fn log_stderr(mut stderr: ChildStderr) {
+    let mut lines = BufReader::new((&mut stderr).take(MAX_STDERR)).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::warn!(target: "patgate::cgi", message = %line.chars().take(500).collect::<String>(), "git http-backend");
+    }
+    let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
 }
 
 struct Streaming {
