@@ -141,16 +141,6 @@ pub enum AuthError {
     OrgMissing { org: String },
 }
 
-impl AuthError {
-    /// True for the failures that are answered with 401.
-    pub fn is_unauthenticated(&self) -> bool {
-        matches!(
-            self,
-            AuthError::Missing | AuthError::Malformed | AuthError::Unknown | AuthError::Expired
-        )
-    }
-}
-
 /// A live token, identified by the credential of a request.
 #[derive(Clone)]
 pub struct Identity(Arc<CachedToken>);

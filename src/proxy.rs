@@ -129,11 +129,11 @@ pub struct Proxy {
     cgi: cgi::Runner,
 }
 
-/// What the access log says of one request.
+/// What the access log says of one request, borrowed or shared: nothing is copied for it.
 #[derive(Default)]
-struct AccessLog {
-    token_id: Option<String>,
-    route: Option<String>,
+struct AccessLog<'a> {
+    identity: Option<auth::Identity>,
+    route: Option<&'a str>,
 }
 
 impl Proxy {
@@ -157,7 +157,8 @@ impl Proxy {
     {
         let started = Instant::now();
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        // A cheap clone: the URI shares the connection's read buffer.
+        let uri = req.uri().clone();
         let mut log = AccessLog::default();
         let result = self.handle_inner(req, conn, &mut log).await;
         let (response, error) = match result {
@@ -166,8 +167,9 @@ impl Proxy {
         };
         let status = response.status().as_u16();
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let token_id = log.token_id.as_deref().unwrap_or("-");
-        let route = log.route.as_deref().unwrap_or("-");
+        let token_id = log.identity.as_ref().map_or("-", |i| i.token_id());
+        let route = log.route.unwrap_or("-");
+        let path = uri.path();
         let ip = conn.peer.ip();
         match &error {
             None => tracing::info!(
@@ -182,7 +184,12 @@ impl Proxy {
         response
     }
 
-    async fn handle_inner<B>(&self, req: Request<B>, conn: &Connection, log: &mut AccessLog) -> Result<Response<Body>, ProxyError>
+    async fn handle_inner<'a, B>(
+        &'a self,
+        req: Request<B>,
+        conn: &Connection,
+        log: &mut AccessLog<'a>,
+    ) -> Result<Response<Body>, ProxyError>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -202,10 +209,10 @@ impl Proxy {
         // Credential and token.
         let now = crate::store::now();
         let identity = auth::authenticate(req.headers(), &self.tokens, now)?;
-        log.token_id = Some(identity.token_id().to_owned());
+        log.identity = Some(identity.clone());
         // Route and rule.
         let found = self.config.routes.find(&path).ok_or(ProxyError::NoRoute)?;
-        log.route = Some(found.route.pattern.as_str().to_owned());
+        log.route = Some(found.route.pattern.as_str());
         let scope = found
             .route
             .required_scope(req.method(), &path, req.uri().query())

@@ -56,7 +56,7 @@ impl NormalizedPath {
     }
 
     /// The segments between slashes (without a trailing empty one).
-    pub fn segments(&self) -> impl Iterator<Item = &str> {
+    pub fn segments(&self) -> impl DoubleEndedIterator<Item = &str> {
         let s = self.0.strip_prefix('/').unwrap_or(&self.0);
         let s = s.strip_suffix('/').unwrap_or(s);
         s.split('/').filter(|x| !x.is_empty())
@@ -405,28 +405,25 @@ fn is_hex(s: &str, lens: &[usize]) -> bool {
     lens.contains(&s.len()) && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
 }
 
-/// The scope a git smart- or dumb-HTTP request needs, judged on the path's tail.
+/// The scope a git smart- or dumb-HTTP request needs, judged on the path's last three
+/// segments. Allocates nothing.
 fn git_scope(method: &Method, path: &NormalizedPath, query: Option<&str>) -> Result<Scope, RuleError> {
     let service = git_service(query)?;
-    let read = Scope::from_name("code:read").expect("code:read is in the scope table");
-    let write = Scope::from_name("code:write").expect("code:write is in the scope table");
-    let segs: Vec<&str> = path.segments().collect();
-    let tail = |n: usize| segs.len().checked_sub(n).map(|i| &segs[i..]);
-    let get = method == Method::GET || method == Method::HEAD;
-    let post = method == Method::POST;
-    if get {
-        match tail(2) {
-            Some(["info", "refs"]) => {
+    let (read, write) = (Scope::CODE_READ, Scope::CODE_WRITE);
+    let mut rev = path.segments().rev();
+    let (last, second, third) = (rev.next(), rev.next(), rev.next());
+    let in_objects = third == Some("objects");
+    if method == Method::GET || method == Method::HEAD {
+        match (second, last) {
+            (Some("info"), Some("refs")) => {
                 return Ok(match service {
                     Some(Service::ReceivePack) => write,
                     Some(Service::UploadPack) | None => read,
                 })
             }
-            Some(["info", "alternates" | "http-alternates" | "packs"]) if tail(3).is_some_and(|t| t[0] == "objects") => return Ok(read),
-            Some([dir, file]) if is_hex(dir, &[2]) && is_hex(file, &[38, 62]) && tail(3).is_some_and(|t| t[0] == "objects") => {
-                return Ok(read)
-            }
-            Some(["pack", file]) if tail(3).is_some_and(|t| t[0] == "objects") => {
+            (Some("info"), Some("alternates" | "http-alternates" | "packs")) if in_objects => return Ok(read),
+            (Some(dir), Some(file)) if in_objects && is_hex(dir, &[2]) && is_hex(file, &[38, 62]) => return Ok(read),
+            (Some("pack"), Some(file)) if in_objects => {
                 let name = file.strip_suffix(".pack").or_else(|| file.strip_suffix(".idx"));
                 if name.and_then(|n| n.strip_prefix("pack-")).is_some_and(|h| is_hex(h, &[40, 64])) {
                     return Ok(read);
@@ -434,14 +431,14 @@ fn git_scope(method: &Method, path: &NormalizedPath, query: Option<&str>) -> Res
             }
             _ => {}
         }
-        if tail(1) == Some(&["HEAD"][..]) {
+        if last == Some("HEAD") {
             return Ok(read);
         }
     }
-    if post {
-        match tail(1) {
-            Some(["git-upload-pack"]) => return Ok(read),
-            Some(["git-receive-pack"]) => return Ok(write),
+    if method == Method::POST {
+        match last {
+            Some("git-upload-pack") => return Ok(read),
+            Some("git-receive-pack") => return Ok(write),
             _ => {}
         }
     }

@@ -75,6 +75,11 @@ const TABLE: &[ScopeDef] = &[
 pub const FULL: &str = "full";
 
 impl Scope {
+    /// `code:read`, named for the built-in git preset (position 0 of the table; tested).
+    pub const CODE_READ: Scope = Scope(0);
+    /// `code:write`, named for the built-in git preset (position 1 of the table; tested).
+    pub const CODE_WRITE: Scope = Scope(1);
+
     /// Looks a scope up by its name (`code:read`). `full` is not a single scope: see
     /// [`ScopeSet::parse`].
     pub fn from_name(name: &str) -> Option<Scope> {
@@ -228,6 +233,12 @@ mod tests {
                 assert!(Scope::from_name(imp).is_some(), "{} implies unknown {imp}", d.name);
             }
         }
+    }
+
+    #[test]
+    fn named_constants_match_the_table() {
+        assert_eq!(Scope::CODE_READ.name(), "code:read");
+        assert_eq!(Scope::CODE_WRITE.name(), "code:write");
     }
 
     #[test]

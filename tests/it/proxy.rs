@@ -165,11 +165,10 @@ fn unreadable_requests_get_400_with_a_reason_and_never_reach_the_upstream() {
     );
     assert_eq!(r.status, 405);
     // Non-UTF-8 bytes in the header value.
-    let mut raw =
+    let raw =
         b"GET /acme/_apis/distributedtask/x HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n".to_vec();
     let r = http_bytes(p.addr, &raw);
     assert_eq!(r.status, 400);
-    raw.clear();
     assert!(up.seen.lock().unwrap().is_empty(), "a refused request reached the upstream");
     // And a chunked upload with no Content-Length goes through.
     let r = http(p.addr, &format!("POST /acme/_apis/distributedtask/x HTTP/1.1\r\nHost: h\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"));
