@@ -91,6 +91,15 @@ impl Orgs {
         Ok(Orgs::List(out))
     }
 
+    /// True when every organization `self` covers is covered by `other`.
+    pub fn is_subset_of(&self, other: &Orgs) -> bool {
+        match (self, other) {
+            (_, Orgs::All) => true,
+            (Orgs::All, Orgs::List(_)) => false,
+            (Orgs::List(mine), Orgs::List(_)) => mine.iter().all(|o| other.covers(o)),
+        }
+    }
+
     /// True when `org` is covered. Names compare exactly: the upstream is case-sensitive.
     pub fn covers(&self, org: &str) -> bool {
         match self {

@@ -185,7 +185,7 @@ async fn token(command: TokenCommand, store: &Store) -> anyhow::Result<()> {
             Ok(())
         }
         TokenCommand::List { json } => {
-            let all = store.list().await?;
+            let all = store.list_all(None).await?;
             if json {
                 let now = store::now();
                 let rows: Vec<serde_json::Value> = all

@@ -8,6 +8,8 @@
 //! SQLite is the embedded default. The API is async so that a networked store can stand
 //! behind the same calls.
 
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod follow;
 pub mod memory;
 pub mod sqlite;
@@ -93,6 +95,33 @@ pub enum TokenState {
     Revoked,
 }
 
+impl TokenState {
+    /// `active`, `expired` or `revoked`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenState::Active => "active",
+            TokenState::Expired => "expired",
+            TokenState::Revoked => "revoked",
+        }
+    }
+
+    /// Parses `active`, `expired` or `revoked`.
+    pub fn parse(s: &str) -> Option<TokenState> {
+        Some(match s {
+            "active" => TokenState::Active,
+            "expired" => TokenState::Expired,
+            "revoked" => TokenState::Revoked,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for TokenState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl TokenRecord {
     /// Active, expired or revoked at `now` (Unix seconds).
     pub fn state(&self, now: i64) -> TokenState {
@@ -156,6 +185,14 @@ pub enum InvalidToken {
     NoScopes,
     #[error("lifespan: must be at least one second")]
     Lifespan,
+    #[error("scopes: may only be narrowed: every scope must already be granted")]
+    ScopesWidened,
+    #[error("organizations: may only be narrowed: every organization must already be covered")]
+    OrgsWidened,
+    #[error("expires_at: must be in the future")]
+    ExpiresAt,
+    #[error("nothing to change: give at least one of name, scopes, organizations, expires_at")]
+    NoChange,
 }
 
 fn is_label(s: &str) -> bool {
@@ -187,6 +224,119 @@ impl NewToken {
 pub struct Created {
     pub record: TokenRecord,
     pub secret: TokenSecret,
+}
+
+/// A change to a token: rename it, narrow its scopes or organizations, move its expiry.
+/// Fields left `None` stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct TokenUpdate {
+    pub name: Option<String>,
+    pub scopes: Option<ScopeSet>,
+    pub orgs: Option<Orgs>,
+    pub expires_at: Option<i64>,
+}
+
+impl TokenUpdate {
+    /// The record after this update, or why the update cannot be made to `current` at `now`.
+    /// Scopes and organizations may only narrow; the new expiry must be in the future.
+    pub fn apply_to(&self, current: &TokenRecord, now: i64) -> Result<TokenRecord, StoreError> {
+        let state = current.state(now);
+        if state != TokenState::Active {
+            return Err(StoreError::NotLive {
+                id: current.id.clone(),
+                state,
+            });
+        }
+        if self.name.is_none() && self.scopes.is_none() && self.orgs.is_none() && self.expires_at.is_none() {
+            return Err(InvalidToken::NoChange.into());
+        }
+        let mut next = current.clone();
+        if let Some(name) = &self.name {
+            if !is_label(name) {
+                return Err(InvalidToken::Name.into());
+            }
+            next.name = name.clone();
+        }
+        if let Some(scopes) = self.scopes {
+            if scopes.is_empty() {
+                return Err(InvalidToken::NoScopes.into());
+            }
+            if !scopes.is_subset_of(current.scopes) {
+                return Err(InvalidToken::ScopesWidened.into());
+            }
+            next.scopes = scopes;
+        }
+        if let Some(orgs) = &self.orgs {
+            if !orgs.is_subset_of(&current.orgs) {
+                return Err(InvalidToken::OrgsWidened.into());
+            }
+            next.orgs = orgs.clone();
+        }
+        if let Some(at) = self.expires_at {
+            if at <= now {
+                return Err(InvalidToken::ExpiresAt.into());
+            }
+            next.expires_at = at;
+        }
+        Ok(next)
+    }
+}
+
+/// Which tokens to list, and where a page starts.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub owner: Option<String>,
+    pub state: Option<TokenState>,
+    /// The `next` cursor of the previous page.
+    pub after: Option<Cursor>,
+    /// The most records in one page (1 to [`MAX_PAGE`]).
+    pub limit: usize,
+}
+
+/// The largest page a list returns.
+pub const MAX_PAGE: usize = 1000;
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        ListQuery {
+            owner: None,
+            state: None,
+            after: None,
+            limit: MAX_PAGE,
+        }
+    }
+}
+
+/// A position in the list order (newest first): the last record of a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: i64,
+    pub id: String,
+}
+
+impl Cursor {
+    /// The cursor as it travels in a URL: `CREATED_AT.ID`.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.created_at, self.id)
+    }
+
+    /// Parses what [`Cursor::encode`] made.
+    pub fn decode(s: &str) -> Option<Cursor> {
+        let (at, id) = s.split_once('.')?;
+        let ok_id = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric());
+        ok_id.then_some(())?;
+        Some(Cursor {
+            created_at: at.parse().ok()?,
+            id: id.to_owned(),
+        })
+    }
+}
+
+/// One page of a list, and where the next one starts (none: this was the last).
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<TokenRecord>,
+    pub next: Option<Cursor>,
 }
 
 /// What happened to a token.
@@ -254,12 +404,23 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("no token with id {0}")]
     NotFound(String),
+    #[error("token {id} is {state}")]
+    NotLive { id: String, state: TokenState },
+    #[error("the token store is unavailable: {0}")]
+    Unavailable(String),
     #[error("store error: {0}")]
     Database(String),
     #[error("the store task stopped")]
     TaskStopped,
     #[error(transparent)]
     Invalid(#[from] InvalidToken),
+}
+
+impl StoreError {
+    /// True when the store could not be reached, as opposed to refusing the operation.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::TaskStopped)
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -327,15 +488,52 @@ impl Store {
         Ok(Created { record, secret })
     }
 
-    /// Every token, newest first.
-    pub async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.run(|s| s.list()).await
+    /// A page of tokens, newest first.
+    pub async fn list(&self, query: ListQuery) -> Result<Page, StoreError> {
+        let limit = query.limit.clamp(1, MAX_PAGE);
+        let query = ListQuery { limit, ..query };
+        self.run(move |s| s.list(&query, now())).await
+    }
+
+    /// Every token, newest first, page by page.
+    pub async fn list_all(&self, owner: Option<String>) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .list(ListQuery {
+                    owner: owner.clone(),
+                    after,
+                    ..ListQuery::default()
+                })
+                .await?;
+            out.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
+            }
+        }
     }
 
     /// One token by id.
     pub async fn get(&self, id: &str) -> Result<TokenRecord, StoreError> {
         let id = id.to_owned();
         self.run(move |s| s.get(&id)?.ok_or(StoreError::NotFound(id))).await
+    }
+
+    /// Changes a live token (see [`TokenUpdate::apply_to`]) and records an `updated` event.
+    pub async fn update(&self, id: &str, update: TokenUpdate, actor: Option<String>) -> Result<TokenRecord, StoreError> {
+        let id = id.to_owned();
+        self.run(move |s| s.update(&id, &update, actor.as_deref(), now())).await
+    }
+
+    /// Gives a live token a new secret under the same id; the old secret stops working.
+    pub async fn regenerate(&self, id: &str, actor: Option<String>) -> Result<Created, StoreError> {
+        let id = id.to_owned();
+        let secret = TokenSecret::generate();
+        let hash = secret.hash();
+        let record = self.run(move |s| s.regenerate(&id, hash, actor.as_deref(), now())).await?;
+        Ok(Created { record, secret })
     }
 
     /// Revokes one token. Revoking a revoked token changes nothing and succeeds.
@@ -348,6 +546,14 @@ impl Store {
     pub async fn revoke_owner(&self, owner: &str, actor: Option<String>) -> Result<usize, StoreError> {
         let owner = owner.to_owned();
         self.run(move |s| s.revoke_owner(&owner, actor.as_deref(), now())).await
+    }
+
+    /// Revokes the live tokens whose secrets hash to these; returns the ids revoked.
+    pub async fn revoke_hashes(&self, hashes: Vec<TokenHash>, actor: Option<String>) -> Result<Vec<String>, StoreError> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(move |s| s.revoke_hashes(&hashes, actor.as_deref(), now())).await
     }
 
     /// Every live token and the event sequence they reflect, read consistently.

@@ -167,6 +167,16 @@ impl ScopeSet {
         self.0 & scope.bit() != 0
     }
 
+    /// True when every scope of `self` is also in `other`.
+    pub fn is_subset_of(self, other: ScopeSet) -> bool {
+        self.0 & !other.0 == 0
+    }
+
+    /// The scopes of `self` that are not in `other`.
+    pub fn without(self, other: ScopeSet) -> ScopeSet {
+        ScopeSet(self.0 & !other.0)
+    }
+
     /// True when no scope is granted.
     pub fn is_empty(self) -> bool {
         self.0 == 0

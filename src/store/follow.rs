@@ -15,6 +15,7 @@ const BATCH: usize = 1000;
 
 /// Fills `cache` with every live token; returns how many.
 pub async fn load(store: &Store, cache: &TokenCache) -> Result<usize, StoreError> {
+    let _applying = cache.apply_lock.lock().await;
     let snap = store.snapshot().await?;
     let t = now();
     for r in &snap.live {
@@ -26,6 +27,7 @@ pub async fn load(store: &Store, cache: &TokenCache) -> Result<usize, StoreError
 
 /// Applies every event after the cache's sequence number; returns how many.
 pub async fn catch_up(store: &Store, cache: &TokenCache) -> Result<usize, StoreError> {
+    let _applying = cache.apply_lock.lock().await;
     let mut applied = 0;
     loop {
         let changes = store.changes_since(cache.seq(), BATCH).await?;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use tokio::sync::watch;
 
 use super::TokenRecord;
 use crate::auth::scope::ScopeSet;
@@ -50,11 +51,27 @@ impl CachedToken {
 }
 
 /// Live tokens by hash, and each token's current hash by id.
-#[derive(Default)]
 pub struct TokenCache {
     by_hash: DashMap<TokenHash, Arc<CachedToken>>,
     by_id: DashMap<Box<str>, TokenHash>,
     seq: AtomicI64,
+    /// Tells waiters (the admin API's long poll) the sequence number applied.
+    seq_tx: watch::Sender<i64>,
+    /// Held while reading and applying the feed, so two readers never apply an older
+    /// record over a newer one.
+    pub(super) apply_lock: tokio::sync::Mutex<()>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache {
+            by_hash: DashMap::new(),
+            by_id: DashMap::new(),
+            seq: AtomicI64::new(0),
+            seq_tx: watch::Sender::new(0),
+            apply_lock: tokio::sync::Mutex::new(()),
+        }
+    }
 }
 
 impl TokenCache {
@@ -119,6 +136,16 @@ impl TokenCache {
     /// Records that every event up to `seq` has been applied.
     pub fn set_seq(&self, seq: i64) {
         self.seq.store(seq, Ordering::Release);
+        self.seq_tx.send_if_modified(|s| {
+            let newer = *s != seq;
+            *s = seq;
+            newer
+        });
+    }
+
+    /// Follows the sequence number applied, for waiting until it passes a point.
+    pub fn watch_seq(&self) -> watch::Receiver<i64> {
+        self.seq_tx.subscribe()
     }
 
     /// Uses not yet written back: `(id, last_used)` pairs, marked as written.
