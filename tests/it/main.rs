@@ -2,6 +2,8 @@
 
 mod support;
 
+mod admin;
 mod cli;
 mod git;
+mod postgres;
 mod proxy;

@@ -1,0 +1,1 @@
+//! The admin API over HTTP: every endpoint, its errors and its authorization.

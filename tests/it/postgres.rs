@@ -1,0 +1,1 @@
+//! The PostgreSQL store against a real server: shared database, outages and restarts.
