@@ -8,8 +8,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use patgate::auth::scope::ScopeSet;
 use patgate::auth::Orgs;
+use patgate::client::{AdminClient, CreateRequest, TokenView, UpdateRequest};
 use patgate::config::{self, Config};
-use patgate::store::{self, NewToken, Store, TokenRecord};
+use patgate::store::{self, NewToken, Store, TokenUpdate};
 use patgate::{app, telemetry};
 
 /// A token-authenticating reverse proxy for self-hosted git and build infrastructure.
@@ -29,9 +30,22 @@ enum Command {
     Serve,
     /// Load and validate the config, then exit.
     CheckConfig,
-    /// Create, list and revoke tokens in the store.
+    /// Create, list, change and revoke tokens: in the store, or through a running
+    /// server's admin API with --admin-url.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// Work through this server's admin API (http://HOST:PORT) instead of on the store.
+    /// The caller's token is read from PATGATE_ADMIN_TOKEN or --token-file.
+    #[arg(long, env = "PATGATE_ADMIN_URL", global = true)]
+    admin_url: Option<String>,
+    /// A file holding the token for --admin-url (instead of PATGATE_ADMIN_TOKEN).
+    #[arg(long, global = true, requires = "admin_url")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
-    Token(TokenCommand),
+    command: TokenCommand,
 }
 
 #[derive(Subcommand)]
@@ -39,8 +53,19 @@ enum TokenCommand {
     /// Create a token and print its secret, this once.
     Create(CreateArgs),
     /// List tokens (never their secrets).
-    List {
-        /// One JSON array instead of a table.
+    List(ListArgs),
+    /// Show one token.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rename a token, narrow its scopes or organizations, or move its expiry.
+    Update(UpdateArgs),
+    /// Give a token a new secret under the same id; the old secret stops working at once.
+    Regenerate {
+        id: String,
+        /// Print one JSON object with the token and its new secret.
         #[arg(long)]
         json: bool,
     },
@@ -53,19 +78,52 @@ struct CreateArgs {
     /// What the token is for.
     #[arg(long)]
     name: String,
-    /// Who the token acts as; sent upstream as X-Patgate-User and REMOTE_USER.
+    /// Who the token acts as; sent upstream as X-Patgate-User and REMOTE_USER. Needed on
+    /// the store; through the admin API it defaults to the caller.
     #[arg(long)]
-    owner: String,
+    owner: Option<String>,
     /// Comma-separated scopes, e.g. code:read,agentpools:read; `full` for all.
     #[arg(long, value_delimiter = ',', required = true)]
     scopes: Vec<String>,
     /// Comma-separated organizations, or '*' for all.
     #[arg(long)]
     orgs: String,
-    /// Lifespan, e.g. 90s, 12h, 30d.
+    /// Lifespan, e.g. 90s, 12h, 30d. Needed on the store; through the admin API it
+    /// defaults to the server's policy.
     #[arg(long, value_parser = parse_lifespan)]
-    expires_in: Duration,
-    /// Print one JSON object with id, token and expires_at.
+    expires_in: Option<Duration>,
+    /// Print one JSON object with the token and its secret (`token`).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    /// Only this owner's tokens.
+    #[arg(long)]
+    owner: Option<String>,
+    /// Only tokens in this state.
+    #[arg(long, value_parser = ["active", "expired", "revoked"])]
+    state: Option<String>,
+    /// One JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct UpdateArgs {
+    id: String,
+    #[arg(long)]
+    name: Option<String>,
+    /// The new scopes: a subset of the current ones.
+    #[arg(long, value_delimiter = ',')]
+    scopes: Option<Vec<String>>,
+    /// The new organizations: a subset of the current ones.
+    #[arg(long)]
+    orgs: Option<String>,
+    /// A new lifespan counted from now, e.g. 30d.
+    #[arg(long, value_parser = parse_lifespan)]
+    expires_in: Option<Duration>,
     #[arg(long)]
     json: bool,
 }
@@ -99,12 +157,16 @@ fn parse_lifespan(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match config::load(&cli.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    // Through the admin API the CLI needs no config file; everything else does.
+    let config = match &cli.command {
+        Command::Token(TokenArgs { admin_url: Some(_), .. }) => None,
+        _ => match config::load(&cli.config) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -120,26 +182,45 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, config: Config) -> anyhow::Result<()> {
-    match command {
-        Command::Serve => {
+async fn run(command: Command, config: Option<Config>) -> anyhow::Result<()> {
+    match (command, config) {
+        (Command::Serve, Some(config)) => {
             telemetry::init(&config.log);
             app::serve(config, shutdown_signal()).await?;
             Ok(())
         }
-        Command::CheckConfig => {
+        (Command::CheckConfig, Some(config)) => {
             println!("{}: ok ({} routes)", config.source.display(), config.proxy.routes.iter().count());
             Ok(())
         }
-        Command::Token(t) => {
+        (Command::Token(t), config) => {
+            let log = config.as_ref().map(|c| c.log.clone()).unwrap_or_default();
             telemetry::init(&telemetry::Config {
                 filter: "warn".into(),
-                ..config.log.clone()
+                ..log
             });
-            let store = Store::open(&config.store.location).await?;
-            token(t, &store).await
+            let backend = match (&t.admin_url, config) {
+                (Some(url), _) => Backend::Admin(AdminClient::new(url, &admin_token(t.token_file.as_deref())?)?),
+                (None, Some(config)) => Backend::Store(Store::open(&config.store.location).await?),
+                (None, None) => unreachable!("the config is loaded unless --admin-url is given"),
+            };
+            token(t.command, &backend).await
         }
+        (_, None) => unreachable!("the config is loaded for serve and check-config"),
     }
+}
+
+/// The caller's token for --admin-url: from --token-file or PATGATE_ADMIN_TOKEN, never
+/// from the command line (where other users could read it).
+fn admin_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let token = match file {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read --token-file {}", path.display()))?,
+        None => std::env::var("PATGATE_ADMIN_TOKEN")
+            .map_err(|_| anyhow::anyhow!("--admin-url needs a token: set PATGATE_ADMIN_TOKEN or give --token-file"))?,
+    };
+    let token = token.trim().to_owned();
+    anyhow::ensure!(!token.is_empty(), "the admin token is empty");
+    Ok(token)
 }
 
 async fn shutdown_signal() {
@@ -152,88 +233,223 @@ async fn shutdown_signal() {
     tracing::info!("Shutting down");
 }
 
+/// Where token commands are carried out: on the store directly (no policies: this is how
+/// the first admin token is made), or through a running server's admin API.
+enum Backend {
+    Store(Store),
+    Admin(AdminClient),
+}
+
 const ACTOR: &str = "cli";
 
-async fn token(command: TokenCommand, store: &Store) -> anyhow::Result<()> {
+impl Backend {
+    async fn create(&self, a: CreateArgs) -> anyhow::Result<(TokenView, String)> {
+        let scopes = ScopeSet::parse(&a.scopes).context("--scopes")?;
+        let orgs = Orgs::parse(&a.orgs).context("--orgs")?;
+        match self {
+            Backend::Store(store) => {
+                let new = NewToken {
+                    name: a.name,
+                    owner: a.owner.context("--owner is needed when working on the store")?,
+                    orgs,
+                    scopes,
+                    lifespan: a.expires_in.context("--expires-in is needed when working on the store")?,
+                };
+                let created = store.create(new, Some(ACTOR.into())).await?;
+                Ok((TokenView::of(&created.record, store::now()), created.secret.expose().to_owned()))
+            }
+            Backend::Admin(api) => {
+                let req = CreateRequest {
+                    name: a.name,
+                    owner: a.owner,
+                    scopes: a.scopes,
+                    orgs,
+                    expires_in: a.expires_in.map(|d| humantime::format_duration(d).to_string()),
+                };
+                let w = api.create(&req).await?;
+                Ok((w.token, w.secret))
+            }
+        }
+    }
+
+    async fn list(&self, owner: Option<String>, state: Option<String>) -> anyhow::Result<Vec<TokenView>> {
+        match self {
+            Backend::Store(store) => {
+                let now = store::now();
+                let all = store.list_all(owner).await?;
+                Ok(all
+                    .iter()
+                    .filter(|r| state.as_deref().is_none_or(|s| r.state(now).as_str() == s))
+                    .map(|r| TokenView::of(r, now))
+                    .collect())
+            }
+            Backend::Admin(api) => Ok(api.list(owner.as_deref(), state.as_deref()).await?),
+        }
+    }
+
+    async fn get(&self, id: &str) -> anyhow::Result<TokenView> {
+        match self {
+            Backend::Store(store) => Ok(TokenView::of(&store.get(id).await?, store::now())),
+            Backend::Admin(api) => Ok(api.get(id).await?),
+        }
+    }
+
+    async fn update(&self, a: UpdateArgs) -> anyhow::Result<TokenView> {
+        let scopes = a.scopes.as_deref().map(ScopeSet::parse).transpose().context("--scopes")?;
+        let orgs = a.orgs.as_deref().map(Orgs::parse).transpose().context("--orgs")?;
+        match self {
+            Backend::Store(store) => {
+                let update = TokenUpdate {
+                    name: a.name,
+                    scopes,
+                    orgs,
+                    expires_at: a
+                        .expires_in
+                        .map(|d| store::now().saturating_add(d.as_secs().min(i64::MAX as u64) as i64)),
+                };
+                let r = store.update(&a.id, update, Some(ACTOR.into())).await?;
+                Ok(TokenView::of(&r, store::now()))
+            }
+            Backend::Admin(api) => {
+                let req = UpdateRequest {
+                    name: a.name,
+                    scopes: a.scopes,
+                    orgs,
+                    expires_in: a.expires_in.map(|d| humantime::format_duration(d).to_string()),
+                };
+                Ok(api.update(&a.id, &req).await?)
+            }
+        }
+    }
+
+    async fn regenerate(&self, id: &str) -> anyhow::Result<(TokenView, String)> {
+        match self {
+            Backend::Store(store) => {
+                let c = store.regenerate(id, Some(ACTOR.into())).await?;
+                Ok((TokenView::of(&c.record, store::now()), c.secret.expose().to_owned()))
+            }
+            Backend::Admin(api) => {
+                let w = api.regenerate(id).await?;
+                Ok((w.token, w.secret))
+            }
+        }
+    }
+
+    /// Revokes one token; says whether it was revoked already.
+    async fn revoke(&self, id: &str) -> anyhow::Result<bool> {
+        let before = self.get(id).await?;
+        match self {
+            Backend::Store(store) => {
+                store.revoke(id, Some(ACTOR.into())).await?;
+            }
+            Backend::Admin(api) => {
+                api.revoke(id).await?;
+            }
+        }
+        Ok(before.revoked_at.is_some())
+    }
+
+    async fn revoke_owner(&self, owner: &str) -> anyhow::Result<usize> {
+        match self {
+            Backend::Store(store) => Ok(store.revoke_owner(owner, Some(ACTOR.into())).await?),
+            Backend::Admin(api) => Ok(api.revoke_owner(owner).await?),
+        }
+    }
+}
+
+async fn token(command: TokenCommand, backend: &Backend) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create(a) => {
-            let scopes = ScopeSet::parse(&a.scopes).context("--scopes")?;
-            let orgs = Orgs::parse(&a.orgs).context("--orgs")?;
-            let new = NewToken {
-                name: a.name,
-                owner: a.owner,
-                orgs,
-                scopes,
-                lifespan: a.expires_in,
-            };
-            let created = store.create(new, Some(ACTOR.into())).await?;
-            let r = &created.record;
-            if a.json {
-                let mut v = serde_json::to_value(r)?;
-                v["token"] = serde_json::Value::String(created.secret.expose().to_owned());
+            let json = a.json;
+            let (t, secret) = backend.create(a).await?;
+            if json {
+                let mut v = serde_json::to_value(&t)?;
+                v["token"] = secret.into();
                 println!("{v}");
             } else {
-                println!("Created token {} ({}) for {}", r.id, r.name, r.owner);
-                println!("  scopes:  {}", r.scopes);
-                println!("  orgs:    {}", r.orgs);
-                println!("  expires: {}", store::format_time(r.expires_at));
-                println!();
-                println!("  {}", created.secret.expose());
-                println!();
-                println!("Copy the token now: it is shown only this once.");
+                println!("Created token {} ({}) for {}", t.id, t.name, t.owner);
+                print_secret(&t, &secret);
             }
-            Ok(())
         }
-        TokenCommand::List { json } => {
-            let all = store.list_all(None).await?;
-            if json {
-                let now = store::now();
-                let rows: Vec<serde_json::Value> = all
-                    .iter()
-                    .map(|r| {
-                        let mut v = serde_json::to_value(r).unwrap_or_default();
-                        v["state"] = serde_json::to_value(r.state(now)).unwrap_or_default();
-                        v
-                    })
-                    .collect();
-                println!("{}", serde_json::Value::Array(rows));
+        TokenCommand::List(a) => {
+            let all = backend.list(a.owner, a.state).await?;
+            if a.json {
+                println!("{}", serde_json::to_string(&all)?);
             } else {
                 print_table(&all);
             }
-            Ok(())
+        }
+        TokenCommand::Show { id, json } => {
+            let t = backend.get(&id).await?;
+            if json {
+                println!("{}", serde_json::to_string(&t)?);
+            } else {
+                print_table(std::slice::from_ref(&t));
+            }
+        }
+        TokenCommand::Update(a) => {
+            let json = a.json;
+            let t = backend.update(a).await?;
+            if json {
+                println!("{}", serde_json::to_string(&t)?);
+            } else {
+                println!("Updated token {}", t.id);
+                print_table(std::slice::from_ref(&t));
+            }
+        }
+        TokenCommand::Regenerate { id, json } => {
+            let (t, secret) = backend.regenerate(&id).await?;
+            if json {
+                let mut v = serde_json::to_value(&t)?;
+                v["token"] = secret.into();
+                println!("{v}");
+            } else {
+                println!(
+                    "Regenerated token {} ({}) for {}; the old secret no longer works",
+                    t.id, t.name, t.owner
+                );
+                print_secret(&t, &secret);
+            }
         }
         TokenCommand::Revoke(a) => {
             if let Some(id) = a.target.id {
-                let before = store.get(&id).await?;
-                store.revoke(&id, Some(ACTOR.into())).await?;
-                if before.revoked_at.is_some() {
+                if backend.revoke(&id).await? {
                     println!("Token {id} was already revoked");
                 } else {
                     println!("Revoked token {id}");
                 }
             } else if let Some(owner) = a.target.owner {
-                let n = store.revoke_owner(&owner, Some(ACTOR.into())).await?;
+                let n = backend.revoke_owner(&owner).await?;
                 println!("Revoked {n} token(s) of {owner}");
             }
-            Ok(())
         }
     }
+    Ok(())
 }
 
-fn print_table(all: &[TokenRecord]) {
-    let now = store::now();
+fn print_secret(t: &TokenView, secret: &str) {
+    println!("  scopes:  {}", t.scopes.join(","));
+    println!("  orgs:    {}", t.orgs);
+    println!("  expires: {}", t.expires_at);
+    println!();
+    println!("  {secret}");
+    println!();
+    println!("Copy the token now: it is shown only this once.");
+}
+
+fn print_table(all: &[TokenView]) {
     let rows: Vec<[String; 8]> = all
         .iter()
-        .map(|r| {
+        .map(|t| {
             [
-                r.id.clone(),
-                r.name.clone(),
-                r.owner.clone(),
-                format!("{:?}", r.state(now)).to_lowercase(),
-                r.scopes.to_string(),
-                r.orgs.to_string(),
-                store::format_time(r.expires_at),
-                r.last_used_at.map(store::format_time).unwrap_or_else(|| "-".into()),
+                t.id.clone(),
+                t.name.clone(),
+                t.owner.clone(),
+                t.state.clone(),
+                t.scopes.join(","),
+                t.orgs.to_string(),
+                t.expires_at.clone(),
+                t.last_used_at.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();

@@ -158,3 +158,90 @@ fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
     let v: serde_json::Value = serde_json::from_slice(&p.cli(&["token", "list", "--json"]).stdout).unwrap();
     assert!(v[0]["last_used_at"].is_string(), "{v}");
 }
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn show_update_regenerate_and_filters_on_the_store() {
+    let p = TestPatgate::start("");
+    p.init_repo("acme", "demo");
+    let t = p.mint_live("code:write", "acme,globex");
+    let other = p.mint("code:read", "acme", "1h");
+    p.cli(&["token", "revoke", &other.id]);
+
+    let v = json_of(&p.cli(&["token", "show", &t.id, "--json"]));
+    assert_eq!((v["state"].as_str(), v["scopes"][0].as_str()), (Some("active"), Some("code:write")));
+
+    // Narrowing works; widening is refused and names the field.
+    let v = json_of(&p.cli(&[
+        "token",
+        "update",
+        &t.id,
+        "--scopes",
+        "code:read",
+        "--orgs",
+        "acme",
+        "--name",
+        "ro",
+        "--json",
+    ]));
+    assert_eq!((v["name"].as_str(), v["scopes"][0].as_str()), (Some("ro"), Some("code:read")));
+    let out = p.cli(&["token", "update", &t.id, "--scopes", "code:write"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scopes: may only be narrowed"));
+
+    let revoked = json_of(&p.cli(&["token", "list", "--state", "revoked", "--json"]));
+    assert_eq!(revoked.as_array().unwrap().len(), 1);
+    assert_eq!(revoked[0]["id"], other.id.as_str());
+    let active = json_of(&p.cli(&["token", "list", "--owner", "alice", "--state", "active", "--json"]));
+    assert_eq!(active.as_array().unwrap().len(), 1);
+
+    // A regenerated token keeps its id; the old secret is refused, the new one admitted.
+    let v = json_of(&p.cli(&["token", "regenerate", &t.id, "--json"]));
+    assert_eq!(v["id"], t.id.as_str());
+    let fresh = v["token"].as_str().unwrap().to_owned();
+    assert_ne!(fresh, t.token);
+    let probe = |secret: &str| {
+        let req = format!(
+            "GET /acme/demo.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+            basic("", secret)
+        );
+        http(p.addr, &req).status
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while probe(&fresh) != 200 || probe(&t.token) != 401 {
+        assert!(std::time::Instant::now() < deadline, "regeneration never reached the server");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = p.cli(&["token", "regenerate", &other.id]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is revoked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn admin_url_mode_needs_a_token_and_a_reachable_server() {
+    let out = Command::new(BIN)
+        .args(["token", "--admin-url", "http://127.0.0.1:1", "list"])
+        .env_remove("PATGATE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PATGATE_ADMIN_TOKEN"));
+    let out = Command::new(BIN)
+        .args(["token", "--admin-url", "http://127.0.0.1:1", "list"])
+        .env("PATGATE_ADMIN_TOKEN", "patg_whatever")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot reach the admin API at http://127.0.0.1:1") && !err.contains("patg_"),
+        "{err}"
+    );
+}
