@@ -199,7 +199,8 @@ impl Config {
             git,
         };
         let store = store::Config {
-            location: store::Location::parse(&f.store.url).map_err(|e| cx.err("store.url", format!("`{}`: {e}", f.store.url)))?,
+            location: store::Location::parse(&f.store.url)
+                .map_err(|e| cx.err("store.url", format!("`{}`: {e}", store::redact_url(&f.store.url))))?,
             poll_interval: cx.duration("store.poll_interval", &f.store.poll_interval)?,
             last_used_flush_interval: cx.duration("store.last_used_flush_interval", &f.store.last_used_flush_interval)?,
         };

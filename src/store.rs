@@ -12,6 +12,7 @@
 pub(crate) mod conformance;
 pub mod follow;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -34,22 +35,25 @@ pub struct Config {
     pub last_used_flush_interval: Duration,
 }
 
-/// Where the store lives.
+/// Where the store lives. Display and Debug never show a password.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     Sqlite(PathBuf),
+    Postgres(postgres::PgUrl),
 }
 
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            Location::Postgres(url) => url.fmt(f),
         }
     }
 }
 
 impl Location {
-    /// Parses `sqlite://relative/path.db` or `sqlite:///absolute/path.db`.
+    /// Parses `sqlite://relative/path.db`, `sqlite:///absolute/path.db`, or a
+    /// `postgres://` / `postgresql://` URL. The error never repeats the URL.
     pub fn parse(url: &str) -> Result<Location, String> {
         if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
@@ -58,11 +62,13 @@ impl Location {
             return Ok(Location::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err("the PostgreSQL store is not available in this version; use sqlite://PATH".into());
+            return postgres::PgUrl::parse(url).map(Location::Postgres);
         }
-        Err("unknown store URL scheme; use sqlite://PATH".into())
+        Err("unknown store URL scheme; use sqlite://PATH or postgres://USER@HOST/DB".into())
     }
 }
+
+pub use postgres::redact_url;
 
 /// One token as stored: everything but the secret, of which only the hash is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -446,6 +452,10 @@ impl Store {
                     .map_err(|_| StoreError::TaskStopped)??;
                 Ok(Store::Sqlite(Arc::new(s)))
             }
+            Location::Postgres(url) => Err(StoreError::Open {
+                path: url.to_string(),
+                reason: "the PostgreSQL store is not available in this version".into(),
+            }),
         }
     }
 
