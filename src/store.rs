@@ -5,8 +5,8 @@
 //! the feed into their in-memory copy ([`memory::TokenCache`]); the request path reads
 //! only that copy and never waits on this module.
 //!
-//! SQLite is the embedded default. The API is async so that a networked store can stand
-//! behind the same calls.
+//! SQLite ([`sqlite`]) is the embedded default; its blocking calls run on tokio's blocking
+//! pool. PostgreSQL ([`postgres`]) is shared by several instances and is async throughout.
 
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -439,6 +439,7 @@ impl From<rusqlite::Error> for StoreError {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(Arc<sqlite::SqliteStore>),
+    Postgres(Arc<postgres::PgStore>),
 }
 
 impl Store {
@@ -452,26 +453,20 @@ impl Store {
                     .map_err(|_| StoreError::TaskStopped)??;
                 Ok(Store::Sqlite(Arc::new(s)))
             }
-            Location::Postgres(url) => Err(StoreError::Open {
-                path: url.to_string(),
-                reason: "the PostgreSQL store is not available in this version".into(),
-            }),
+            Location::Postgres(url) => Ok(Store::Postgres(Arc::new(postgres::PgStore::open(url).await?))),
         }
     }
 
-    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs a blocking SQLite call on tokio's blocking pool.
+    async fn blocking<T, F>(s: &Arc<sqlite::SqliteStore>, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&sqlite::SqliteStore) -> Result<T, StoreError> + Send + 'static,
     {
-        match self {
-            Store::Sqlite(s) => {
-                let s = s.clone();
-                tokio::task::spawn_blocking(move || f(&s))
-                    .await
-                    .map_err(|_| StoreError::TaskStopped)?
-            }
-        }
+        let s = s.clone();
+        tokio::task::spawn_blocking(move || f(&s))
+            .await
+            .map_err(|_| StoreError::TaskStopped)?
     }
 
     /// Mints a secret and stores the new token with its `created` event.
@@ -493,8 +488,13 @@ impl Store {
             revoked_by: None,
             last_used_at: None,
         };
-        let r = record.clone();
-        self.run(move |s| s.insert(&r, actor.as_deref())).await?;
+        match self {
+            Store::Sqlite(s) => {
+                let r = record.clone();
+                Self::blocking(s, move |s| s.insert(&r, actor.as_deref())).await?
+            }
+            Store::Postgres(p) => p.insert(&record, actor.as_deref()).await?,
+        }
         Ok(Created { record, secret })
     }
 
@@ -502,7 +502,10 @@ impl Store {
     pub async fn list(&self, query: ListQuery) -> Result<Page, StoreError> {
         let limit = query.limit.clamp(1, MAX_PAGE);
         let query = ListQuery { limit, ..query };
-        self.run(move |s| s.list(&query, now())).await
+        match self {
+            Store::Sqlite(s) => Self::blocking(s, move |s| s.list(&query, now())).await,
+            Store::Postgres(p) => p.list(&query, now()).await,
+        }
     }
 
     /// Every token, newest first, page by page.
@@ -527,35 +530,61 @@ impl Store {
 
     /// One token by id.
     pub async fn get(&self, id: &str) -> Result<TokenRecord, StoreError> {
-        let id = id.to_owned();
-        self.run(move |s| s.get(&id)?.ok_or(StoreError::NotFound(id))).await
+        let found = match self {
+            Store::Sqlite(s) => {
+                let id = id.to_owned();
+                Self::blocking(s, move |s| s.get(&id)).await?
+            }
+            Store::Postgres(p) => p.get(id).await?,
+        };
+        found.ok_or_else(|| StoreError::NotFound(id.to_owned()))
     }
 
     /// Changes a live token (see [`TokenUpdate::apply_to`]) and records an `updated` event.
     pub async fn update(&self, id: &str, update: TokenUpdate, actor: Option<String>) -> Result<TokenRecord, StoreError> {
-        let id = id.to_owned();
-        self.run(move |s| s.update(&id, &update, actor.as_deref(), now())).await
+        match self {
+            Store::Sqlite(s) => {
+                let id = id.to_owned();
+                Self::blocking(s, move |s| s.update(&id, &update, actor.as_deref(), now())).await
+            }
+            Store::Postgres(p) => p.update(id, &update, actor.as_deref(), now()).await,
+        }
     }
 
     /// Gives a live token a new secret under the same id; the old secret stops working.
     pub async fn regenerate(&self, id: &str, actor: Option<String>) -> Result<Created, StoreError> {
-        let id = id.to_owned();
         let secret = TokenSecret::generate();
         let hash = secret.hash();
-        let record = self.run(move |s| s.regenerate(&id, hash, actor.as_deref(), now())).await?;
+        let record = match self {
+            Store::Sqlite(s) => {
+                let id = id.to_owned();
+                Self::blocking(s, move |s| s.regenerate(&id, hash, actor.as_deref(), now())).await?
+            }
+            Store::Postgres(p) => p.regenerate(id, hash, actor.as_deref(), now()).await?,
+        };
         Ok(Created { record, secret })
     }
 
     /// Revokes one token. Revoking a revoked token changes nothing and succeeds.
     pub async fn revoke(&self, id: &str, actor: Option<String>) -> Result<TokenRecord, StoreError> {
-        let id = id.to_owned();
-        self.run(move |s| s.revoke(&id, actor.as_deref(), now())).await
+        match self {
+            Store::Sqlite(s) => {
+                let id = id.to_owned();
+                Self::blocking(s, move |s| s.revoke(&id, actor.as_deref(), now())).await
+            }
+            Store::Postgres(p) => p.revoke(id, actor.as_deref(), now()).await,
+        }
     }
 
     /// Revokes every live token of an owner; returns how many.
     pub async fn revoke_owner(&self, owner: &str, actor: Option<String>) -> Result<usize, StoreError> {
-        let owner = owner.to_owned();
-        self.run(move |s| s.revoke_owner(&owner, actor.as_deref(), now())).await
+        match self {
+            Store::Sqlite(s) => {
+                let owner = owner.to_owned();
+                Self::blocking(s, move |s| s.revoke_owner(&owner, actor.as_deref(), now())).await
+            }
+            Store::Postgres(p) => p.revoke_owner(owner, actor.as_deref(), now()).await,
+        }
     }
 
     /// Revokes the live tokens whose secrets hash to these; returns the ids revoked.
@@ -563,17 +592,26 @@ impl Store {
         if hashes.is_empty() {
             return Ok(Vec::new());
         }
-        self.run(move |s| s.revoke_hashes(&hashes, actor.as_deref(), now())).await
+        match self {
+            Store::Sqlite(s) => Self::blocking(s, move |s| s.revoke_hashes(&hashes, actor.as_deref(), now())).await,
+            Store::Postgres(p) => p.revoke_hashes(&hashes, actor.as_deref(), now()).await,
+        }
     }
 
     /// Every live token and the event sequence they reflect, read consistently.
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        self.run(|s| s.snapshot(now())).await
+        match self {
+            Store::Sqlite(s) => Self::blocking(s, |s| s.snapshot(now())).await,
+            Store::Postgres(p) => p.snapshot(now()).await,
+        }
     }
 
     /// Events after `seq`, in order, at most `limit`, with each token's current record.
     pub async fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
-        self.run(move |s| s.changes_since(seq, limit)).await
+        match self {
+            Store::Sqlite(s) => Self::blocking(s, move |s| s.changes_since(seq, limit)).await,
+            Store::Postgres(p) => p.changes_since(seq, limit).await,
+        }
     }
 
     /// Writes back when tokens were last used (advisory; not an event).
@@ -581,7 +619,10 @@ impl Store {
         if uses.is_empty() {
             return Ok(());
         }
-        self.run(move |s| s.record_last_used(&uses)).await
+        match self {
+            Store::Sqlite(s) => Self::blocking(s, move |s| s.record_last_used(&uses)).await,
+            Store::Postgres(p) => p.record_last_used(&uses).await,
+        }
     }
 }
 

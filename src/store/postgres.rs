@@ -4,19 +4,80 @@
 //! transaction that notifies `patgate_token_events` on commit, and the dedicated
 //! listening connection that [`super::follow`] uses to hear of changes at once.
 //!
+//! Event order: every write transaction takes one transaction-level advisory lock before
+//! it draws a sequence number, so sequence order is commit order and a reader that has
+//! seen event `n` has seen every event before it. Snapshots read the tokens and the last
+//! sequence number in one REPEATABLE READ transaction.
+//!
 //! It must never let a password into a message, and never wait without a bound: every
-//! operation gives up after a few seconds with [`StoreError::Unavailable`].
+//! operation gives up after [`OP_TIMEOUT`] with [`StoreError::Unavailable`].
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
+
+use super::sqlite::{orgs_to_text, page};
+use super::{Change, EventKind, ListQuery, Page, Snapshot, StoreError, TokenEvent, TokenRecord, TokenState, TokenUpdate};
+use crate::auth::scope::ScopeSet;
+use crate::auth::token::TokenHash;
+use crate::auth::Orgs;
+
+/// The longest any one store operation may take, connecting included.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a new connection may take, unless the URL sets `connect_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections in the pool, at most.
+const POOL_SIZE: usize = 8;
+/// How often an idle listening connection is checked.
+const LISTEN_PING: Duration = Duration::from_secs(10);
+/// The channel every write notifies on commit.
+pub const CHANNEL: &str = "patgate_token_events";
+/// Advisory lock keys (per database): schema migrations, and the one writer at a time
+/// that keeps sequence order equal to commit order.
+const MIGRATE_LOCK: i64 = 0x7061_7467_6174_6501;
+const WRITE_LOCK: i64 = 0x7061_7467_6174_6502;
+
+/// Schema migrations, in order; the position plus one is the version.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE tokens (
+    id            TEXT PRIMARY KEY,
+    hash          BYTEA NOT NULL UNIQUE,
+    name          TEXT NOT NULL,
+    owner         TEXT NOT NULL,
+    orgs          TEXT NOT NULL,
+    scopes        TEXT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    expires_at    BIGINT NOT NULL,
+    revoked_at    BIGINT,
+    revoked_by    TEXT,
+    last_used_at  BIGINT
+);
+CREATE INDEX tokens_owner ON tokens (owner);
+CREATE INDEX tokens_newest ON tokens (created_at DESC, id DESC);
+CREATE TABLE token_events (
+    seq       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    token_id  TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    at        BIGINT NOT NULL,
+    actor     TEXT
+);
+"#];
+
+const COLUMNS: &str = "id, hash, name, owner, orgs, scopes, created_at, expires_at, revoked_at, revoked_by, last_used_at";
 
 /// A PostgreSQL connection URL (`postgres://` or `postgresql://`), checked. Display and
 /// Debug mask the password: `postgres://user:***@host:5432/db`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PgUrl {
-    config: tokio_postgres::Config,
+    config: Box<tokio_postgres::Config>,
     shown: String,
 }
 
@@ -41,7 +102,10 @@ impl PgUrl {
             return Err("sslmode=require is not supported: patgate connects to PostgreSQL without TLS".into());
         }
         let shown = show(&config);
-        Ok(PgUrl { config, shown })
+        Ok(PgUrl {
+            config: Box::new(config),
+            shown,
+        })
     }
 
     /// The connection settings, password included: for connecting, never for showing.
@@ -136,10 +200,695 @@ fn mask_password_params(s: &str) -> String {
     out
 }
 
+/// A PostgreSQL database shared by every patgate instance that names it.
+pub struct PgStore {
+    pool: Pool,
+    /// The connection settings with patgate's defaults, for the listening connection.
+    config: tokio_postgres::Config,
+}
+
+/// Runs `$body` (an async block's statements, with `$c: &mut Object`) on a pooled
+/// connection, all of it within [`OP_TIMEOUT`]. A connection that was cut off mid-way
+/// is closed rather than returned to the pool.
+macro_rules! with_client {
+    ($store:expr, |$c:ident| $body:block) => {{
+        let store: &PgStore = $store;
+        let mut slot: Option<Object> = None;
+        let r = tokio::time::timeout(OP_TIMEOUT, async {
+            let $c: &mut Object = slot.insert(store.client().await?);
+            $body
+        })
+        .await;
+        settle(&mut slot, r)
+    }};
+}
+
+fn settle<T>(slot: &mut Option<Object>, r: Result<Result<T, StoreError>, tokio::time::error::Elapsed>) -> Result<T, StoreError> {
+    match r {
+        Ok(r) => r,
+        Err(_) => {
+            if let Some(c) = slot.take() {
+                drop(Object::take(c));
+            }
+            Err(StoreError::Unavailable(format!(
+                "no answer from PostgreSQL within {}s",
+                OP_TIMEOUT.as_secs()
+            )))
+        }
+    }
+}
+
+impl PgStore {
+    /// Connects and migrates the schema (once, however many instances start at once).
+    /// An unreachable server is an [`StoreError::Open`] naming the URL, password masked.
+    pub async fn open(url: &PgUrl) -> Result<PgStore, StoreError> {
+        let mut config: tokio_postgres::Config = url.config().clone();
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("patgate");
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            // Sent data unacknowledged this long: the connection is dead.
+            config.tcp_user_timeout(OP_TIMEOUT * 2);
+        }
+        let fail = |reason: String| StoreError::Open {
+            path: url.to_string(),
+            reason,
+        };
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(OP_TIMEOUT))
+            .create_timeout(Some(OP_TIMEOUT))
+            .recycle_timeout(Some(OP_TIMEOUT))
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let store = PgStore { pool, config };
+        store.migrate().await.map_err(|e| match e {
+            StoreError::Unavailable(reason) | StoreError::Database(reason) => fail(reason),
+            other => other,
+        })?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(|e| {
+            StoreError::Unavailable(match e {
+                PoolError::Timeout(_) => "no PostgreSQL connection free or made in time".into(),
+                PoolError::Backend(e) => reason(&e),
+                PoolError::Closed => "the PostgreSQL connection pool is closed".into(),
+                PoolError::NoRuntimeSpecified => "the PostgreSQL connection pool has no runtime".into(),
+                PoolError::PostCreateHook(e) => one_line(&e.to_string()),
+            })
+        })
+    }
+
+    /// Applies pending migrations in one transaction under an advisory lock, so
+    /// instances opening a new database at once apply each migration once.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        with_client!(self, |c| {
+            let known = MIGRATIONS.len() as i64;
+            let tx = c.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK]).await?;
+            tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+                .await?;
+            let current: i64 = tx
+                .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])
+                .await?
+                .try_get(0)?;
+            if current > known {
+                return Err(StoreError::SchemaTooNew { found: current, known });
+            }
+            for version in current..known {
+                tx.batch_execute(MIGRATIONS[version as usize]).await?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                    &[&(version + 1), &super::now()],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    pub(super) async fn insert(&self, r: &TokenRecord, actor: Option<&str>) -> Result<(), StoreError> {
+        with_client!(self, |c| {
+            let tx = write_tx(c).await?;
+            let st = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO tokens ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                ))
+                .await?;
+            tx.execute(
+                &st,
+                &[
+                    &r.id,
+                    &&r.hash.0[..],
+                    &r.name,
+                    &r.owner,
+                    &orgs_to_text(&r.orgs),
+                    &r.scopes.to_string(),
+                    &r.created_at,
+                    &r.expires_at,
+                    &r.revoked_at,
+                    &r.revoked_by,
+                    &r.last_used_at,
+                ],
+            )
+            .await?;
+            append_events(&tx, std::slice::from_ref(&r.id), EventKind::Created, r.created_at, actor).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    pub(super) async fn list(&self, q: &ListQuery, now: i64) -> Result<Page, StoreError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM tokens WHERE TRUE");
+        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        if let Some(owner) = &q.owner {
+            args.push(Box::new(owner.clone()));
+            sql += &format!(" AND owner = ${}", args.len());
+        }
+        match q.state {
+            None => {}
+            Some(TokenState::Revoked) => sql += " AND revoked_at IS NOT NULL",
+            Some(live) => {
+                args.push(Box::new(now));
+                let op = if live == TokenState::Active { ">" } else { "<=" };
+                sql += &format!(" AND revoked_at IS NULL AND expires_at {op} ${}", args.len());
+            }
+        }
+        if let Some(after) = &q.after {
+            args.push(Box::new(after.created_at));
+            args.push(Box::new(after.id.clone()));
+            let (c, i) = (args.len() - 1, args.len());
+            sql += &format!(" AND (created_at < ${c} OR (created_at = ${c} AND id < ${i}))");
+        }
+        // One more than asked tells whether another page follows.
+        args.push(Box::new((q.limit + 1) as i64));
+        sql += &format!(" ORDER BY created_at DESC, id DESC LIMIT ${}", args.len());
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
+        with_client!(self, |c| {
+            let st = c.prepare_cached(&sql).await?;
+            let rows = c.query(&st, &params).await?;
+            let mut items = rows.iter().map(|r| read_record(r, 0)).collect::<Result<Vec<_>, _>>()?;
+            Ok(page(&mut items, q.limit))
+        })
+    }
+
+    pub(super) async fn get(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        with_client!(self, |c| {
+            let st = c.prepare_cached(&format!("SELECT {COLUMNS} FROM tokens WHERE id = $1")).await?;
+            c.query_opt(&st, &[&id]).await?.map(|r| read_record(&r, 0)).transpose()
+        })
+    }
+
+    pub(super) async fn update(&self, id: &str, update: &TokenUpdate, actor: Option<&str>, now: i64) -> Result<TokenRecord, StoreError> {
+        with_client!(self, |c| {
+            let tx = write_tx(c).await?;
+            let current = get_for_update(&tx, id).await?;
+            let next = update.apply_to(&current, now)?;
+            tx.execute(
+                "UPDATE tokens SET name = $2, orgs = $3, scopes = $4, expires_at = $5 WHERE id = $1",
+                &[
+                    &id,
+                    &next.name,
+                    &orgs_to_text(&next.orgs),
+                    &next.scopes.to_string(),
+                    &next.expires_at,
+                ],
+            )
+            .await?;
+            append_events(&tx, &[id.to_owned()], EventKind::Updated, now, actor).await?;
+            tx.commit().await?;
+            Ok(next)
+        })
+    }
+
+    pub(super) async fn regenerate(&self, id: &str, hash: TokenHash, actor: Option<&str>, now: i64) -> Result<TokenRecord, StoreError> {
+        with_client!(self, |c| {
+            let tx = write_tx(c).await?;
+            let mut record = get_for_update(&tx, id).await?;
+            let state = record.state(now);
+            if state != TokenState::Active {
+                return Err(StoreError::NotLive { id: id.to_owned(), state });
+            }
+            tx.execute("UPDATE tokens SET hash = $2 WHERE id = $1", &[&id, &&hash.0[..]])
+                .await?;
+            append_events(&tx, &[id.to_owned()], EventKind::Regenerated, now, actor).await?;
+            tx.commit().await?;
+            record.hash = hash;
+            Ok(record)
+        })
+    }
+
+    pub(super) async fn revoke_hashes(&self, hashes: &[TokenHash], actor: Option<&str>, now: i64) -> Result<Vec<String>, StoreError> {
+        with_client!(self, |c| {
+            let tx = write_tx(c).await?;
+            let st = tx
+                .prepare_cached("UPDATE tokens SET revoked_at = $2, revoked_by = $3 WHERE hash = $1 AND revoked_at IS NULL RETURNING id")
+                .await?;
+            let mut ids = Vec::new();
+            for h in hashes {
+                if let Some(row) = tx.query_opt(&st, &[&&h.0[..], &now, &actor]).await? {
+                    ids.push(row.try_get(0)?);
+                }
+            }
+            append_events(&tx, &ids, EventKind::Revoked, now, actor).await?;
+            tx.commit().await?;
+            Ok(ids)
+        })
+    }
+
+    pub(super) async fn revoke(&self, id: &str, actor: Option<&str>, now: i64) -> Result<TokenRecord, StoreError> {
+        with_client!(self, |c| {
+            let tx = write_tx(c).await?;
+            let changed = tx
+                .execute(
+                    "UPDATE tokens SET revoked_at = $2, revoked_by = $3 WHERE id = $1 AND revoked_at IS NULL",
+                    &[&id, &now, &actor],
+                )
+                .await?;
+            if changed == 1 {
+                append_events(&tx, &[id.to_owned()], EventKind::Revoked, now, actor).await?;
+            }
+            let record = get_for_update(&tx, id).await?;
+            tx.commit().await?;
+            Ok(record)
+        })
+    }
+
+    pub(super) async fn revoke_owner(&self, owner: &str, actor: Option<&str>, now: i64) -> Result<usize, StoreError> {
+        with_client!(self, |c| {
+            let tx = write_tx(c).await?;
+            let rows = tx
+                .query(
+                    "UPDATE tokens SET revoked_at = $2, revoked_by = $3 WHERE owner = $1 AND revoked_at IS NULL RETURNING id",
+                    &[&owner, &now, &actor],
+                )
+                .await?;
+            let ids = rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<String>, _>>()?;
+            append_events(&tx, &ids, EventKind::Revoked, now, actor).await?;
+            tx.commit().await?;
+            Ok(ids.len())
+        })
+    }
+
+    pub(super) async fn snapshot(&self, now: i64) -> Result<Snapshot, StoreError> {
+        with_client!(self, |c| {
+            // One snapshot of the database: the tokens and the sequence number agree.
+            let tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let seq: i64 = tx
+                .query_one("SELECT COALESCE(MAX(seq), 0) FROM token_events", &[])
+                .await?
+                .try_get(0)?;
+            let st = tx
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM tokens WHERE revoked_at IS NULL AND expires_at > $1"
+                ))
+                .await?;
+            let rows = tx.query(&st, &[&now]).await?;
+            let live = rows.iter().map(|r| read_record(r, 0)).collect::<Result<Vec<_>, _>>()?;
+            tx.commit().await?;
+            Ok(Snapshot { live, seq })
+        })
+    }
+
+    pub(super) async fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let sql = format!(
+            "SELECT e.seq, e.token_id, e.kind, e.at, e.actor, {} FROM token_events e LEFT JOIN tokens t ON t.id = e.token_id \
+             WHERE e.seq > $1 ORDER BY e.seq LIMIT $2",
+            COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
+        );
+        with_client!(self, |c| {
+            // One statement: the events and the records come from one snapshot.
+            let st = c.prepare_cached(&sql).await?;
+            let rows = c.query(&st, &[&seq, &(limit as i64)]).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let kind: String = r.try_get(2)?;
+                let event = TokenEvent {
+                    seq: r.try_get(0)?,
+                    token_id: r.try_get(1)?,
+                    kind: EventKind::parse(&kind).unwrap_or(EventKind::Updated),
+                    at: r.try_get(3)?,
+                    actor: r.try_get(4)?,
+                };
+                let present: Option<String> = r.try_get(5)?;
+                let record = match present {
+                    Some(_) => Some(read_record(r, 5)?),
+                    None => None,
+                };
+                out.push(Change { event, record });
+            }
+            Ok(out)
+        })
+    }
+
+    pub(super) async fn record_last_used(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut uses = uses.to_vec();
+        uses.sort();
+        uses.dedup_by(|b, a| a.0 == b.0);
+        let ids: Vec<String> = uses.iter().map(|(id, _)| id.clone()).collect();
+        let ats: Vec<i64> = uses.iter().map(|&(_, at)| at).collect();
+        with_client!(self, |c| {
+            let tx = c.transaction().await?;
+            // Rows are locked in id order, so two instances writing back at once cannot deadlock.
+            tx.query("SELECT id FROM tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE", &[&ids])
+                .await?;
+            tx.execute(
+                "UPDATE tokens SET last_used_at = u.at FROM unnest($1::text[], $2::bigint[]) AS u(id, at) \
+                 WHERE tokens.id = u.id AND (tokens.last_used_at IS NULL OR tokens.last_used_at < u.at)",
+                &[&ids, &ats],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Opens a dedicated connection that listens for committed changes.
+    pub async fn listen(&self) -> Result<EventListener, StoreError> {
+        let connect = async {
+            let (client, mut conn) = self.config.connect(NoTls).await?;
+            let wake = Arc::new(Notify::new());
+            let notify = wake.clone();
+            let driver = tokio::spawn(async move {
+                loop {
+                    match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                        Some(Ok(AsyncMessage::Notification(_))) => notify.notify_one(),
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return reason(&e),
+                        None => return "the connection was closed".to_owned(),
+                    }
+                }
+            });
+            let listener = EventListener {
+                client,
+                wake,
+                driver,
+                lost: None,
+            };
+            listener.client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+            Ok::<_, StoreError>(listener)
+        };
+        tokio::time::timeout(OP_TIMEOUT, connect)
+            .await
+            .map_err(|_| StoreError::Unavailable(format!("no answer from PostgreSQL within {}s", OP_TIMEOUT.as_secs())))?
+    }
+}
+
+/// A connection that LISTENs on [`CHANNEL`]: [`EventListener::next`] returns when
+/// changes were committed, or says that the connection is lost.
+pub struct EventListener {
+    client: tokio_postgres::Client,
+    wake: Arc<Notify>,
+    driver: JoinHandle<String>,
+    lost: Option<String>,
+}
+
+impl EventListener {
+    /// Waits until a change is committed (several may be reported at once), or fails
+    /// with [`StoreError::Unavailable`] once the connection is lost; then open another.
+    pub async fn next(&mut self) -> Result<(), StoreError> {
+        loop {
+            if let Some(reason) = &self.lost {
+                return Err(StoreError::Unavailable(reason.clone()));
+            }
+            tokio::select! {
+                _ = self.wake.notified() => return Ok(()),
+                r = &mut self.driver => {
+                    self.lost = Some(r.unwrap_or_else(|_| "the connection task stopped".to_owned()));
+                }
+                _ = tokio::time::sleep(LISTEN_PING) => {
+                    // A quiet connection may be dead without knowing it: ask.
+                    match tokio::time::timeout(OP_TIMEOUT, self.client.simple_query("")).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => self.lost = Some(reason(&e)),
+                        Err(_) => self.lost = Some(format!("no answer from PostgreSQL within {}s", OP_TIMEOUT.as_secs())),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for EventListener {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Starts a write transaction: the writer lock first, so that sequence numbers are
+/// drawn, and become visible, in commit order.
+async fn write_tx(c: &mut Object) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    let tx = c.transaction().await?;
+    let st = tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await?;
+    tx.execute(&st, &[&WRITE_LOCK]).await?;
+    Ok(tx)
+}
+
+/// Records one event per id and notifies the listeners, both on commit.
+async fn append_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ids: &[String],
+    kind: EventKind,
+    at: i64,
+    actor: Option<&str>,
+) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let st = tx
+        .prepare_cached(
+            "INSERT INTO token_events (token_id, kind, at, actor) SELECT id, $2, $3, $4 FROM unnest($1::text[]) WITH ORDINALITY AS u(id, n) ORDER BY n",
+        )
+        .await?;
+    tx.execute(&st, &[&ids, &kind.as_str(), &at, &actor]).await?;
+    let st = tx.prepare_cached("SELECT pg_notify($1, '')").await?;
+    tx.execute(&st, &[&CHANNEL]).await?;
+    Ok(())
+}
+
+async fn get_for_update(tx: &deadpool_postgres::Transaction<'_>, id: &str) -> Result<TokenRecord, StoreError> {
+    let st = tx
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM tokens WHERE id = $1 FOR UPDATE"))
+        .await?;
+    match tx.query_opt(&st, &[&id]).await? {
+        Some(row) => read_record(&row, 0),
+        None => Err(StoreError::NotFound(id.to_owned())),
+    }
+}
+
+/// The token record in the [`COLUMNS`] starting at column `at`.
+fn read_record(r: &Row, at: usize) -> Result<TokenRecord, StoreError> {
+    let id: String = r.try_get(at)?;
+    let corrupt = |what: &str| StoreError::Database(format!("token {id}: stored {what} cannot be read"));
+    let hash: Vec<u8> = r.try_get(at + 1)?;
+    let orgs: String = r.try_get(at + 4)?;
+    let scopes: String = r.try_get(at + 5)?;
+    let hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| corrupt("hash"))?;
+    let orgs = serde_json::from_str::<Orgs>(&orgs).map_err(|_| corrupt("organizations"))?;
+    let names: Vec<&str> = scopes.split(',').filter(|s| !s.is_empty()).collect();
+    let scopes = ScopeSet::parse(&names).map_err(|_| corrupt("scopes"))?;
+    Ok(TokenRecord {
+        hash: TokenHash(hash),
+        name: r.try_get(at + 2)?,
+        owner: r.try_get(at + 3)?,
+        orgs,
+        scopes,
+        created_at: r.try_get(at + 6)?,
+        expires_at: r.try_get(at + 7)?,
+        revoked_at: r.try_get(at + 8)?,
+        revoked_by: r.try_get(at + 9)?,
+        last_used_at: r.try_get(at + 10)?,
+        id,
+    })
+}
+
+/// Classes of SQLSTATE that mean the server cannot serve now (connection exception,
+/// operator intervention, insufficient resources), as opposed to refusing the statement.
+fn is_outage(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57") || code.starts_with("53")
+}
+
+/// A one-line reason for a PostgreSQL error: the server's message and SQLSTATE, never
+/// its DETAIL (which may quote stored values).
+fn reason(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => one_line(&format!("{} ({})", db.message(), db.code().code())),
+        None => one_line(&e.to_string()),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A refusal by the server is a database error; anything else (no connection, a lost
+/// connection, an outage code) means the store is unavailable.
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.as_db_error() {
+            Some(db) if !is_outage(db.code().code()) => StoreError::Database(reason(&e)),
+            _ => StoreError::Unavailable(reason(&e)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::Location;
+    use super::super::{Location, Store};
     use super::*;
+
+    /// A fresh database on the test server (`PATGATE_TEST_POSTGRES`), dropped on drop.
+    /// No server is a failure, never a skip.
+    struct TestDb {
+        server: String,
+        name: String,
+        url: PgUrl,
+    }
+
+    impl TestDb {
+        async fn new() -> TestDb {
+            let server = std::env::var("PATGATE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let name = format!("patgate_test_{}", crate::auth::token::random_base62(12).to_lowercase());
+            let (client, conn) = tokio_postgres::connect(&server, NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL for tests at {} is unreachable: {e}", redact_url(&server)));
+            tokio::spawn(conn);
+            client.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await.unwrap();
+            let mut config = tokio_postgres::Config::from_str(&server).unwrap();
+            config.dbname(&name);
+            let url = PgUrl {
+                shown: show(&config),
+                config: Box::new(config),
+            };
+            TestDb { server, name, url }
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let (server, name) = (self.server.clone(), self.name.clone());
+            // Best effort, on a runtime of its own: the test's runtime may be gone.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                rt.block_on(async {
+                    let (client, conn) = tokio_postgres::connect(&server, NoTls).await.ok()?;
+                    tokio::spawn(conn);
+                    client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .await
+                        .ok()
+                })
+            })
+            .join();
+        }
+    }
+
+    #[tokio::test]
+    async fn conformance() {
+        let db = TestDb::new().await;
+        let store = Store::open(&Location::Postgres(db.url.clone())).await.unwrap();
+        super::super::conformance::run_all(store).await;
+    }
+
+    #[tokio::test]
+    async fn instances_opening_a_new_database_at_once_migrate_it_once() {
+        let db = TestDb::new().await;
+        let opens: Vec<_> = (0..4).map(|_| PgStore::open(&db.url)).collect();
+        let stores = futures_util::future::join_all(opens).await;
+        for s in &stores {
+            assert!(s.is_ok(), "{:?}", s.as_ref().err());
+        }
+        let (client, conn) = db.url.config().connect(NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let n: i64 = client
+            .query_one("SELECT COUNT(*) FROM schema_migrations", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, MIGRATIONS.len() as i64);
+    }
+
+    #[tokio::test]
+    async fn events_are_numbered_in_commit_order_under_concurrent_writers() {
+        let db = TestDb::new().await;
+        let store = Store::open(&Location::Postgres(db.url.clone())).await.unwrap();
+        let new = || super::super::NewToken {
+            name: "n".into(),
+            owner: "o".into(),
+            orgs: Orgs::All,
+            scopes: ScopeSet::full(),
+            lifespan: Duration::from_secs(60),
+        };
+        let writes: Vec<_> = (0..40)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.create(new(), None).await.map(|_| ()) })
+            })
+            .collect();
+        // A follower reading while the writers commit must never skip an event.
+        let mut seen = 0;
+        let mut last = 0;
+        while seen < 40 {
+            for c in store.changes_since(last, 1000).await.unwrap() {
+                assert_eq!(c.event.seq, last + 1, "events appear in sequence order, without gaps");
+                last = c.event.seq;
+                seen += 1;
+            }
+        }
+        for w in writes {
+            w.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_later_event_never_becomes_visible_before_an_earlier_one() {
+        let db = TestDb::new().await;
+        let store = Store::open(&Location::Postgres(db.url.clone())).await.unwrap();
+        // Another writer draws event 1 and has not committed yet.
+        let (mut client, conn) = db.url.config().connect(NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let tx = client.transaction().await.unwrap();
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).await.unwrap();
+        tx.execute("INSERT INTO token_events (token_id, kind, at) VALUES ('x', 'updated', 0)", &[])
+            .await
+            .unwrap();
+        let new = super::super::NewToken {
+            name: "n".into(),
+            owner: "o".into(),
+            orgs: Orgs::All,
+            scopes: ScopeSet::full(),
+            lifespan: Duration::from_secs(60),
+        };
+        let s = store.clone();
+        let create = tokio::spawn(async move { s.create(new, None).await.map(|c| c.record.id) });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            store.changes_since(0, 10).await.unwrap().is_empty(),
+            "event 2 committed before event 1"
+        );
+        tx.commit().await.unwrap();
+        let id = create.await.unwrap().unwrap();
+        let seen: Vec<_> = store
+            .changes_since(0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.event.seq, c.event.token_id))
+            .collect();
+        assert_eq!(seen, vec![(1, "x".to_owned()), (2, id)]);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_a_quick_clear_error_without_the_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = Location::parse(&format!("postgres://patgate:hunter2@127.0.0.1:{port}/db")).unwrap();
+        let started = std::time::Instant::now();
+        let e = Store::open(&url).await.err().unwrap();
+        assert!(started.elapsed() < OP_TIMEOUT + Duration::from_secs(1));
+        let text = e.to_string();
+        assert!(matches!(e, StoreError::Open { .. }), "{text}");
+        assert!(text.contains(&format!("postgres://patgate:***@127.0.0.1:{port}/db")), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
 
     #[test]
     fn urls_parse_and_never_show_the_password() {
