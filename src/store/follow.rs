@@ -1,17 +1,25 @@
 //! Keeping a [`TokenCache`] current: load a snapshot at start, then apply the event feed
 //! every poll interval, prune expired tokens, and write back when tokens were last used.
-//! A store that cannot be reached is logged and retried; serving goes on from memory.
+//! With PostgreSQL a listener on a dedicated connection also applies the feed as soon as
+//! a change is committed anywhere, and after a lost connection it reconnects with a
+//! bounded backoff and catches up. A store that cannot be reached is logged once and
+//! retried; serving goes on from memory and never waits on this module.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::memory::TokenCache;
+use super::postgres::PgStore;
 use super::{now, Config, Store, StoreError};
 
 /// Events applied per read of the feed.
 const BATCH: usize = 1000;
+/// The first wait before reconnecting the listener, doubled after each failure...
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// ...up to this.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Fills `cache` with every live token; returns how many.
 pub async fn load(store: &Store, cache: &TokenCache) -> Result<usize, StoreError> {
@@ -48,6 +56,15 @@ pub async fn catch_up(store: &Store, cache: &TokenCache) -> Result<usize, StoreE
     }
 }
 
+/// What the listener tells the follower.
+#[derive(Debug)]
+enum Wake {
+    /// Changes were committed, or the listener (re)connected: read the feed now.
+    Changes,
+    /// The listening connection is lost; the listener is reconnecting.
+    Lost(StoreError),
+}
+
 /// Runs until `shutdown` turns true, then writes back the last uses once more.
 pub async fn follow(store: Store, cache: Arc<TokenCache>, config: Config, mut shutdown: watch::Receiver<bool>) {
     let mut poll = tokio::time::interval(config.poll_interval);
@@ -55,10 +72,26 @@ pub async fn follow(store: Store, cache: Arc<TokenCache>, config: Config, mut sh
     let mut last_flush = Instant::now();
     let mut last_prune = Instant::now();
     let mut failing = false;
+    let (wake_tx, mut wake_rx) = mpsc::channel(16);
+    let listener = match &store {
+        Store::Postgres(pg) => Some(tokio::spawn(listen(pg.clone(), wake_tx))),
+        Store::Sqlite(_) => None,
+    };
     loop {
-        tokio::select! {
-            _ = poll.tick() => {}
+        let wake = tokio::select! {
+            _ = poll.tick() => Wake::Changes,
+            Some(wake) = wake_rx.recv() => wake,
             _ = shutdown.changed() => break,
+        };
+        match wake {
+            Wake::Lost(e) => {
+                if !failing {
+                    failing = true;
+                    tracing::warn!(error = %e, "Token store unreachable; serving from memory");
+                }
+                continue;
+            }
+            Wake::Changes => {}
         }
         match catch_up(&store, &cache).await {
             Ok(_) if failing => {
@@ -84,7 +117,56 @@ pub async fn follow(store: Store, cache: Arc<TokenCache>, config: Config, mut sh
             flush_uses(&store, &cache).await;
         }
     }
+    if let Some(listener) = listener {
+        listener.abort();
+    }
     flush_uses(&store, &cache).await;
+}
+
+/// Keeps a connection listening for committed changes and wakes the follower on each,
+/// and once more whenever it (re)connects, since changes made meanwhile were not heard.
+/// Ends when the follower is gone.
+async fn listen(pg: Arc<PgStore>, wake: mpsc::Sender<Wake>) {
+    let mut backoff = BACKOFF_MIN;
+    // A loss is reported once, not at every failed reconnection.
+    let mut reported = false;
+    loop {
+        match pg.listen().await {
+            Ok(mut listener) => {
+                backoff = BACKOFF_MIN;
+                tracing::debug!("Listening for token changes");
+                if wake.send(Wake::Changes).await.is_err() {
+                    return;
+                }
+                let lost = loop {
+                    match listener.next().await {
+                        // A full queue already holds a wake-up that reads this change.
+                        Ok(()) => match wake.try_send(Wake::Changes) {
+                            Err(mpsc::error::TrySendError::Closed(_)) => return,
+                            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                        },
+                        Err(e) => break e,
+                    }
+                };
+                reported = true;
+                if wake.send(Wake::Lost(lost)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) if !reported => {
+                reported = true;
+                if wake.send(Wake::Lost(e)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "Token store listener still cannot connect"),
+        }
+        if wake.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
 }
 
 async fn flush_uses(store: &Store, cache: &TokenCache) {
