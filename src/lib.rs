@@ -2,9 +2,10 @@
 //! token, and forwards what the token's scopes and organizations allow.
 //!
 //! The request path ([`proxy`]) reads the validated [`config`] and the in-memory token
-//! copy ([`store::memory`]); the [`store`] itself, the CLI and the config loader are
-//! separate rooms that the request path does not enter.
+//! copy ([`store::memory`]); the [`store`] itself, the [`admin`] API, the CLI and the
+//! config loader are separate rooms that the request path does not enter.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod client;

@@ -1,0 +1,319 @@
+//! The admin API: tokens managed over HTTP and JSON, on its own listener (`[admin]`,
+//! loopback by default), beside the proxy and sharing its store and in-memory tokens.
+//!
+//! | endpoint | needs | answers |
+//! |---|---|---|
+//! | `POST /admin/v1/tokens` | `tokens:manage` | 201 `{"token", "secret"}` |
+//! | `GET /admin/v1/tokens?owner=&state=&limit=&after=` | `tokens:read` | `{"tokens": [...], "next"}` |
+//! | `GET /admin/v1/tokens/{id}` | `tokens:read` | the token |
+//! | `PATCH /admin/v1/tokens/{id}` | `tokens:manage` | the token |
+//! | `POST /admin/v1/tokens/{id}/regenerate` | `tokens:manage` | `{"token", "secret"}` |
+//! | `POST /admin/v1/tokens/{id}/revoke` | `tokens:manage` | the token |
+//! | `POST /admin/v1/owners/{owner}/revoke` | `tokens:manage` | `{"revoked": N}` |
+//! | `POST /admin/v1/leaked` | none; limited per address | `{"revoked": N}` |
+//! | `GET /admin/v1/events?since=&limit=&wait=` | `tokens:read` | `{"events": [...], "next"}` |
+//! | `GET /admin/v1/openapi.json` | none | the OpenAPI 3.1 description |
+//! | `GET /admin/v1/ready` | none | `{"status": "ready", "seq", "tokens"}` |
+//!
+//! Callers are tokens, read from `Authorization` as on the proxy ([`caller`]). Without
+//! `tokens:admin` a caller sees and changes only its owner's tokens. Tokens made or changed
+//! here obey the [`policy`]. Every failure is an [`error::AdminError`], answered in one
+//! place as `{"error": "..."}`. A write is applied to this instance's memory before it is
+//! answered, so a revoke that answered 200 is in force here. One line per request is
+//! logged at `patgate::admin`, with the token id and never a secret, an Authorization
+//! value or a body.
+//!
+//! This module must not be reached from the request path: the proxy never calls it.
+
+pub mod caller;
+pub mod error;
+pub mod events;
+pub mod leaked;
+pub mod policy;
+pub mod request;
+pub mod tokens;
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::{header, HeaderValue, Method};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::{service_fn, Service};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::store::memory::TokenCache;
+use crate::store::{follow, Store};
+use caller::LogSlot;
+use error::{AdminError, Reason};
+use policy::Policy;
+
+/// Admin API settings (`[admin]` and `[policy]`), validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Whether the admin listener runs at all.
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// The largest request body read (413 beyond).
+    pub max_body_bytes: usize,
+    /// The longest the event feed waits for new events.
+    pub max_wait: Duration,
+    /// Leak reports accepted per client address per minute.
+    pub leak_reports_per_minute: NonZeroU32,
+    /// Secrets one leak report may carry.
+    pub max_secrets_per_report: usize,
+    /// Admin connections at once, long polls included; more wait to be accepted.
+    pub max_connections: usize,
+    /// From `[server]`: how long a client may take to send its headers.
+    pub header_read_timeout: Duration,
+    /// From `[server]`: the most bytes of request line and headers.
+    pub max_header_bytes: usize,
+    /// From `[server]`: how long requests may run on after a shutdown signal.
+    pub shutdown_grace: Duration,
+    pub policy: Policy,
+}
+
+/// The routes, as the router and the OpenAPI document name them.
+pub mod paths {
+    pub const TOKENS: &str = "/admin/v1/tokens";
+    pub const TOKEN: &str = "/admin/v1/tokens/{id}";
+    pub const REGENERATE: &str = "/admin/v1/tokens/{id}/regenerate";
+    pub const REVOKE: &str = "/admin/v1/tokens/{id}/revoke";
+    pub const OWNER_REVOKE: &str = "/admin/v1/owners/{owner}/revoke";
+    pub const LEAKED: &str = "/admin/v1/leaked";
+    pub const EVENTS: &str = "/admin/v1/events";
+    pub const OPENAPI: &str = "/admin/v1/openapi.json";
+    pub const READY: &str = "/admin/v1/ready";
+
+    /// Every route of the router: method and path.
+    pub const ROUTES: &[(&str, &str)] = &[
+        ("POST", TOKENS),
+        ("GET", TOKENS),
+        ("GET", TOKEN),
+        ("PATCH", TOKEN),
+        ("POST", REGENERATE),
+        ("POST", REVOKE),
+        ("POST", OWNER_REVOKE),
+        ("POST", LEAKED),
+        ("GET", EVENTS),
+        ("GET", OPENAPI),
+        ("GET", READY),
+    ];
+}
+
+/// The OpenAPI 3.1 description of this API.
+pub const OPENAPI: &str = include_str!("admin/openapi.json");
+
+/// What every handler shares; cheap to clone.
+#[derive(Clone)]
+pub struct AdminState(Arc<Shared>);
+
+struct Shared {
+    config: Config,
+    store: Store,
+    tokens: Arc<TokenCache>,
+    leaks: leaked::Limiter,
+    stop: watch::Receiver<bool>,
+}
+
+impl AdminState {
+    /// The state over the server's store and in-memory tokens; `stop` turns true on shutdown.
+    pub fn new(config: Config, store: Store, tokens: Arc<TokenCache>, stop: watch::Receiver<bool>) -> AdminState {
+        let leaks = leaked::Limiter::new(config.leak_reports_per_minute);
+        AdminState(Arc::new(Shared {
+            config,
+            store,
+            tokens,
+            leaks,
+            stop,
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.0.config.policy
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    pub fn tokens(&self) -> &TokenCache {
+        &self.0.tokens
+    }
+
+    fn leak_limiter(&self) -> &leaked::Limiter {
+        &self.0.leaks
+    }
+
+    /// Turns true when the server shuts down.
+    pub fn stop(&self) -> watch::Receiver<bool> {
+        self.0.stop.clone()
+    }
+
+    /// Applies the store's new events to memory now, after a write, so that the change is
+    /// in force on this instance before the write is answered. A failure is logged: the
+    /// follower applies the change on its next poll.
+    pub async fn applied(&self) {
+        if let Err(e) = follow::catch_up(&self.0.store, &self.0.tokens).await {
+            tracing::warn!(target: "patgate::admin", error = %e, "Change stored but not yet applied to memory");
+        }
+    }
+}
+
+/// The admin router over `state`, with the request log and refusals of web pages' writes.
+pub fn router(state: AdminState) -> Router {
+    use paths::*;
+    Router::new()
+        .route(TOKENS, post(tokens::create).get(tokens::list))
+        .route(TOKEN, get(tokens::get).patch(tokens::update))
+        .route(REGENERATE, post(tokens::regenerate))
+        .route(REVOKE, post(tokens::revoke))
+        .route(OWNER_REVOKE, post(tokens::revoke_owner))
+        .route(LEAKED, post(leaked::leaked))
+        .route(EVENTS, get(events::events))
+        .route(OPENAPI, get(openapi))
+        .route(READY, get(ready))
+        .fallback(|| async { AdminError::NoEndpoint })
+        .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
+        .layer(middleware::from_fn(access_log))
+        .with_state(state)
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+#[derive(serde::Serialize)]
+struct Ready {
+    status: &'static str,
+    seq: i64,
+    tokens: usize,
+}
+
+/// Answers once the tokens are loaded: the listener starts only after they are.
+async fn ready(State(s): State<AdminState>) -> Json<Ready> {
+    Json(Ready {
+        status: "ready",
+        seq: s.tokens().seq(),
+        tokens: s.tokens().len(),
+    })
+}
+
+/// Logs one line per request; refuses writes that carry an `Origin` (a web page may send
+/// them with credentials a browser remembered); marks every answer as not to be cached.
+async fn access_log(mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = request::redact(req.uri().path());
+    let ip: Option<IpAddr> = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let slot = LogSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let from_page = req.headers().contains_key(header::ORIGIN) && method != Method::GET && method != Method::HEAD;
+    let mut res = if from_page {
+        AdminError::FromWebPage.into_response()
+    } else {
+        next.run(req).await
+    };
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let status = res.status().as_u16();
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let token_id = slot.token_id().unwrap_or("-");
+    let client_ip = ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
+    match res.extensions_mut().remove::<Reason>() {
+        None => tracing::info!(
+            target: "patgate::admin", duration_ms, client.ip = %client_ip, http.method = %method, url.path = %path,
+            http.status = status, token.id = token_id, "Admin request"
+        ),
+        Some(Reason(reason)) => tracing::info!(
+            target: "patgate::admin", duration_ms, client.ip = %client_ip, http.method = %method, url.path = %path,
+            http.status = status, token.id = token_id, reason = %reason, "Admin request refused"
+        ),
+    }
+    res
+}
+
+/// Resolves when `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Serves the admin API on `listener` until the state's stop signal, then lets requests
+/// in flight finish (long polls end at once) for up to the shutdown grace.
+pub async fn serve(listener: TcpListener, state: AdminState) {
+    let config = state.config().clone();
+    let app = router(state.clone());
+    let max = config.max_connections.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize) as u32;
+    let slots = Arc::new(Semaphore::new(max as usize));
+    let mut stop = state.stop();
+    loop {
+        let slot = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            slot = slots.clone().acquire_owned() => match slot { Ok(s) => s, Err(_) => break },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(target: "patgate::admin", error = %e, "Accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = TowerToHyperService::new(app.clone());
+        let mut conn_stop = state.stop();
+        let config = config.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                app.call(req)
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(config.header_read_timeout)
+                .max_buf_size(config.max_header_bytes)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(tcp), service);
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stopped(&mut conn_stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(target: "patgate::admin", error = %e, "Admin connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(config.shutdown_grace, slots.acquire_many(max)).await.is_err() {
+        tracing::warn!(
+            target: "patgate::admin",
+            connections = max as usize - slots.available_permits(),
+            "Shutdown grace ended with admin connections open"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+//! Who is calling: the token from `Authorization` (Basic or Bearer, as on the proxy),
+//! found in the in-memory copy, and how much of the admin API its scopes open.
+//!
+//! `tokens:read` reads the caller's own tokens, `tokens:manage` also changes them, and
+//! `tokens:admin` does both for every owner. The level is established through
+//! [`auth::authorize`], so only a permit from the auth module opens anything.
+
+use std::sync::{Arc, LazyLock, OnceLock};
+
+use axum::extract::FromRequestParts;
+use http::request::Parts;
+
+use super::error::AdminError;
+use super::AdminState;
+use crate::auth::rules::Requirement;
+use crate::auth::scope::Scope;
+use crate::auth::{self, AuthError, Permit};
+
+/// How much of the admin API a token opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// `tokens:read`: list and read one's own tokens and their events.
+    Read,
+    /// `tokens:manage`: also create, change, regenerate and revoke them.
+    Manage,
+    /// `tokens:admin`: all of that for every owner.
+    Admin,
+}
+
+static SCOPES: LazyLock<[Scope; 3]> = LazyLock::new(|| {
+    ["tokens:read", "tokens:manage", "tokens:admin"].map(|n| Scope::from_name(n).expect("the scope table has the tokens scopes"))
+});
+
+impl Access {
+    /// The scope that grants this access.
+    pub fn scope(self) -> Scope {
+        SCOPES[self as usize]
+    }
+}
+
+/// The token id of the request, for the request log (a request extension filled once
+/// the caller is known).
+#[derive(Debug, Clone, Default)]
+pub struct LogSlot(Arc<OnceLock<String>>);
+
+impl LogSlot {
+    /// The token id, once known.
+    pub fn token_id(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
+/// An authenticated caller, with the most its token opens (none when it holds no
+/// `tokens:` scope).
+pub struct Caller {
+    grant: Option<(Access, Permit)>,
+}
+
+/// A caller allowed to go on: whose tokens it may touch.
+#[derive(Debug, Clone)]
+pub struct Who {
+    /// The caller's owner, recorded as the actor of its writes.
+    pub owner: String,
+    /// True with `tokens:admin`: every owner's tokens.
+    pub admin: bool,
+}
+
+impl Who {
+    /// 403 naming `tokens:admin` unless the caller has it.
+    pub fn require_admin(&self) -> Result<(), AdminError> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(AuthError::ScopeMissing {
+                scope: Access::Admin.scope(),
+            }
+            .into())
+        }
+    }
+
+    /// True when the caller may see and touch tokens of `owner`.
+    pub fn may_touch(&self, owner: &str) -> bool {
+        self.admin || self.owner == owner
+    }
+}
+
+impl Caller {
+    /// The caller, if its token opens `need`; 403 naming the scope otherwise.
+    pub fn require(&self, need: Access) -> Result<Who, AdminError> {
+        match &self.grant {
+            Some((has, permit)) if *has >= need => Ok(Who {
+                owner: permit.owner().to_owned(),
+                admin: *has == Access::Admin,
+            }),
+            _ => Err(AuthError::ScopeMissing { scope: need.scope() }.into()),
+        }
+    }
+}
+
+impl FromRequestParts<AdminState> for Caller {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, AdminError> {
+        let identity = auth::authenticate(&parts.headers, state.tokens(), crate::store::now())?;
+        if let Some(slot) = parts.extensions.get::<LogSlot>() {
+            let _ = slot.0.set(identity.token_id().to_owned());
+        }
+        let grant = [Access::Admin, Access::Manage, Access::Read].into_iter().find_map(|a| {
+            auth::authorize(
+                identity.clone(),
+                Requirement {
+                    scope: a.scope(),
+                    org: None,
+                },
+            )
+            .ok()
+            .map(|p| (a, p))
+        });
+        Ok(Caller { grant })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_levels_follow_the_scope_table() {
+        assert_eq!(Access::Read.scope().name(), "tokens:read");
+        assert_eq!(Access::Manage.scope().name(), "tokens:manage");
+        assert_eq!(Access::Admin.scope().name(), "tokens:admin");
+        assert!(Access::Read < Access::Manage && Access::Manage < Access::Admin);
+    }
+
+    #[test]
+    fn who_touches_its_own_unless_admin() {
+        let alice = Who {
+            owner: "alice".into(),
+            admin: false,
+        };
+        assert!(alice.may_touch("alice") && !alice.may_touch("bob"));
+        assert_eq!(alice.require_admin().unwrap_err().to_string(), "token lacks scope tokens:admin");
+        let root = Who {
+            owner: "root".into(),
+            admin: true,
+        };
+        assert!(root.may_touch("bob") && root.require_admin().is_ok());
+        let nobody = Caller { grant: None };
+        assert_eq!(
+            nobody.require(Access::Read).unwrap_err().to_string(),
+            "token lacks scope tokens:read"
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! The token endpoints: create, list, read, update, regenerate and revoke tokens, and
+//! revoke every token of an owner. Each checks the caller's access, then the request,
+//! then the policy, writes to the store, and applies the change to this instance's memory
+//! before it answers.
+//!
+//! Another owner's token is 404 to a caller without `tokens:admin`, as if it did not exist.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::caller::{Access, Caller, Who};
+use super::error::AdminError;
+use super::request::{Body, Expiry, Params, Segment};
+use super::AdminState;
+use crate::auth::scope::ScopeSet;
+use crate::auth::Orgs;
+use crate::store::{self, Created, Cursor, ListQuery, NewToken, StoreError, TokenRecord, TokenState, TokenUpdate, MAX_PAGE};
+
+/// A token as the admin API shows it: the record (never its hash) and its state now.
+#[derive(Debug, Serialize)]
+pub struct TokenJson {
+    #[serde(flatten)]
+    record: TokenRecord,
+    state: TokenState,
+}
+
+impl TokenJson {
+    pub fn new(record: TokenRecord) -> TokenJson {
+        let state = record.state(store::now());
+        TokenJson { record, state }
+    }
+}
+
+/// A token with its secret: the answer of create and regenerate, the only ones that
+/// ever hold a secret.
+#[derive(Serialize)]
+pub struct WithSecret {
+    token: TokenJson,
+    secret: String,
+}
+
+impl From<Created> for WithSecret {
+    fn from(c: Created) -> Self {
+        WithSecret {
+            secret: c.secret.expose().to_owned(),
+            token: TokenJson::new(c.record),
+        }
+    }
+}
+
+/// A page of tokens.
+#[derive(Serialize)]
+pub struct TokenPage {
+    tokens: Vec<TokenJson>,
+    next: Option<String>,
+}
+
+/// How many tokens a revoke by owner revoked.
+#[derive(Serialize)]
+pub struct Revoked {
+    pub revoked: usize,
+}
+
+/// The body of `POST /admin/v1/tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    name: String,
+    #[serde(default)]
+    owner: Option<String>,
+    scopes: Vec<String>,
+    orgs: Orgs,
+    #[serde(default)]
+    expires_in: Option<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+/// The body of `PATCH /admin/v1/tokens/{id}`; what is left out stays as it is.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    orgs: Option<Orgs>,
+    #[serde(default)]
+    expires_in: Option<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+fn scopes(names: &[String]) -> Result<ScopeSet, AdminError> {
+    ScopeSet::parse(names).map_err(|e| AdminError::field("scopes", e))
+}
+
+/// `POST /admin/v1/tokens`.
+pub async fn create(State(s): State<AdminState>, caller: Caller, body: Body) -> Result<(StatusCode, Json<WithSecret>), AdminError> {
+    let who = caller.require(Access::Manage)?;
+    let b: CreateBody = body.parse()?;
+    let owner = match b.owner {
+        Some(owner) if owner != who.owner => {
+            who.require_admin()?;
+            owner
+        }
+        Some(owner) => owner,
+        None => who.owner.clone(),
+    };
+    let scopes = scopes(&b.scopes)?;
+    let now = store::now();
+    let expires_at = match Expiry::from_fields(b.expires_in.as_deref(), b.expires_at.as_deref())? {
+        Some(e) => e.at(now),
+        None => Expiry::In(s.policy().default_lifespan).at(now),
+    };
+    if expires_at <= now {
+        return Err(AdminError::field("expires_at", "must be in the future"));
+    }
+    s.policy().check_grant(scopes, &b.orgs, who.admin)?;
+    s.policy().check_life(now, expires_at)?;
+    let new = NewToken {
+        name: b.name,
+        owner,
+        orgs: b.orgs,
+        scopes,
+        lifespan: std::time::Duration::from_secs(expires_at.abs_diff(now)),
+    };
+    let created = s.store().create(new, Some(who.owner)).await?;
+    s.applied().await;
+    Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+/// `GET /admin/v1/tokens?owner=&state=&limit=&after=`.
+pub async fn list(State(s): State<AdminState>, caller: Caller, mut q: Params) -> Result<Json<TokenPage>, AdminError> {
+    let who = caller.require(Access::Read)?;
+    let owner = match q.take("owner")? {
+        Some(owner) if owner != who.owner => {
+            who.require_admin()?;
+            Some(owner)
+        }
+        Some(owner) => Some(owner),
+        None if who.admin => None,
+        None => Some(who.owner.clone()),
+    };
+    let state = match q.take("state")? {
+        None => None,
+        Some(v) => Some(TokenState::parse(&v).ok_or_else(|| AdminError::field("state", "must be active, expired or revoked"))?),
+    };
+    let limit = q.number("limit", 1, MAX_PAGE as i64, 100)? as usize;
+    let after = match q.take("after")? {
+        None => None,
+        Some(v) => Some(Cursor::decode(&v).ok_or_else(|| AdminError::field("after", "not a `next` value of an earlier page"))?),
+    };
+    q.done()?;
+    let page = s
+        .store()
+        .list(ListQuery {
+            owner,
+            state,
+            after,
+            limit,
+        })
+        .await?;
+    Ok(Json(TokenPage {
+        tokens: page.items.into_iter().map(TokenJson::new).collect(),
+        next: page.next.map(|c| c.encode()),
+    }))
+}
+
+/// The token `id` if the caller may see it; 404 alike for a missing token and another
+/// owner's.
+async fn visible(s: &AdminState, who: &Who, id: &str) -> Result<TokenRecord, AdminError> {
+    let record = s.store().get(id).await?;
+    if !who.may_touch(&record.owner) {
+        return Err(StoreError::NotFound(id.to_owned()).into());
+    }
+    Ok(record)
+}
+
+/// `GET /admin/v1/tokens/{id}`.
+pub async fn get(State(s): State<AdminState>, caller: Caller, Segment(id): Segment) -> Result<Json<TokenJson>, AdminError> {
+    let who = caller.require(Access::Read)?;
+    Ok(Json(TokenJson::new(visible(&s, &who, &id).await?)))
+}
+
+/// `PATCH /admin/v1/tokens/{id}`: rename, narrow, or move the expiry (within policy).
+pub async fn update(State(s): State<AdminState>, caller: Caller, Segment(id): Segment, body: Body) -> Result<Json<TokenJson>, AdminError> {
+    let who = caller.require(Access::Manage)?;
+    let b: UpdateBody = body.parse()?;
+    let scopes = b.scopes.as_deref().map(scopes).transpose()?;
+    let expiry = Expiry::from_fields(b.expires_in.as_deref(), b.expires_at.as_deref())?;
+    let current = visible(&s, &who, &id).await?;
+    let expires_at = expiry.map(|e| e.at(store::now()));
+    if let Some(at) = expires_at {
+        s.policy().check_life(current.created_at, at)?;
+    }
+    let update = TokenUpdate {
+        name: b.name,
+        scopes,
+        orgs: b.orgs,
+        expires_at,
+    };
+    let record = s.store().update(&id, update, Some(who.owner)).await?;
+    s.applied().await;
+    Ok(Json(TokenJson::new(record)))
+}
+
+/// `POST /admin/v1/tokens/{id}/regenerate`: a new secret under the same id.
+pub async fn regenerate(State(s): State<AdminState>, caller: Caller, Segment(id): Segment) -> Result<Json<WithSecret>, AdminError> {
+    let who = caller.require(Access::Manage)?;
+    visible(&s, &who, &id).await?;
+    let created = s.store().regenerate(&id, Some(who.owner)).await?;
+    s.applied().await;
+    Ok(Json(created.into()))
+}
+
+/// `POST /admin/v1/tokens/{id}/revoke` (idempotent).
+pub async fn revoke(State(s): State<AdminState>, caller: Caller, Segment(id): Segment) -> Result<Json<TokenJson>, AdminError> {
+    let who = caller.require(Access::Manage)?;
+    visible(&s, &who, &id).await?;
+    let record = s.store().revoke(&id, Some(who.owner)).await?;
+    s.applied().await;
+    Ok(Json(TokenJson::new(record)))
+}
+
+/// `POST /admin/v1/owners/{owner}/revoke`: every live token of an owner.
+pub async fn revoke_owner(State(s): State<AdminState>, caller: Caller, Segment(owner): Segment) -> Result<Json<Revoked>, AdminError> {
+    let who = caller.require(Access::Manage)?;
+    if owner != who.owner {
+        who.require_admin()?;
+    }
+    let revoked = s.store().revoke_owner(&owner, Some(who.owner)).await?;
+    s.applied().await;
+    Ok(Json(Revoked { revoked }))
+}
