@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use http::Method;
 
+use crate::admin::policy::Policy;
 use crate::auth::rules::{Pattern, Route, RouteTable, Rule, Rules, PRESETS};
-use crate::auth::scope::Scope;
+use crate::auth::scope::{Scope, ScopeSet};
 use crate::proxy::upstream::Upstream;
-use crate::{proxy, store, telemetry};
+use crate::{admin, proxy, store, telemetry};
 use file::{FileConfig, RulesFile};
 
 /// The program's configuration, validated.
@@ -24,6 +25,7 @@ pub struct Config {
     pub source: PathBuf,
     pub proxy: proxy::Config,
     pub store: store::Config,
+    pub admin: admin::Config,
     pub log: telemetry::Config,
 }
 
@@ -204,6 +206,7 @@ impl Config {
             poll_interval: cx.duration("store.poll_interval", &f.store.poll_interval)?,
             last_used_flush_interval: cx.duration("store.last_used_flush_interval", &f.store.last_used_flush_interval)?,
         };
+        let admin = admin_config(&cx, &f, &proxy)?;
         let format = match f.log.format.as_str() {
             "text" => telemetry::Format::Text,
             "json" => telemetry::Format::Json,
@@ -218,9 +221,72 @@ impl Config {
             source: source.to_owned(),
             proxy,
             store,
+            admin,
             log,
         })
     }
+}
+
+/// True when two listen addresses would take the same port: the same port (not 0) on the
+/// same address, or on an address and the wildcard of its family.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
+fn admin_config(cx: &Ctx<'_>, f: &FileConfig, proxy: &proxy::Config) -> Result<admin::Config, ConfigError> {
+    let a = &f.admin;
+    let listen: SocketAddr = a
+        .listen
+        .parse()
+        .map_err(|_| cx.err("admin.listen", format!("`{}` is not an address such as 127.0.0.1:9090", a.listen)))?;
+    if a.enabled && same_socket(listen, proxy.listen) {
+        return Err(cx.err(
+            "admin.listen",
+            format!("`{listen}` is the proxy's address (server.listen); give the admin API its own"),
+        ));
+    }
+    if !(1024..=16 * 1024 * 1024).contains(&a.max_body_bytes) {
+        return Err(cx.err("admin.max_body_bytes", "must be from 1024 to 16777216"));
+    }
+    let leak_reports_per_minute = std::num::NonZeroU32::new(a.leak_reports_per_minute)
+        .ok_or_else(|| cx.err("admin.leak_reports_per_minute", "must be at least 1"))?;
+    let p = &f.policy;
+    let max_lifespan = cx.duration("policy.max_lifespan", &p.max_lifespan)?;
+    let default_lifespan = cx.duration("policy.default_lifespan", &p.default_lifespan)?;
+    if max_lifespan < Duration::from_secs(1) {
+        return Err(cx.err("policy.max_lifespan", "must be at least 1s"));
+    }
+    if default_lifespan < Duration::from_secs(1) {
+        return Err(cx.err("policy.default_lifespan", "must be at least 1s"));
+    }
+    if default_lifespan > max_lifespan {
+        return Err(cx.err(
+            "policy.default_lifespan",
+            format!("`{}` is longer than policy.max_lifespan (`{}`)", p.default_lifespan, p.max_lifespan),
+        ));
+    }
+    let grantable_scopes = ScopeSet::parse(&p.grantable_scopes).map_err(|e| cx.err("policy.grantable_scopes", e))?;
+    Ok(admin::Config {
+        enabled: a.enabled,
+        listen,
+        max_body_bytes: a.max_body_bytes,
+        max_wait: cx.duration("admin.max_wait", &a.max_wait)?,
+        leak_reports_per_minute,
+        max_secrets_per_report: cx.positive("admin.max_secrets_per_report", a.max_secrets_per_report)?,
+        max_connections: cx.positive("admin.max_connections", a.max_connections)?,
+        header_read_timeout: proxy.header_read_timeout,
+        max_header_bytes: proxy.max_header_bytes,
+        shutdown_grace: proxy.shutdown_grace,
+        policy: Policy {
+            max_lifespan,
+            default_lifespan,
+            grantable_scopes,
+            allow_all_orgs: p.allow_all_orgs,
+            allow_full: p.allow_full,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -258,6 +324,41 @@ mod tests {
         assert_eq!(c.store.poll_interval, Duration::from_millis(250));
         assert_eq!(c.store.location, store::Location::Sqlite("data/patgate.db".into()));
         assert_eq!(c.log.format, telemetry::Format::Text);
+        assert!(c.admin.enabled);
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.admin.max_body_bytes, 64 * 1024);
+        assert_eq!(c.admin.max_wait, Duration::from_secs(60));
+        assert_eq!(c.admin.leak_reports_per_minute.get(), 10);
+        assert_eq!(c.admin.max_secrets_per_report, 100);
+        let p = &c.admin.policy;
+        assert_eq!(p.max_lifespan, Duration::from_secs(365 * 86400));
+        assert_eq!(p.default_lifespan, Duration::from_secs(30 * 86400));
+        let admin = Scope::from_name("tokens:admin").unwrap();
+        assert!(!p.grantable_scopes.allows(admin));
+        assert!(Scope::all().filter(|&s| s != admin).all(|s| p.grantable_scopes.allows(s)));
+        assert!(p.allow_all_orgs && !p.allow_full);
+    }
+
+    #[test]
+    fn the_admin_api_may_share_no_port_with_the_proxy_unless_disabled_or_ephemeral() {
+        let both = |server: &str, admin: &str| format!("[server]\nlisten = \"{server}\"\n[admin]\nlisten = \"{admin}\"\n{ROUTE}");
+        assert!(parse(&both("127.0.0.1:8080", "127.0.0.1:8081")).is_ok());
+        assert!(parse(&both("127.0.0.1:0", "127.0.0.1:0")).is_ok());
+        assert!(parse(&both("127.0.0.1:8080", "[::1]:8080")).is_ok());
+        assert!(parse(&both("[::]:8080", "[::1]:8080")).is_err());
+        let off = format!("[admin]\nenabled = false\nlisten = \"127.0.0.1:8080\"\n{ROUTE}");
+        assert!(!parse(&off).unwrap().admin.enabled);
+    }
+
+    #[test]
+    fn policy_reads_its_scopes_with_their_implications() {
+        let c = parse(&format!(
+            "[policy]\ngrantable_scopes = [\"code:write\"]\nallow_all_orgs = false\nallow_full = true\n{ROUTE}"
+        ))
+        .unwrap();
+        let p = c.admin.policy;
+        assert_eq!(p.grantable_scopes, ScopeSet::parse(&["code:write", "code:read"]).unwrap());
+        assert!(!p.allow_all_orgs && p.allow_full);
     }
 
     #[test]
@@ -289,6 +390,58 @@ mod tests {
             ),
             ("[log]\nformat = \"xml\"\n", "patgate.toml: log.format: `xml`: use text or json"),
             ("[git]\nmax_processes = 0\n", "patgate.toml: git.max_processes: must be at least 1"),
+            (
+                "[admin]\nlisten = \"nowhere\"\n",
+                "patgate.toml: admin.listen: `nowhere` is not an address",
+            ),
+            (
+                "[admin]\nlisten = \"127.0.0.1:8080\"\n",
+                "patgate.toml: admin.listen: `127.0.0.1:8080` is the proxy's address",
+            ),
+            (
+                "[server]\nlisten = \"0.0.0.0:7000\"\n[admin]\nlisten = \"127.0.0.1:7000\"\n",
+                "patgate.toml: admin.listen: `127.0.0.1:7000` is the proxy's address",
+            ),
+            (
+                "[admin]\nmax_body_bytes = 10\n",
+                "patgate.toml: admin.max_body_bytes: must be from 1024",
+            ),
+            (
+                "[admin]\nmax_wait = \"0s\"\n",
+                "patgate.toml: admin.max_wait: must be more than zero",
+            ),
+            (
+                "[admin]\nleak_reports_per_minute = 0\n",
+                "patgate.toml: admin.leak_reports_per_minute: must be at least 1",
+            ),
+            (
+                "[admin]\nmax_secrets_per_report = 0\n",
+                "patgate.toml: admin.max_secrets_per_report: must be at least 1",
+            ),
+            (
+                "[admin]\nmax_connections = 0\n",
+                "patgate.toml: admin.max_connections: must be at least 1",
+            ),
+            (
+                "[policy]\nmax_lifespan = \"forever\"\n",
+                "patgate.toml: policy.max_lifespan: `forever` is not a duration",
+            ),
+            (
+                "[policy]\nmax_lifespan = \"10ms\"\n",
+                "patgate.toml: policy.max_lifespan: must be at least 1s",
+            ),
+            (
+                "[policy]\ndefault_lifespan = \"500ms\"\n",
+                "patgate.toml: policy.default_lifespan: must be at least 1s",
+            ),
+            (
+                "[policy]\nmax_lifespan = \"7d\"\n",
+                "patgate.toml: policy.default_lifespan: `30d` is longer than policy.max_lifespan (`7d`)",
+            ),
+            (
+                "[policy]\ngrantable_scopes = [\"code:read\", \"code:delete\"]\n",
+                "patgate.toml: policy.grantable_scopes: unknown scope `code:delete`",
+            ),
         ];
         for (extra, want) in cases {
             let e = err(&format!("{extra}{ROUTE}"));

@@ -4,6 +4,8 @@
 
 use serde::Deserialize;
 
+use crate::auth::scope::Scope;
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -13,6 +15,8 @@ pub struct FileConfig {
     pub upstream: UpstreamFile,
     pub git: GitFile,
     pub log: LogFile,
+    pub admin: AdminFile,
+    pub policy: PolicyFile,
     pub routes: Vec<RouteFile>,
 }
 
@@ -118,6 +122,70 @@ impl Default for LogFile {
         LogFile {
             format: "text".into(),
             level: "info".into(),
+        }
+    }
+}
+
+/// `[admin]`: the admin API's own listener and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminFile {
+    /// Whether the admin API listens at all.
+    pub enabled: bool,
+    pub listen: String,
+    /// The largest request body read.
+    pub max_body_bytes: usize,
+    /// The longest an event-feed request may wait for new events.
+    pub max_wait: String,
+    /// Leak reports accepted per client address per minute.
+    pub leak_reports_per_minute: u32,
+    /// Secrets one leak report may carry.
+    pub max_secrets_per_report: usize,
+    /// Admin connections open at once (long polls included); more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl Default for AdminFile {
+    fn default() -> Self {
+        AdminFile {
+            enabled: true,
+            listen: "127.0.0.1:9090".into(),
+            max_body_bytes: 64 * 1024,
+            max_wait: "60s".into(),
+            leak_reports_per_minute: 10,
+            max_secrets_per_report: 100,
+            max_connections: 256,
+        }
+    }
+}
+
+/// `[policy]`: what tokens made through the admin API may be.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyFile {
+    /// The longest a token may live, from its creation.
+    pub max_lifespan: String,
+    /// The lifespan of a token created without `expires_in` or `expires_at`.
+    pub default_lifespan: String,
+    /// The scopes that callers without `tokens:admin` may grant.
+    pub grantable_scopes: Vec<String>,
+    /// Whether a token may cover every organization (`*`).
+    pub allow_all_orgs: bool,
+    /// Whether a token may hold every scope.
+    pub allow_full: bool,
+}
+
+impl Default for PolicyFile {
+    fn default() -> Self {
+        PolicyFile {
+            max_lifespan: "365d".into(),
+            default_lifespan: "30d".into(),
+            grantable_scopes: Scope::all()
+                .filter(|s| s.name() != "tokens:admin")
+                .map(|s| s.name().to_owned())
+                .collect(),
+            allow_all_orgs: true,
+            allow_full: false,
         }
     }
 }
