@@ -1,5 +1,6 @@
 //! Running the server: open the store, load every live token into memory, follow the
-//! event feed, accept connections within limits, and drain on shutdown.
+//! event feed, serve the proxy and the admin API (each on its own listener, sharing the
+//! store and the tokens in memory) within limits, and drain both on shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::proxy::framing::{HeadWatch, Watched};
 use crate::proxy::upstream::Upstream;
@@ -43,7 +45,22 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let follower = tokio::spawn(follow::follow(store, tokens.clone(), config.store.clone(), stop_rx.clone()));
+    let follower = tokio::spawn(follow::follow(store.clone(), tokens.clone(), config.store.clone(), stop_rx.clone()));
+
+    let admin = match config.admin.enabled {
+        false => None,
+        true => {
+            let listen = config.admin.listen;
+            let listener = TcpListener::bind(listen)
+                .await
+                .map_err(|source| AppError::Bind { addr: listen, source })?;
+            let addr = listener.local_addr().map_err(|source| AppError::Bind { addr: listen, source })?;
+            // Not "Listening": that line announces the proxy's address.
+            tracing::info!(%addr, "Admin API up");
+            let state = AdminState::new(config.admin.clone(), store, tokens.clone(), stop_rx.clone());
+            Some(tokio::spawn(admin::serve(listener, state)))
+        }
+    };
 
     let listener = TcpListener::bind(config.proxy.listen).await.map_err(|source| AppError::Bind {
         addr: config.proxy.listen,
@@ -75,6 +92,9 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
             connections = max as usize - slots.available_permits(),
             "Shutdown grace ended with connections open"
         );
+    }
+    if let Some(admin) = admin {
+        let _ = admin.await;
     }
     let _ = follower.await;
     tracing::info!("Stopped");

@@ -16,6 +16,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_patgate");
 pub struct TestPatgate {
     pub dir: TempDir,
     pub addr: SocketAddr,
+    /// The admin API's address (none when `[admin] enabled = false`).
+    pub admin: Option<SocketAddr>,
     pub config: PathBuf,
     child: Child,
     log: Arc<Mutex<String>>,
@@ -30,6 +32,7 @@ pub struct Minted {
 
 impl TestPatgate {
     /// Starts patgate with the git route, plus `extra` TOML (routes are tried by specificity).
+    /// The admin API listens on an ephemeral port unless `extra` has its own `[admin]`.
     pub fn start(extra: &str) -> TestPatgate {
         Self::start_with_env(extra, &[])
     }
@@ -44,10 +47,15 @@ impl TestPatgate {
         } else {
             "127.0.0.1:0"
         };
+        let admin = if extra.contains("[admin]") {
+            ""
+        } else {
+            "[admin]\nlisten = \"127.0.0.1:0\"\n"
+        };
         std::fs::write(
             &config,
             format!(
-                "[server]\nlisten = \"{listen_in_file}\"\nshutdown_grace = \"2s\"\n\n[store]\nurl = \"sqlite://{}\"\npoll_interval = \"100ms\"\n\n{extra}\n\n[[routes]]\npath = \"/{{org}}/**\"\nupstream = \"git-http-backend:{}\"\nrules = \"git\"\n",
+                "[server]\nlisten = \"{listen_in_file}\"\nshutdown_grace = \"2s\"\n\n[store]\nurl = \"sqlite://{}\"\npoll_interval = \"100ms\"\n\n{admin}\n{extra}\n\n[[routes]]\npath = \"/{{org}}/**\"\nupstream = \"git-http-backend:{}\"\nrules = \"git\"\n",
                 dir.path().join("patgate.db").display(),
                 repos.display()
             ),
@@ -72,14 +80,22 @@ impl TestPatgate {
             let log = log.clone();
             std::thread::spawn(move || {
                 let mut tx = Some(tx);
+                // The admin API announces itself before the proxy's "Listening".
+                let mut admin = None;
+                let addr_of = |line: &str| {
+                    let text = line.split("addr=").nth(1).and_then(|r| r.split_whitespace().next());
+                    let json = line.split("\"addr\":\"").nth(1).and_then(|r| r.split('"').next());
+                    text.or(json).map(str::to_owned)
+                };
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
+                    if tx.is_some() && line.contains("Admin API up") {
+                        admin = addr_of(&line);
+                    }
                     if line.contains("Listening") {
-                        let text = line.split("addr=").nth(1).and_then(|r| r.split_whitespace().next());
-                        let json = line.split("\"addr\":\"").nth(1).and_then(|r| r.split('"').next());
-                        if let Some(addr) = text.or(json) {
+                        if let Some(addr) = addr_of(&line) {
                             if let Some(tx) = tx.take() {
-                                let _ = tx.send(addr.to_owned());
+                                let _ = tx.send((addr, admin.take()));
                             }
                         }
                     }
@@ -89,8 +105,8 @@ impl TestPatgate {
                 }
             });
         }
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a.parse().unwrap(),
+        let (addr, admin) = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok((a, admin)) => (a.parse().unwrap(), admin.map(|a| a.parse().unwrap())),
             Err(_) => {
                 let _ = child.kill();
                 panic!("patgate did not start:\n{}", log.lock().unwrap());
@@ -99,6 +115,7 @@ impl TestPatgate {
         TestPatgate {
             dir,
             addr,
+            admin,
             config,
             child,
             log,
@@ -150,13 +167,18 @@ impl TestPatgate {
     }
 
     pub fn mint(&self, scopes: &str, orgs: &str, expires_in: &str) -> Minted {
+        self.mint_for("alice", scopes, orgs, expires_in)
+    }
+
+    /// Mints a token for `owner` with the CLI, on the store.
+    pub fn mint_for(&self, owner: &str, scopes: &str, orgs: &str, expires_in: &str) -> Minted {
         let out = self.cli(&[
             "token",
             "create",
             "--name",
             "test",
             "--owner",
-            "alice",
+            owner,
             "--scopes",
             scopes,
             "--orgs",
@@ -201,6 +223,41 @@ impl TestPatgate {
             assert!(Instant::now() < deadline, "token never became live");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Mints a token for `owner` with the CLI and waits until the admin API admits it.
+    pub fn mint_caller(&self, owner: &str, scopes: &str) -> Minted {
+        let m = self.mint_for(owner, scopes, "*", "1h");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.api("GET", &format!("/admin/v1/tokens/{}", m.id), Some(&m.token), None).status == 401 {
+            assert!(Instant::now() < deadline, "token never became live");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    /// The admin API's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.expect("the admin API is not enabled")
+    }
+
+    /// One admin API request: `Authorization: Bearer TOKEN` when given, and a JSON body.
+    pub fn api(&self, method: &str, path: &str, token: Option<&str>, body: Option<&serde_json::Value>) -> Api {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n");
+        if let Some(t) = token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        if !body.is_empty() {
+            head.push_str("Content-Type: application/json\r\n");
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        self.api_raw(format!("{head}{body}").as_bytes())
+    }
+
+    /// Sends raw bytes to the admin API and reads its JSON answer.
+    pub fn api_raw(&self, raw: &[u8]) -> Api {
+        Api::from(http_bytes(self.admin_addr(), raw))
     }
 
     /// Creates `repos/{org}/{name}.git` with one commit on `main`.
@@ -329,6 +386,34 @@ fn complete(buf: &[u8]) -> Option<RawResponse> {
         return None;
     }
     Some(r)
+}
+
+/// An admin API answer: its status, its JSON body, and the raw answer.
+#[derive(Debug)]
+pub struct Api {
+    pub status: u16,
+    pub json: serde_json::Value,
+    pub raw: RawResponse,
+}
+
+impl Api {
+    /// The `error` of an error answer.
+    pub fn error(&self) -> &str {
+        self.json["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error in a {} answer: {}", self.status, self.raw.body))
+    }
+}
+
+impl From<RawResponse> for Api {
+    fn from(raw: RawResponse) -> Api {
+        let json = serde_json::from_str(&raw.body).unwrap_or_else(|_| panic!("not JSON: {raw:?}"));
+        Api {
+            status: raw.status,
+            json,
+            raw,
+        }
+    }
 }
 
 /// What a recording upstream saw of one request.
