@@ -315,6 +315,16 @@ mod tests {
         let c = load(&path).unwrap();
         assert_eq!(c.proxy.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.proxy.routes.iter().count(), 2);
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
+        // The commented grantable_scopes is the default, spelled out.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line = text.lines().find(|l| l.starts_with("# grantable_scopes = ")).unwrap();
+        let names: Vec<String> = line["# grantable_scopes = ".len()..]
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(|n| n.trim().trim_matches('"').to_owned())
+            .collect();
+        assert_eq!(ScopeSet::parse(&names).unwrap(), c.admin.policy.grantable_scopes);
     }
 
     #[test]
