@@ -245,3 +245,82 @@ fn admin_url_mode_needs_a_token_and_a_reachable_server() {
         "{err}"
     );
 }
+
+#[test]
+fn token_commands_work_through_the_admin_api() {
+    let p = TestPatgate::start("");
+    let admin = p.mint_caller("root", "tokens:admin");
+    let manage = p.mint_caller("carol", "tokens:manage");
+    let url = format!("http://{}", p.admin_addr());
+    let token_file = p.dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{}\n", admin.token)).unwrap();
+    let as_admin = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["token", "--admin-url", &url, "--token-file"])
+            .arg(&token_file)
+            .args(args)
+            .env_remove("PATGATE_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let as_carol = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["token", "--admin-url", &url])
+            .args(args)
+            .env("PATGATE_ADMIN_TOKEN", &manage.token)
+            .output()
+            .unwrap()
+    };
+
+    // Carol makes her own token; the owner defaults to the caller.
+    let v = json_of(&as_carol(&[
+        "create",
+        "--name",
+        "laptop",
+        "--scopes",
+        "code:read",
+        "--orgs",
+        "acme",
+        "--json",
+    ]));
+    assert_eq!(v["owner"], "carol");
+    let id = v["id"].as_str().unwrap().to_owned();
+    assert!(v["token"].as_str().unwrap().starts_with("patg_"));
+    // She cannot make one for someone else; the refusal is the API's one line.
+    let out = as_carol(&[
+        "create",
+        "--name",
+        "x",
+        "--owner",
+        "dave",
+        "--scopes",
+        "code:read",
+        "--orgs",
+        "acme",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let v = json_of(&as_carol(&["update", &id, "--name", "old laptop", "--json"]));
+    assert_eq!(v["name"], "old laptop");
+    let v = json_of(&as_carol(&["regenerate", &id, "--json"]));
+    assert_eq!(v["id"], id.as_str());
+
+    // The admin sees every owner; the table never shows a secret.
+    let all = json_of(&as_admin(&["list", "--json"]));
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    let table = String::from_utf8(as_admin(&["list", "--owner", "carol"]).stdout).unwrap();
+    assert!(table.contains(&id) && !table.contains("patg_"), "{table}");
+    let out = as_admin(&["revoke", &id]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("Revoked token {id}"));
+    let out = as_admin(&["revoke", "--owner", "carol", "--all"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Revoked 1 token(s) of carol");
+    let out = as_admin(&["show", "nosuchid"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("404") && !err.contains(&admin.token), "{err}");
+}

@@ -4,6 +4,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod cluster;
 mod git;
 mod postgres;
 mod proxy;
