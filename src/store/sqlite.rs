@@ -57,7 +57,17 @@ impl SqliteStore {
         }
         let mut conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(|e| fail(e.to_string()))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| fail(e.to_string()))?;
+        // Switching a new file to WAL takes an exclusive lock for which SQLite does not
+        // call the busy handler; another process opening the same new store at this
+        // moment makes it fail with "database is locked". Retry within the busy timeout.
+        let started = std::time::Instant::now();
+        while let Err(e) = conn.pragma_update(None, "journal_mode", "WAL") {
+            let busy = e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy);
+            if !busy || started.elapsed() > Duration::from_secs(5) {
+                return Err(fail(e.to_string()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         conn.pragma_update(None, "synchronous", "FULL").map_err(|e| fail(e.to_string()))?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(|e| fail(e.to_string()))?;
         migrate(&mut conn).map_err(|e| match e {
