@@ -6,5 +6,6 @@ mod admin;
 mod cli;
 mod cluster;
 mod git;
+mod hostile;
 mod postgres;
 mod proxy;
