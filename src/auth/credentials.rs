@@ -104,8 +104,18 @@ fn basic(encoded: &str) -> Result<Credential, CredentialError> {
     if encoded.is_empty() {
         return Ok(Credential::Missing);
     }
-    let decoded = BASE64.decode(encoded).map_err(|_| CredentialError::BadBase64)?;
-    let decoded = String::from_utf8(decoded).map_err(|_| CredentialError::NotUtf8)?;
+    // Usual credentials (a username and a token) are decoded on the stack; longer ones
+    // on the heap.
+    let mut small = [0u8; 256];
+    let mut large = Vec::new();
+    let buf: &mut [u8] = if encoded.len() <= small.len() / 3 * 4 {
+        &mut small
+    } else {
+        large.resize(encoded.len() / 4 * 3 + 3, 0);
+        &mut large
+    };
+    let n = BASE64.decode_slice(encoded, buf).map_err(|_| CredentialError::BadBase64)?;
+    let decoded = std::str::from_utf8(&buf[..n]).map_err(|_| CredentialError::NotUtf8)?;
     let (user, password) = decoded.split_once(':').ok_or(CredentialError::MissingColon)?;
     let candidate = match (looks_like_token(user), looks_like_token(password)) {
         (true, true) if user != password => return Err(CredentialError::ConflictingTokens),

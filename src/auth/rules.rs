@@ -103,8 +103,33 @@ pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
         return Err(PathError::NotAbsolute);
     }
     let b = raw.as_bytes();
-    let mut out = String::with_capacity(raw.len());
-    let mut decoded = Vec::with_capacity(raw.len());
+    // The usual path has no escape: it is its own canonical form once its bytes pass.
+    let out = if b.iter().all(|&c| c.is_ascii_graphic() && !matches!(c, b'%' | b'\\' | b';')) {
+        raw.to_owned()
+    } else {
+        decode_and_check(b)?
+    };
+    let body = &out[1..];
+    let body = body.strip_suffix('/').unwrap_or(body);
+    if !body.is_empty() {
+        for seg in body.split('/') {
+            match seg {
+                "" => return Err(PathError::EmptySegment),
+                "." | ".." => return Err(PathError::DotSegment),
+                _ => {}
+            }
+        }
+    } else if out.len() > 1 {
+        // "//"
+        return Err(PathError::EmptySegment);
+    }
+    Ok(NormalizedPath(out))
+}
+
+/// The canonical form of a path with escapes or refused bytes in it.
+fn decode_and_check(b: &[u8]) -> Result<String, PathError> {
+    let mut out = String::with_capacity(b.len());
+    let mut decoded = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
@@ -147,21 +172,7 @@ pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
     if std::str::from_utf8(&decoded).is_err() {
         return Err(PathError::NotUtf8);
     }
-    let body = &out[1..];
-    let body = body.strip_suffix('/').unwrap_or(body);
-    if !body.is_empty() {
-        for seg in body.split('/') {
-            match seg {
-                "" => return Err(PathError::EmptySegment),
-                "." | ".." => return Err(PathError::DotSegment),
-                _ => {}
-            }
-        }
-    } else if out.len() > 1 {
-        // "//"
-        return Err(PathError::EmptySegment);
-    }
-    Ok(NormalizedPath(out))
+    Ok(out)
 }
 
 /// One segment of a route pattern.

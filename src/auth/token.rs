@@ -24,13 +24,52 @@ pub const TOKEN_LEN: usize = PREFIX.len() + RANDOM_LEN + CHECKSUM_LEN;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// The SHA-256 of a token secret: the key under which a token is stored and looked up.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct TokenHash(pub [u8; 32]);
+
+/// A hash is already uniform: its first eight bytes are a good table hash. Only hashes of
+/// secrets minted here are ever inserted, so callers cannot choose colliding keys.
+impl std::hash::Hash for TokenHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+/// The hasher for tables keyed by [`TokenHash`]: it passes the key's own bits through
+/// instead of hashing them again.
+#[derive(Default, Clone, Copy)]
+pub struct PassThroughHasher(u64);
+
+impl std::hash::Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for TokenHash; folds anything else in, should it ever be used so.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// Builds [`PassThroughHasher`]s.
+pub type PassThroughState = std::hash::BuildHasherDefault<PassThroughHasher>;
 
 impl TokenHash {
     /// Hashes a secret's text.
     pub fn of(secret: &str) -> Self {
-        let d = digest::digest(&digest::SHA256, secret.as_bytes());
+        Self::of_bytes(secret.as_bytes())
+    }
+
+    fn of_bytes(secret: &[u8]) -> Self {
+        let d = digest::digest(&digest::SHA256, secret);
         let mut out = [0u8; 32];
         out.copy_from_slice(d.as_ref());
         TokenHash(out)
@@ -49,8 +88,10 @@ impl fmt::Debug for TokenHash {
 
 /// A token secret in clear text. It exists only between minting and showing it once, or
 /// between reading a credential and hashing it. `Debug` and `Display` print `<redacted>`.
+/// Held inline (every token has the same length), so reading one from a request does
+/// not allocate.
 #[derive(Clone, PartialEq, Eq)]
-pub struct TokenSecret(String);
+pub struct TokenSecret([u8; TOKEN_LEN]);
 
 impl TokenSecret {
     /// Mints a new secret from the OS CSPRNG.
@@ -61,22 +102,30 @@ impl TokenSecret {
         push_random_base62(&rng, &mut s, RANDOM_LEN);
         let sum = checksum(&s);
         s.push_str(&sum);
-        TokenSecret(s)
+        let mut out = [0u8; TOKEN_LEN];
+        out.copy_from_slice(s.as_bytes());
+        TokenSecret(out)
     }
 
     /// Accepts `text` if it has the token's shape and a correct checksum.
     pub fn parse(text: &str) -> Option<Self> {
-        has_valid_shape(text).then(|| TokenSecret(text.to_owned()))
+        if !has_valid_shape(text) {
+            return None;
+        }
+        let mut out = [0u8; TOKEN_LEN];
+        out.copy_from_slice(text.as_bytes());
+        Some(TokenSecret(out))
     }
 
     /// The clear text, for showing once to the person who created the token.
     pub fn expose(&self) -> &str {
-        &self.0
+        // Only well-formed (ASCII) tokens are ever held.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     /// The stored form of this secret.
     pub fn hash(&self) -> TokenHash {
-        TokenHash::of(&self.0)
+        TokenHash::of_bytes(&self.0)
     }
 }
 

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::TokenRecord;
 use crate::auth::scope::ScopeSet;
-use crate::auth::token::TokenHash;
+use crate::auth::token::{PassThroughState, TokenHash};
 use crate::auth::Orgs;
 
 /// What the request path needs of a live token.
@@ -52,7 +52,7 @@ impl CachedToken {
 
 /// Live tokens by hash, and each token's current hash by id.
 pub struct TokenCache {
-    by_hash: DashMap<TokenHash, Arc<CachedToken>>,
+    by_hash: DashMap<TokenHash, Arc<CachedToken>, PassThroughState>,
     by_id: DashMap<Box<str>, TokenHash>,
     seq: AtomicI64,
     /// Tells waiters (the admin API's long poll) the sequence number applied.
@@ -65,7 +65,7 @@ pub struct TokenCache {
 impl Default for TokenCache {
     fn default() -> Self {
         TokenCache {
-            by_hash: DashMap::new(),
+            by_hash: DashMap::default(),
             by_id: DashMap::new(),
             seq: AtomicI64::new(0),
             seq_tx: watch::Sender::new(0),
