@@ -9,7 +9,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Semaphore};
 
 use crate::admin::{self, AdminState};
@@ -62,15 +62,16 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
         }
     };
 
-    let listener = TcpListener::bind(config.proxy.listen).await.map_err(|source| AppError::Bind {
+    let workers = config.proxy.workers.max(1);
+    let listeners = bind_reuseport(config.proxy.listen, workers).map_err(|source| AppError::Bind {
         addr: config.proxy.listen,
         source,
     })?;
-    let addr = listener.local_addr().map_err(|source| AppError::Bind {
+    let addr = listeners[0].local_addr().map_err(|source| AppError::Bind {
         addr: config.proxy.listen,
         source,
     })?;
-    tracing::info!(%addr, config = %config.source.display(), "Listening");
+    tracing::info!(%addr, workers, config = %config.source.display(), "Listening");
     for route in config.proxy.routes.iter() {
         if let Upstream::GitHttpBackend(root) = &route.target {
             if !root.is_dir() {
@@ -79,20 +80,43 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
         }
     }
 
-    let proxy = Arc::new(Proxy::new(Arc::new(config.proxy), tokens));
+    let proxy = Proxy::new(Arc::new(config.proxy), tokens);
     let max = proxy.config().max_connections.min(u32::MAX as usize) as u32;
+    let grace = proxy.config().shutdown_grace;
     let slots = Arc::new(Semaphore::new(max as usize));
-    accept_loop(listener, proxy.clone(), slots.clone(), shutdown, stop_rx).await;
+    let (exit_tx, exit_rx) = watch::channel(false);
+    let mut threads = Vec::with_capacity(workers);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let worker = Worker {
+            listener,
+            proxy: proxy.for_worker(),
+            slots: slots.clone(),
+            stop: stop_rx.clone(),
+            exit: exit_rx.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("patgate-worker-{i}"))
+            .spawn(move || worker.run())
+            .map_err(|source| AppError::Bind { addr, source })?;
+        threads.push(thread);
+    }
 
+    shutdown.await;
     let _ = stop_tx.send(true);
     // Every connection holds a slot until it ends: all slots back means all drained.
-    let grace = proxy.config().shutdown_grace;
     if tokio::time::timeout(grace, slots.acquire_many(max)).await.is_err() {
         tracing::warn!(
             connections = max as usize - slots.available_permits(),
             "Shutdown grace ended with connections open"
         );
     }
+    let _ = exit_tx.send(true);
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await;
     if let Some(admin) = admin {
         let _ = admin.await;
     }
@@ -101,14 +125,76 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     Ok(())
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    limit: Arc<Semaphore>,
-    shutdown: impl std::future::Future<Output = ()>,
+/// Binds `n` listening sockets to one address with `SO_REUSEPORT`, so that the kernel
+/// spreads new connections over the workers. With port 0, all take the first one's port.
+fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.set_nodelay(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?.into_std()?;
+        addr = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// One proxy worker: a thread with its own single-threaded event loop, its own listening
+/// socket and its own upstream connection pool, as nginx and Pingora run one per core.
+/// Connections never move between workers, so nothing on the request path is shared
+/// but the token copy, the config and the limits.
+struct Worker {
+    listener: std::net::TcpListener,
+    proxy: Proxy,
+    slots: Arc<Semaphore>,
+    /// Turns true when accepting stops and connections should finish.
     stop: watch::Receiver<bool>,
-) {
-    let mut shutdown = std::pin::pin!(shutdown);
+    /// Turns true when the grace period is over: the worker ends, dropping what is left.
+    exit: watch::Receiver<bool>,
+}
+
+impl Worker {
+    fn run(self) {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot start a worker");
+                return;
+            }
+        };
+        let Worker {
+            listener,
+            proxy,
+            slots,
+            stop,
+            mut exit,
+        } = self;
+        rt.block_on(async move {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot start a worker");
+                    return;
+                }
+            };
+            accept_loop(listener, Arc::new(proxy), slots, stop).await;
+            // Connections drain on this thread's loop until the server says the grace is over.
+            let _ = exit.wait_for(|&e| e).await;
+        });
+    }
+}
+
+async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, limit: Arc<Semaphore>, stop: watch::Receiver<bool>) {
+    let mut stopping = stop.clone();
+    let mut shutdown = std::pin::pin!(stopping.wait_for(|&s| s));
     loop {
         let slot = tokio::select! {
             _ = &mut shutdown => return,

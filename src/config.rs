@@ -107,6 +107,9 @@ impl Ctx<'_> {
     }
 }
 
+/// The most proxy worker threads.
+const MAX_WORKERS: usize = 256;
+
 impl Config {
     /// Validates a [`FileConfig`] read from `source`.
     pub fn from_file(f: FileConfig, source: &Path) -> Result<Config, ConfigError> {
@@ -196,6 +199,11 @@ impl Config {
             max_header_bytes: f.server.max_header_bytes,
             max_connections: cx.positive("server.max_connections", f.server.max_connections)?,
             shutdown_grace: cx.duration("server.shutdown_grace", &f.server.shutdown_grace)?,
+            workers: match f.server.workers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n if n > MAX_WORKERS => return Err(cx.err("server.workers", format!("must be at most {MAX_WORKERS}"))),
+                n => n,
+            },
             routes: RouteTable::new(routes),
             upstream,
             git,
@@ -390,6 +398,7 @@ mod tests {
                 "[server]\nmax_connections = 0\n",
                 "patgate.toml: server.max_connections: must be at least 1",
             ),
+            ("[server]\nworkers = 1000\n", "patgate.toml: server.workers: must be at most 256"),
             (
                 "[store]\nurl = \"mysql://x\"\n",
                 "patgate.toml: store.url: `mysql://x`: unknown store URL scheme",

@@ -38,6 +38,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    /// Worker threads serving the proxy listener (at least 1).
+    pub workers: usize,
     pub routes: RouteTable<Upstream>,
     pub upstream: upstream::Config,
     pub git: cgi::Config,
@@ -126,7 +128,7 @@ pub struct Proxy {
     config: Arc<Config>,
     tokens: Arc<TokenCache>,
     http: upstream::HttpClient,
-    cgi: cgi::Runner,
+    cgi: Arc<cgi::Runner>,
 }
 
 /// What the access log says of one request, borrowed or shared: nothing is copied for it.
@@ -140,8 +142,19 @@ impl Proxy {
     /// Builds the proxy over a config and the token copy it reads.
     pub fn new(config: Arc<Config>, tokens: Arc<TokenCache>) -> Self {
         let http = upstream::HttpClient::new(&config.upstream);
-        let cgi = cgi::Runner::new(config.git.clone());
+        let cgi = Arc::new(cgi::Runner::new(config.git.clone()));
         Proxy { config, tokens, http, cgi }
+    }
+
+    /// Another proxy for another worker: the same config, tokens and git process limit,
+    /// with upstream connections of its own.
+    pub fn for_worker(&self) -> Self {
+        Proxy {
+            config: self.config.clone(),
+            tokens: self.tokens.clone(),
+            http: upstream::HttpClient::new(&self.config.upstream),
+            cgi: self.cgi.clone(),
+        }
     }
 
     /// The settings this proxy runs with.

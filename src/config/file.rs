@@ -33,6 +33,9 @@ pub struct ServerFile {
     pub max_connections: usize,
     /// How long requests in flight may run on after a shutdown signal.
     pub shutdown_grace: String,
+    /// Proxy worker threads, each with its own event loop, listener socket and upstream
+    /// connections; 0 means one per CPU.
+    pub workers: usize,
 }
 
 impl Default for ServerFile {
@@ -43,6 +46,7 @@ impl Default for ServerFile {
             max_header_bytes: 16 * 1024,
             max_connections: 10_000,
             shutdown_grace: "30s".into(),
+            workers: 0,
         }
     }
 }
