@@ -123,6 +123,10 @@ struct Shared {
     store: Store,
     tokens: Arc<TokenCache>,
     leaks: leaked::Limiter,
+    /// Event feed requests that may wait at once (see [`AdminState::waiters`]).
+    waiters: Arc<Semaphore>,
+    /// The OpenAPI document with this server's limits filled in.
+    openapi: String,
     stop: watch::Receiver<bool>,
 }
 
@@ -130,11 +134,15 @@ impl AdminState {
     /// The state over the server's store and in-memory tokens; `stop` turns true on shutdown.
     pub fn new(config: Config, store: Store, tokens: Arc<TokenCache>, stop: watch::Receiver<bool>) -> AdminState {
         let leaks = leaked::Limiter::new(config.leak_reports_per_minute);
+        let waiters = Arc::new(Semaphore::new(waiting_slots(config.max_connections)));
+        let openapi = openapi_for(&config);
         AdminState(Arc::new(Shared {
             config,
             store,
             tokens,
             leaks,
+            waiters,
+            openapi,
             stop,
         }))
     }
@@ -157,6 +165,12 @@ impl AdminState {
 
     fn leak_limiter(&self) -> &leaked::Limiter {
         &self.0.leaks
+    }
+
+    /// The slots for event feed requests that wait: three quarters of the connections,
+    /// so that long polls never take every connection from writes and leak reports.
+    pub fn waiters(&self) -> &Arc<Semaphore> {
+        &self.0.waiters
     }
 
     /// Turns true when the server shuts down.
@@ -193,8 +207,22 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+/// How many event feed requests may wait at once, out of `max_connections`.
+pub fn waiting_slots(max_connections: usize) -> usize {
+    (max_connections - max_connections / 4).clamp(1, Semaphore::MAX_PERMITS)
+}
+
+/// [`OPENAPI`] with the limits that depend on the configuration filled in.
+fn openapi_for(config: &Config) -> String {
+    let mut doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("the OpenAPI document is JSON");
+    if let Some(secrets) = doc.pointer_mut("/components/schemas/LeakReport/properties/secrets") {
+        secrets["maxItems"] = config.max_secrets_per_report.into();
+    }
+    doc.to_string()
+}
+
+async fn openapi(State(s): State<AdminState>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], s.0.openapi.clone()).into_response()
 }
 
 #[derive(serde::Serialize)]
@@ -218,7 +246,7 @@ async fn ready(State(s): State<AdminState>) -> Json<Ready> {
 async fn access_log(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
-    let path = request::redact(req.uri().path());
+    let path = request::clean(req.uri().path());
     let ip: Option<IpAddr> = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let slot = LogSlot::default();
     req.extensions_mut().insert(slot.clone());

@@ -9,7 +9,7 @@ use axum::Json;
 use http::{header, HeaderValue, StatusCode};
 
 use super::policy::PolicyError;
-use super::request::redact;
+use super::request::clean;
 use crate::auth::AuthError;
 use crate::proxy::UNAUTHORIZED_BODY;
 use crate::store::StoreError;
@@ -43,6 +43,9 @@ pub enum AdminError {
     TooLarge { limit: usize },
     #[error("the request body could not be read")]
     BodyUnreadable,
+    /// The body did not arrive in time.
+    #[error("the request body did not arrive within {}", humantime::format_duration(*.within))]
+    BodyTimeout { within: Duration },
     #[error("send the body as JSON with Content-Type: application/json")]
     NotJson,
     /// A request a web page could have sent on someone's behalf.
@@ -54,6 +57,9 @@ pub enum AdminError {
     MethodNotAllowed,
     #[error("too many leak reports from this address; retry in {}s", .retry_after.as_secs().max(1))]
     RateLimited { retry_after: Duration },
+    /// Every slot for waiting on the event feed is taken.
+    #[error("too many event feed requests are waiting; retry in {}s", .retry_after.as_secs().max(1))]
+    TooManyWaiting { retry_after: Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -81,11 +87,12 @@ impl AdminError {
             | AdminError::Policy(_)
             | AdminError::BodyUnreadable => S::BAD_REQUEST,
             AdminError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            AdminError::BodyTimeout { .. } => S::REQUEST_TIMEOUT,
             AdminError::NotJson => S::UNSUPPORTED_MEDIA_TYPE,
             AdminError::FromWebPage => S::FORBIDDEN,
             AdminError::NoEndpoint => S::NOT_FOUND,
             AdminError::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
-            AdminError::RateLimited { .. } => S::TOO_MANY_REQUESTS,
+            AdminError::RateLimited { .. } | AdminError::TooManyWaiting { .. } => S::TOO_MANY_REQUESTS,
             AdminError::Store(e) => match e {
                 StoreError::NotFound(_) => S::NOT_FOUND,
                 StoreError::NotLive { .. } => S::CONFLICT,
@@ -124,17 +131,21 @@ struct ErrorBody {
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let status = self.status();
-        // Messages may quote what the client sent: never echo anything shaped like a secret.
-        let error = redact(&self.public_message());
+        // Messages may quote what the client sent: never echo a secret, and keep it one
+        // short line here and in the request log.
+        let error = clean(&self.public_message());
         let mut r = (status, Json(ErrorBody { error })).into_response();
         let h = r.headers_mut();
         if status == StatusCode::UNAUTHORIZED {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
         }
-        if let AdminError::RateLimited { retry_after } = &self {
+        if let AdminError::RateLimited { retry_after } | AdminError::TooManyWaiting { retry_after } = &self {
             h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
         }
-        r.extensions_mut().insert(Reason(redact(&self.to_string())));
+        if status == StatusCode::REQUEST_TIMEOUT {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r.extensions_mut().insert(Reason(clean(&self.to_string())));
         r
     }
 }
@@ -165,6 +176,12 @@ mod tests {
             (AdminError::Policy(PolicyError::Full), S::BAD_REQUEST),
             (AdminError::TooLarge { limit: 10 }, S::PAYLOAD_TOO_LARGE),
             (AdminError::BodyUnreadable, S::BAD_REQUEST),
+            (
+                AdminError::BodyTimeout {
+                    within: Duration::from_secs(30),
+                },
+                S::REQUEST_TIMEOUT,
+            ),
             (AdminError::NotJson, S::UNSUPPORTED_MEDIA_TYPE),
             (AdminError::FromWebPage, S::FORBIDDEN),
             (AdminError::NoEndpoint, S::NOT_FOUND),
@@ -172,6 +189,12 @@ mod tests {
             (
                 AdminError::RateLimited {
                     retry_after: Duration::from_millis(1500),
+                },
+                S::TOO_MANY_REQUESTS,
+            ),
+            (
+                AdminError::TooManyWaiting {
+                    retry_after: Duration::from_secs(1),
                 },
                 S::TOO_MANY_REQUESTS,
             ),

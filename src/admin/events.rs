@@ -2,7 +2,9 @@
 //!
 //! Events after `since`, oldest first, with the owner of each token. With nothing new and
 //! a `wait`, the request waits (at most `[admin] max_wait`) until this instance applies a
-//! newer event, then reads again; it ends at once on shutdown. Callers without
+//! newer event, then reads again; it ends at once on shutdown. Only so many requests may
+//! wait at once ([`AdminState::waiters`]); beyond that, one that would wait is answered
+//! 429 with `Retry-After`. Callers without
 //! `tokens:admin` see only their own tokens' events; `next` still moves past the others,
 //! so following it never reads them twice.
 
@@ -40,18 +42,28 @@ pub async fn events(State(s): State<AdminState>, caller: Caller, mut q: Params) 
     let who = caller.require(Access::Read)?;
     let since = q.number("since", 0, i64::MAX, 0)?;
     let limit = q.number("limit", 1, MAX_PAGE as i64, 100)? as usize;
+    let max_wait = s.config().max_wait;
     let wait = match q.take("wait")? {
         None => Duration::ZERO,
         Some(w) if w == "0" => Duration::ZERO,
-        Some(w) => humantime::parse_duration(&w)
-            .map_err(|_| AdminError::field("wait", format!("`{}` is not a duration; write e.g. 30s", redact(&w))))?
-            .min(s.config().max_wait),
+        Some(w) => match humantime::parse_duration(&w) {
+            Ok(d) => d.min(max_wait),
+            // Longer than a Duration holds: longer than the most we wait.
+            Err(humantime::DurationError::NumberOverflow) => max_wait,
+            Err(_) => {
+                return Err(AdminError::field(
+                    "wait",
+                    format!("`{}` is not a duration; write e.g. 30s", redact(&w)),
+                ))
+            }
+        },
     };
     q.done()?;
     let deadline = Instant::now() + wait;
     let mut applied = s.tokens().watch_seq();
     let mut stop = s.stop();
     let mut next = since;
+    let mut slot = None;
     loop {
         // Whatever is applied after this point wakes the wait below.
         applied.borrow_and_update();
@@ -68,6 +80,11 @@ pub async fn events(State(s): State<AdminState>, caller: Caller, mut q: Params) 
         // A full page of others' events is answered too, so that one request reads at most one page.
         if !events.is_empty() || full || Instant::now() >= deadline || *stop.borrow() {
             return Ok(Json(EventPage { events, next }));
+        }
+        if slot.is_none() {
+            slot = Some(s.waiters().clone().try_acquire_owned().map_err(|_| AdminError::TooManyWaiting {
+                retry_after: Duration::from_secs(1),
+            })?);
         }
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return Ok(Json(EventPage { events, next })) },

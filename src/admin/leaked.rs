@@ -75,6 +75,20 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
+/// A leak report within the limit of its client address, counted before its body is
+/// read: a client over the limit costs no more than its headers.
+pub struct Admitted(pub IpAddr);
+
+impl FromRequestParts<AdminState> for Admitted {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, AdminError> {
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
+        state.leak_limiter().check(ip)?;
+        Ok(Admitted(ip))
+    }
+}
+
 /// The body of a leak report.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,8 +97,7 @@ pub struct LeakReport {
 }
 
 /// `POST /admin/v1/leaked`.
-pub async fn leaked(State(s): State<AdminState>, ClientIp(ip): ClientIp, body: Body) -> Result<Json<Revoked>, AdminError> {
-    s.leak_limiter().check(ip)?;
+pub async fn leaked(State(s): State<AdminState>, Admitted(ip): Admitted, body: Body) -> Result<Json<Revoked>, AdminError> {
     let report: LeakReport = body.parse()?;
     let max = s.config().max_secrets_per_report;
     if report.secrets.len() > max {

@@ -14,8 +14,9 @@ use serde::de::DeserializeOwned;
 use super::error::AdminError;
 use super::AdminState;
 
-/// A request body, read up to `[admin] max_body_bytes` (413 beyond), not yet parsed:
-/// handlers check the caller's scope before they look at it.
+/// A request body, read up to `[admin] max_body_bytes` (413 beyond) and within
+/// `[server] header_read_timeout` (408 after), not yet parsed: handlers check the caller's
+/// scope before they look at it.
 pub struct Body {
     bytes: Bytes,
     json: bool,
@@ -35,9 +36,12 @@ impl FromRequest<AdminState> for Body {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(AdminError::TooLarge { limit });
         }
-        let bytes = Limited::new(req.into_body(), limit)
-            .collect()
+        // A client that sends its body slowly would hold a connection slot forever.
+        let within = state.config().header_read_timeout;
+        let read = tokio::time::timeout(within, Limited::new(req.into_body(), limit).collect());
+        let bytes = read
             .await
+            .map_err(|_| AdminError::BodyTimeout { within })?
             .map_err(|e| {
                 if e.downcast_ref::<LengthLimitError>().is_some() {
                     AdminError::TooLarge { limit }
@@ -86,19 +90,169 @@ fn is_json(headers: &HeaderMap) -> bool {
             .is_some_and(|(t, sub)| t.eq_ignore_ascii_case("application") && sub.to_ascii_lowercase().ends_with("+json"))
 }
 
-/// `text` with every `patg_...` run masked, so that no message or log line echoes a secret.
+/// `text` with every secret masked, so that no message or log line echoes one: each
+/// `patg_` run (any case, also percent-encoded, as in a URL) and each base64 run that
+/// decodes to text holding one (a Basic credential, say). Masking twice changes nothing.
 pub fn redact(text: &str) -> String {
+    mask_prefixed(&mask_base64(text))
+}
+
+/// What replaces a masked secret.
+const MASK: &str = "<redacted>";
+
+/// `text` with each run of base64 characters that decodes (at any alignment) to bytes
+/// holding `patg_` replaced by [`MASK`].
+fn mask_base64(text: &str) -> String {
+    use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+    use base64::engine::DecodePaddingMode;
+    use base64::Engine;
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let is_b64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '-' | '_');
+    // The shortest base64 of `patg_` plus a few characters.
+    const SHORTEST: usize = 8;
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(i) = rest.find(crate::auth::token::PREFIX) {
-        out.push_str(&rest[..i]);
-        out.push_str("patg_<redacted>");
-        let after = &rest[i + crate::auth::token::PREFIX.len()..];
-        let end = after.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(after.len());
-        rest = &after[end..];
+    while let Some(start) = rest.find(is_b64) {
+        out.push_str(&rest[..start]);
+        let run_len = rest[start..].find(|c: char| !is_b64(c)).unwrap_or(rest.len() - start);
+        let run = &rest[start..start + run_len];
+        let mut end = start + run_len;
+        // Padding belongs to the run.
+        end += rest[end..].len() - rest[end..].trim_start_matches('=').len();
+        let holds_secret = run.len() >= SHORTEST
+            && (0..4).any(|skip| {
+                // URL-safe characters read as their standard twins; a partial last quantum is dropped.
+                let body: String = run[skip.min(run.len())..]
+                    .chars()
+                    .map(|c| match c {
+                        '-' => '+',
+                        '_' => '/',
+                        c => c,
+                    })
+                    .collect();
+                let whole = body.len() - body.len() % 4;
+                LENIENT.decode(&body[..whole]).is_ok_and(|bytes| {
+                    bytes
+                        .windows(PREFIX_LEN)
+                        .any(|w| w.eq_ignore_ascii_case(crate::auth::token::PREFIX.as_bytes()))
+                })
+            });
+        if holds_secret {
+            out.push_str(MASK);
+        } else {
+            out.push_str(&rest[start..end]);
+        }
+        rest = &rest[end..];
     }
     out.push_str(rest);
     out
+}
+
+const PREFIX_LEN: usize = crate::auth::token::PREFIX.len();
+
+/// Reads one character at the start of `text`, literal or percent-encoded: the byte and
+/// how many characters of `text` it took.
+fn char_at(text: &[u8]) -> Option<(u8, usize)> {
+    match text {
+        [b'%', h, l, ..] => {
+            let hex = |b: u8| (b as char).to_digit(16);
+            Some(((hex(*h)? * 16 + hex(*l)?) as u8, 3))
+        }
+        [b, ..] => Some((*b, 1)),
+        [] => None,
+    }
+}
+
+/// `text` with each `patg_` (any case, literal or percent-encoded) and the alphanumerics
+/// after it replaced by `patg_<redacted>`. A bare `patg_` holds no secret and stays.
+fn mask_prefixed(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        // Match the prefix, each character literal or percent-encoded.
+        let mut j = i;
+        let mut matched = true;
+        for want in crate::auth::token::PREFIX.bytes() {
+            match char_at(&bytes[j..]) {
+                Some((b, n)) if b.eq_ignore_ascii_case(&want) => j += n,
+                _ => {
+                    matched = false;
+                    break;
+                }
+            }
+        }
+        if !matched {
+            i += 1;
+            continue;
+        }
+        let mut k = j;
+        while let Some((_, n)) = char_at(&bytes[k..]).filter(|(b, _)| b.is_ascii_alphanumeric()) {
+            k += n;
+        }
+        if k > j {
+            // i, j and k sit on ASCII bytes, hence on character boundaries.
+            out.push_str(&text[copied..i]);
+            out.push_str(crate::auth::token::PREFIX);
+            out.push_str(MASK);
+            copied = k;
+        }
+        i = k.max(i + 1);
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// The longest message or logged value, in characters; the rest is cut.
+pub const MAX_SHOWN: usize = 300;
+
+/// `text` made fit to show and log: secrets masked ([`redact`]), control, line-breaking
+/// and text-direction characters escaped so that it stays one honest line, and cut at
+/// [`MAX_SHOWN`] characters.
+pub fn clean(text: &str) -> String {
+    let masked = redact(text);
+    let mut out = String::with_capacity(masked.len().min(MAX_SHOWN + 8));
+    for (n, c) in masked.chars().enumerate() {
+        if n == MAX_SHOWN {
+            out.push('…');
+            break;
+        }
+        let invisible = matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || invisible {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Checks a token id from a path before it reaches the store: ids are ASCII letters and
+/// digits, so anything else (a NUL, a 5 kB string) is a token that does not exist.
+pub fn token_id(id: &str) -> Result<&str, AdminError> {
+    if (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(id)
+    } else {
+        Err(crate::store::StoreError::NotFound(id.to_owned()).into())
+    }
+}
+
+/// Checks an owner name from a path or a query before it reaches the store, as the store
+/// checks a new token's owner: 1 to 200 characters, no control characters, no space at
+/// either end.
+pub fn owner(name: &str) -> Result<&str, AdminError> {
+    let n = name.chars().count();
+    if (1..=200).contains(&n) && !name.chars().any(char::is_control) && name.trim() == name {
+        Ok(name)
+    } else {
+        Err(crate::store::StoreError::Invalid(crate::store::InvalidToken::Owner).into())
+    }
 }
 
 /// The one segment a route captures (`{id}`, `{owner}`), percent-decoded.
@@ -277,9 +431,79 @@ mod tests {
 
     #[test]
     fn redact_masks_every_token_shaped_run() {
-        assert_eq!(redact("a patg_abc9 b patg_ c"), "a patg_<redacted> b patg_<redacted> c");
+        assert_eq!(redact("a patg_abc9 b patg_ c"), "a patg_<redacted> b patg_ c");
         assert_eq!(redact("nothing"), "nothing");
         assert_eq!(redact("é patg_x€"), "é patg_<redacted>€");
+        assert_eq!(redact(""), "");
+        let secret = crate::auth::token::TokenSecret::generate();
+        let s = secret.expose();
+        let b64 = |t: &str| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(t)
+        };
+        let url_b64 = |t: &str| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t)
+        };
+        let tail = &s[crate::auth::token::PREFIX.len()..];
+        for text in [
+            s.to_owned(),
+            format!("embedded{s}in-a-word"),
+            s.to_uppercase(),
+            // Percent-encoded, wholly or in part, as in a URL path.
+            format!("/admin/v1/tokens/patg%5F{tail}"),
+            format!("/admin/v1/tokens/%70%61%74%67%5f{tail}"),
+            s.bytes().map(|b| format!("%{b:02X}")).collect::<String>(),
+            // Basic credentials in every position, and base64 run into other characters.
+            format!("Basic {}", b64(&format!("x:{s}"))),
+            format!("Basic {}", b64(&format!("{s}:"))),
+            format!("Basic {}", b64(&format!("ab:{s}"))),
+            format!("junk{}", b64(&format!("user:{s}"))),
+            format!("{}=", url_b64(&format!("u:{s}"))),
+            format!("\"{}\"", b64(&format!("{{\"token\": \"{s}\"}}"))),
+        ] {
+            let once = redact(&text);
+            assert!(!once.contains(s) && !once.contains(tail), "{text} -> {once}");
+            assert!(once.contains("<redacted>"), "{text} -> {once}");
+            assert_eq!(redact(&once), once, "masking twice changes nothing");
+        }
+        // Base64 that holds no secret, and ordinary words, stay.
+        for text in [
+            b64("user:password"),
+            "code:read tokens:manage".to_owned(),
+            "100%".to_owned(),
+            "%zz%".to_owned(),
+        ] {
+            assert_eq!(redact(&text), text);
+        }
+    }
+
+    #[test]
+    fn clean_keeps_one_short_line() {
+        assert_eq!(clean("a\nb\r\tc\u{1b}[31m"), "a\\nb\\r\\tc\\u{1b}[31m");
+        assert_eq!(clean("x\u{2028}y\u{202e}z\u{85}"), "x\\u{2028}y\\u{202e}z\\u{85}");
+        assert_eq!(clean("é ünïcode ok"), "é ünïcode ok");
+        let long = clean(&"é".repeat(5000));
+        assert_eq!(long.chars().count(), MAX_SHOWN + 1);
+        assert!(long.ends_with('…'));
+        let secret = crate::auth::token::TokenSecret::generate();
+        assert_eq!(clean(&format!("id {}\n", secret.expose())), "id patg_<redacted>\\n");
+    }
+
+    #[test]
+    fn ids_and_owners_are_checked_before_the_store() {
+        assert_eq!(token_id("AbC123").unwrap(), "AbC123");
+        for bad in ["", "a\0", "a/b", "a b", "é", &"a".repeat(65)] {
+            let e = token_id(bad).unwrap_err();
+            assert_eq!(e.status(), http::StatusCode::NOT_FOUND, "{bad:?}");
+        }
+        assert_eq!(owner("alice").unwrap(), "alice");
+        assert_eq!(owner("Zoë Ünal").unwrap(), "Zoë Ünal");
+        for bad in ["", " alice", "alice ", "a\0b", "a\nb", "\u{a0}x", &"a".repeat(201)] {
+            let e = owner(bad).unwrap_err();
+            assert_eq!(e.status(), http::StatusCode::BAD_REQUEST, "{bad:?}");
+            assert_eq!(e.to_string(), "owner: must be 1 to 200 characters without control characters");
+        }
     }
 
     #[test]

@@ -70,12 +70,16 @@ impl Answer {
 
 impl Harness {
     async fn new() -> Harness {
+        Harness::with(config()).await
+    }
+
+    async fn with(config: Config) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&Location::Sqlite(dir.path().join("t.db"))).await.unwrap();
         let tokens = Arc::new(TokenCache::default());
         follow::load(&store, &tokens).await.unwrap();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let state = AdminState::new(config(), store, tokens, stop_rx);
+        let state = AdminState::new(config, store, tokens, stop_rx);
         Harness {
             _dir: dir,
             _stop: stop_tx,
@@ -86,6 +90,11 @@ impl Harness {
 
     /// A token minted on the store, as the CLI does, and applied to memory.
     async fn mint(&self, owner: &str, scopes: &[&str]) -> String {
+        self.mint_with_id(owner, scopes).await.1
+    }
+
+    /// As [`Harness::mint`], with the token's id.
+    async fn mint_with_id(&self, owner: &str, scopes: &[&str]) -> (String, String) {
         let created = self
             .state
             .store()
@@ -102,7 +111,7 @@ impl Harness {
             .await
             .unwrap();
         self.state.applied().await;
-        created.secret.expose().to_owned()
+        (created.record.id, created.secret.expose().to_owned())
     }
 
     async fn send(&self, req: http::Request<AxumBody>) -> Answer {
@@ -416,4 +425,314 @@ async fn events_of_others_are_skipped_for_owners_and_waits_end_on_shutdown() {
     let (a, ()) = tokio::join!(poll, stop);
     assert_eq!(a.json, json!({"events": [], "next": 3}));
     assert!(started.elapsed() < Duration::from_millis(1500));
+}
+
+/// A request body that never ends, as a client that stops sending would make.
+struct NeverEnds;
+
+impl http_body::Body for NeverEnds {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test]
+async fn manage_cannot_take_over_or_change_a_token_it_could_not_create() {
+    let h = Harness::new().await;
+    let manage = h.mint("alice", &["tokens:manage"]).await;
+    let (admin_id, admin) = h.mint_with_id("alice", &["tokens:admin"]).await;
+    let root = h.mint("root", &["tokens:admin"]).await;
+    let path = format!("/admin/v1/tokens/{admin_id}");
+    // Regenerating would hand tokens:manage the secret of a tokens:admin token.
+    let a = h.call("POST", &format!("{path}/regenerate"), Some(&manage), None).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.json);
+    assert!(
+        a.error()
+            .starts_with("policy.grantable_scopes: tokens:admin may only be granted with tokens:admin"),
+        "{}",
+        a.error()
+    );
+    assert!(a.json.get("secret").is_none());
+    // Nor may it keep that token alive longer, or change it at all.
+    for body in [
+        json!({"expires_in": "300d"}),
+        json!({"name": "mine now"}),
+        json!({"scopes": ["tokens:admin"]}),
+    ] {
+        let a = h.call("PATCH", &path, Some(&manage), Some(body.clone())).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.json);
+        assert!(a.error().starts_with("policy.grantable_scopes: "), "{body}: {}", a.error());
+    }
+    // Narrowing it to what alice's manager could grant is a token it could create: allowed.
+    let a = h
+        .call("PATCH", &path, Some(&manage), Some(json!({"scopes": ["tokens:read"]})))
+        .await;
+    assert_eq!(
+        (a.status, &a.json["scopes"]),
+        (StatusCode::OK, &json!(["tokens:read"])),
+        "{}",
+        a.json
+    );
+    let a = h.call("GET", "/admin/v1/tokens", Some(&admin), None).await;
+    assert_eq!(a.status, StatusCode::OK, "the old secret still works, now for reading only");
+    let a = h.call("POST", &format!("{path}/regenerate"), Some(&manage), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    // The admin may regenerate a tokens:admin token; revoking is open to the owner.
+    let (other_admin, _) = h.mint_with_id("alice", &["tokens:admin"]).await;
+    let a = h
+        .call("POST", &format!("/admin/v1/tokens/{other_admin}/regenerate"), Some(&root), None)
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    let a = h
+        .call("POST", &format!("/admin/v1/tokens/{other_admin}/revoke"), Some(&manage), None)
+        .await;
+    assert_eq!((a.status, &a.json["state"]), (StatusCode::OK, &json!("revoked")));
+}
+
+#[tokio::test]
+async fn changes_and_regenerations_obey_allow_full_and_allow_all_orgs() {
+    let mut c = config();
+    c.policy.allow_all_orgs = false;
+    let h = Harness::with(c).await;
+    let root = h.mint("root", &["tokens:admin"]).await;
+    // Made with the CLI, which the policy does not bind: every scope, every organization.
+    let (full, _) = h.mint_with_id("bob", &["full"]).await;
+    let path = format!("/admin/v1/tokens/{full}");
+    let a = h.call("POST", &format!("{path}/regenerate"), Some(&root), None).await;
+    assert_eq!(
+        (a.status, a.error()),
+        (StatusCode::BAD_REQUEST, "policy.allow_full: a token may not hold every scope")
+    );
+    let a = h.call("PATCH", &path, Some(&root), Some(json!({"name": "renamed"}))).await;
+    assert_eq!(a.error(), "policy.allow_full: a token may not hold every scope");
+    let a = h.call("PATCH", &path, Some(&root), Some(json!({"scopes": ["code:read"]}))).await;
+    assert!(a.error().starts_with("policy.allow_all_orgs: "), "{}", a.error());
+    let a = h
+        .call("PATCH", &path, Some(&root), Some(json!({"scopes": ["code:read"], "orgs": "*"})))
+        .await;
+    assert!(a.error().starts_with("policy.allow_all_orgs: "), "{}", a.error());
+    let a = h
+        .call(
+            "PATCH",
+            &path,
+            Some(&root),
+            Some(json!({"scopes": ["code:read"], "orgs": ["acme"]})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    let a = h.call("PATCH", &path, Some(&root), Some(json!({"expires_in": "366d"}))).await;
+    assert_eq!(a.error(), "policy.max_lifespan: tokens may live at most 365d");
+    let a = h.call("POST", &format!("{path}/regenerate"), Some(&root), None).await;
+    assert_eq!(a.status, StatusCode::OK, "within the policy now: {}", a.json);
+}
+
+#[tokio::test]
+async fn hostile_ids_owners_and_queries_get_a_short_clean_answer_before_the_store() {
+    let h = Harness::new().await;
+    let root = h.mint("root", &["tokens:admin"]).await;
+    let alice = h.mint("alice", &["tokens:manage"]).await;
+    let long = "a".repeat(5000);
+    for id in ["%00", "a%0Ab", "a%2Fb", "%E2%80%AE", long.as_str()] {
+        for (method, suffix) in [("GET", ""), ("PATCH", ""), ("POST", "/regenerate"), ("POST", "/revoke")] {
+            let body = (method == "PATCH").then(|| json!({"name": "x"}));
+            let a = h.call(method, &format!("/admin/v1/tokens/{id}{suffix}"), Some(&root), body).await;
+            assert_eq!(a.status, StatusCode::NOT_FOUND, "{method} {id}: {}", a.json);
+            let e = a.error();
+            assert!(
+                e.starts_with("no token with id ") && e.chars().count() <= request::MAX_SHOWN + 1,
+                "{e}"
+            );
+            assert!(!e.chars().any(|c| c.is_control() || c == '\u{202e}'), "{e:?}");
+        }
+    }
+    let a = h.call("GET", "/admin/v1/tokens/%FF", Some(&root), None).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    for owner in ["%00", "%20alice", "a%0Ab"] {
+        let a = h.call("POST", &format!("/admin/v1/owners/{owner}/revoke"), Some(&root), None).await;
+        assert_eq!(
+            (a.status, a.error()),
+            (
+                StatusCode::BAD_REQUEST,
+                "owner: must be 1 to 200 characters without control characters"
+            ),
+            "{owner}"
+        );
+        let a = h.call("GET", &format!("/admin/v1/tokens?owner={owner}"), Some(&root), None).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{owner}");
+        // Without tokens:admin another owner is refused first, whatever its name.
+        let a = h
+            .call("POST", &format!("/admin/v1/owners/{owner}/revoke"), Some(&alice), None)
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{owner}");
+    }
+    let a = h.call("GET", "/admin/v1/tokens?owner=", Some(&root), None).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    for q in [
+        "a%0Ab=1",
+        "%E2%80%AE=1",
+        "wait=%0A",
+        "limit=-1",
+        "limit=99999999999999999999",
+        "since=-5",
+        "since=x",
+        "after=",
+        "after=1.%00",
+    ] {
+        let a = h.call("GET", &format!("/admin/v1/events?{q}"), Some(&root), None).await;
+        let b = h.call("GET", &format!("/admin/v1/tokens?{q}"), Some(&root), None).await;
+        for a in [a, b] {
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{q}: {}", a.json);
+            assert!(
+                !a.error().chars().any(|c| c.is_control() || c == '\u{202e}'),
+                "{q}: {:?}",
+                a.error()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_endless_wait_is_capped_at_max_wait() {
+    let mut c = config();
+    c.max_wait = Duration::from_millis(300);
+    let h = Harness::with(c).await;
+    let root = h.mint("root", &["tokens:admin"]).await;
+    for wait in ["99999999999999999999999y", "584942417355y", "1000000h"] {
+        let started = std::time::Instant::now();
+        let a = h
+            .call("GET", &format!("/admin/v1/events?since=9&wait={wait}"), Some(&root), None)
+            .await;
+        assert_eq!((a.status, &a.json), (StatusCode::OK, &json!({"events": [], "next": 9})), "{wait}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+            "{wait}: {took:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_never_ends_is_408_and_a_limited_leak_report_is_not_read() {
+    let mut c = config();
+    c.header_read_timeout = Duration::from_millis(200);
+    let h = Harness::with(c).await;
+    let m = h.mint("alice", &["tokens:manage"]).await;
+    let started = std::time::Instant::now();
+    let req = http::Request::post("/admin/v1/tokens")
+        .header(header::AUTHORIZATION, format!("Bearer {m}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(AxumBody::new(NeverEnds))
+        .unwrap();
+    let a = h.send(req).await;
+    assert_eq!(
+        (a.status, a.error()),
+        (StatusCode::REQUEST_TIMEOUT, "the request body did not arrive within 200ms")
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let leak = || {
+        http::Request::post("/admin/v1/leaked")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(AxumBody::new(NeverEnds))
+            .unwrap()
+    };
+    assert_eq!(h.send(leak()).await.status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(h.send(leak()).await.status, StatusCode::REQUEST_TIMEOUT);
+    // Over the limit (2 a minute): refused before the body is read.
+    let started = std::time::Instant::now();
+    let a = h.send(leak()).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(started.elapsed() < Duration::from_millis(150), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn waiting_event_requests_are_bounded() {
+    let mut c = config();
+    c.max_connections = 4;
+    let h = Harness::with(c).await;
+    let root = h.mint("root", &["tokens:admin"]).await;
+    assert_eq!(waiting_slots(4), 3);
+    assert_eq!((waiting_slots(1), waiting_slots(256)), (1, 192));
+    let poll = || h.call("GET", "/admin/v1/events?since=1&wait=60s", Some(&root), None);
+    let started = std::time::Instant::now();
+    let waiting = futures_util::future::join_all((0..3).map(|_| poll()));
+    let more = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let refused = poll().await;
+        // One that need not wait is answered as always.
+        let now = h.call("GET", "/admin/v1/events?since=0", Some(&root), None).await;
+        let _ = h._stop.send(true);
+        (refused, now)
+    };
+    let (done, (refused, now)) = tokio::join!(waiting, more);
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.json);
+    assert_eq!(refused.headers[header::RETRY_AFTER], "1");
+    assert!(
+        refused.error().starts_with("too many event feed requests are waiting"),
+        "{}",
+        refused.error()
+    );
+    assert_eq!((now.status, now.json["events"].as_array().unwrap().len()), (StatusCode::OK, 1));
+    for a in done {
+        assert_eq!(a.json, json!({"events": [], "next": 1}));
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "the waits ended on shutdown");
+    // Their slots are free again.
+    assert_eq!(h.state.waiters().available_permits(), 3);
+}
+
+#[test]
+fn the_served_openapi_document_carries_the_limits_and_every_scope() {
+    let mut c = config();
+    c.max_secrets_per_report = 7;
+    let doc: Value = serde_json::from_str(&openapi_for(&c)).unwrap();
+    assert_eq!(doc["components"]["schemas"]["LeakReport"]["properties"]["secrets"]["maxItems"], 7);
+    let names: Vec<&str> = doc["components"]["schemas"]["ScopeName"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let mut want = vec!["full"];
+    want.extend(crate::auth::scope::Scope::all().map(|s| s.name()));
+    assert_eq!(names, want);
+}
+
+#[test]
+fn the_openapi_document_lists_every_status_each_operation_can_answer() {
+    let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+    let codes = |method: &str, path: &str| -> Vec<String> {
+        doc["paths"][path][method]["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    // Every operation that reads the Authorization header or a path can answer 400; every one
+    // that touches the store, 500 and 503; every one with a body, 408, 413 and 415.
+    for (method, path) in paths::ROUTES {
+        let m = method.to_lowercase();
+        let has = codes(&m, path);
+        if *path == paths::OPENAPI || *path == paths::READY {
+            continue;
+        }
+        for code in ["400", "403", "500", "503"] {
+            assert!(has.iter().any(|c| c == code), "{method} {path} lacks {code}");
+        }
+        if *path != paths::LEAKED {
+            assert!(has.iter().any(|c| c == "401"), "{method} {path} lacks 401");
+        }
+        let body = doc["paths"][path][&m].get("requestBody").is_some();
+        for code in ["408", "413", "415"] {
+            assert_eq!(has.iter().any(|c| c == code), body, "{method} {path}: {code}");
+        }
+    }
+    assert!(codes("get", paths::EVENTS).contains(&"429".to_owned()));
+    assert!(codes("post", paths::LEAKED).contains(&"429".to_owned()));
 }

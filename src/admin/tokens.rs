@@ -4,6 +4,9 @@
 //! before it answers.
 //!
 //! Another owner's token is 404 to a caller without `tokens:admin`, as if it did not exist.
+//! A token that is changed or regenerated here must be one the caller could create now
+//! (see [`Policy`](super::policy::Policy)): otherwise `tokens:manage` could take the secret
+//! of a same-owner token holding `tokens:admin`. Revoking is always allowed.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::caller::{Access, Caller, Who};
 use super::error::AdminError;
-use super::request::{Body, Expiry, Params, Segment};
+use super::request::{self, Body, Expiry, Params, Segment};
 use super::AdminState;
 use crate::auth::scope::ScopeSet;
 use crate::auth::Orgs;
@@ -139,6 +142,7 @@ pub async fn list(State(s): State<AdminState>, caller: Caller, mut q: Params) ->
     let owner = match q.take("owner")? {
         Some(owner) if owner != who.owner => {
             who.require_admin()?;
+            request::owner(&owner)?;
             Some(owner)
         }
         Some(owner) => Some(owner),
@@ -173,7 +177,7 @@ pub async fn list(State(s): State<AdminState>, caller: Caller, mut q: Params) ->
 /// The token `id` if the caller may see it; 404 alike for a missing token and another
 /// owner's.
 async fn visible(s: &AdminState, who: &Who, id: &str) -> Result<TokenRecord, AdminError> {
-    let record = s.store().get(id).await?;
+    let record = s.store().get(request::token_id(id)?).await?;
     if !who.may_touch(&record.owner) {
         return Err(StoreError::NotFound(id.to_owned()).into());
     }
@@ -186,13 +190,19 @@ pub async fn get(State(s): State<AdminState>, caller: Caller, Segment(id): Segme
     Ok(Json(TokenJson::new(visible(&s, &who, &id).await?)))
 }
 
-/// `PATCH /admin/v1/tokens/{id}`: rename, narrow, or move the expiry (within policy).
+/// `PATCH /admin/v1/tokens/{id}`: rename, narrow, or move the expiry (within policy). The
+/// token as changed is checked as a create would be (`grantable_scopes` for callers
+/// without `tokens:admin`, `allow_full`, `allow_all_orgs`); a new expiry must keep its
+/// life within `max_lifespan` from its creation.
 pub async fn update(State(s): State<AdminState>, caller: Caller, Segment(id): Segment, body: Body) -> Result<Json<TokenJson>, AdminError> {
     let who = caller.require(Access::Manage)?;
     let b: UpdateBody = body.parse()?;
     let scopes = b.scopes.as_deref().map(scopes).transpose()?;
     let expiry = Expiry::from_fields(b.expires_in.as_deref(), b.expires_at.as_deref())?;
     let current = visible(&s, &who, &id).await?;
+    // The token as changed must be one the caller could create; its life counts from its creation.
+    let orgs = b.orgs.as_ref().unwrap_or(&current.orgs);
+    s.policy().check_grant(scopes.unwrap_or(current.scopes), orgs, who.admin)?;
     let expires_at = expiry.map(|e| e.at(store::now()));
     if let Some(at) = expires_at {
         s.policy().check_life(current.created_at, at)?;
@@ -208,10 +218,15 @@ pub async fn update(State(s): State<AdminState>, caller: Caller, Segment(id): Se
     Ok(Json(TokenJson::new(record)))
 }
 
-/// `POST /admin/v1/tokens/{id}/regenerate`: a new secret under the same id.
+/// `POST /admin/v1/tokens/{id}/regenerate`: a new secret under the same id, for a token
+/// the policy would let the caller create (so `tokens:manage` cannot take over a
+/// same-owner `tokens:admin` token).
 pub async fn regenerate(State(s): State<AdminState>, caller: Caller, Segment(id): Segment) -> Result<Json<WithSecret>, AdminError> {
     let who = caller.require(Access::Manage)?;
-    visible(&s, &who, &id).await?;
+    let current = visible(&s, &who, &id).await?;
+    // A new secret is a new credential: only for a token the caller could create now.
+    s.policy().check_grant(current.scopes, &current.orgs, who.admin)?;
+    s.policy().check_life(current.created_at, current.expires_at)?;
     let created = s.store().regenerate(&id, Some(who.owner)).await?;
     s.applied().await;
     Ok(Json(created.into()))
@@ -231,6 +246,7 @@ pub async fn revoke_owner(State(s): State<AdminState>, caller: Caller, Segment(o
     let who = caller.require(Access::Manage)?;
     if owner != who.owner {
         who.require_admin()?;
+        request::owner(&owner)?;
     }
     let revoked = s.store().revoke_owner(&owner, Some(who.owner)).await?;
     s.applied().await;

@@ -609,3 +609,134 @@ fn the_admin_api_can_be_turned_off_and_never_shares_the_proxy_port() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("p.toml: admin.listen: `127.0.0.1:7070` is the proxy's address"));
 }
+
+#[test]
+fn no_secret_and_no_forged_line_reaches_the_request_log() {
+    let p = TestPatgate::start("");
+    let root = p.mint_caller("root", "tokens:admin");
+    let (_, secret) = created(
+        &p,
+        &root.token,
+        json!({"name": "s", "owner": "alice", "scopes": ["code:read"], "orgs": "*"}),
+    );
+    let tail = &secret["patg_".len()..];
+    let basic_secret = basic("x", &secret);
+    let b64 = basic_secret.trim_start_matches("Basic ");
+    let answers = vec![
+        // A secret in the path, plain and percent-encoded; the caller's own too.
+        p.api("GET", &format!("/admin/v1/tokens/{secret}"), Some(&root.token), None),
+        p.api("GET", &format!("/admin/v1/tokens/patg%5F{tail}"), Some(&root.token), None),
+        p.api("GET", &format!("/admin/v1/tokens/{}", root.token), Some(&root.token), None),
+        // Secrets echoed by errors: a scope, a duration, a field name, a query parameter.
+        create(&p, &root.token, json!({"name": "x", "scopes": [basic_secret], "orgs": "*"})),
+        create(
+            &p,
+            &root.token,
+            json!({"name": "x", "scopes": [format!("a{secret}b")], "orgs": "*"}),
+        ),
+        create(
+            &p,
+            &root.token,
+            json!({"name": "x", "scopes": ["code:read"], "orgs": "*", "expires_in": b64}),
+        ),
+        create(
+            &p,
+            &root.token,
+            json!({"name": "x", "scopes": ["code:read"], "orgs": "*", (secret.as_str()): 1}),
+        ),
+        p.api("GET", &format!("/admin/v1/events?{b64}=1"), Some(&root.token), None),
+        // Line breaks that would forge a log line.
+        p.api("GET", "/admin/v1/events?x%0AFORGED%20line=1", Some(&root.token), None),
+        p.api("GET", "/admin/v1/tokens/a%0D%0AFORGED%20line", Some(&root.token), None),
+        create(&p, &root.token, json!({"name": "x", "scopes": ["x\nFORGED line"], "orgs": "*"})),
+        p.api("POST", "/admin/v1/leaked", None, Some(&json!({"secrets": [secret, 1]}))),
+    ];
+    for a in &answers {
+        assert!((400..500).contains(&a.status), "{:?}", a.raw);
+        assert!(!a.error().contains('\n'));
+        for s in [secret.as_str(), tail, b64, &root.token] {
+            assert!(!a.raw.body.contains(s), "{}", a.raw.body);
+        }
+    }
+    assert!(answers[3].error().contains("<redacted>"), "{}", answers[3].error());
+    // A report with a valid secret revokes it; the log holds its id, not the secret.
+    let a = p.api(
+        "POST",
+        "/admin/v1/leaked",
+        None,
+        Some(&json!({"secrets": ["a\u{2028}FORGED line", secret]})),
+    );
+    assert_eq!((a.status, &a.json), (200, &json!({"revoked": 1})));
+    assert!(p.log_shows("Tokens revoked by leak report"));
+    let log = p.log();
+    for s in [secret.as_str(), tail, b64, &root.token] {
+        assert!(!log.contains(s), "a secret in the log:\n{log}");
+    }
+    assert!(log.contains("patgate::admin"));
+    for line in log.lines() {
+        assert!(
+            !line.trim_start().starts_with("FORGED") && !line.contains('\u{2028}'),
+            "a forged line: {line:?}"
+        );
+    }
+}
+
+#[test]
+fn bodies_are_bounded_also_when_chunked_and_slow_senders_are_cut() {
+    let p = TestPatgate::start_with_env(
+        "[admin]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 1024\nmax_connections = 2\n",
+        &[("PATGATE__SERVER__HEADER_READ_TIMEOUT", "1s")],
+    );
+    let root = p.mint_caller("root", "tokens:admin");
+    let chunked = |body: &str, chunk: usize| {
+        let mut raw = format!(
+            "POST /admin/v1/tokens HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            root.token
+        );
+        for part in body.as_bytes().chunks(chunk) {
+            raw.push_str(&format!("{:x}\r\n{}\r\n", part.len(), String::from_utf8_lossy(part)));
+        }
+        raw.push_str("0\r\n\r\n");
+        p.api_raw(raw.as_bytes())
+    };
+    let small = json!({"name": "c", "scopes": ["code:read"], "orgs": "*"}).to_string();
+    assert_eq!(chunked(&small, 7).status, 201);
+    let big = json!({"name": "c", "scopes": ["code:read"], "orgs": "*", "pad": "x".repeat(5000)}).to_string();
+    let a = chunked(&big, 100);
+    assert_eq!((a.status, a.error()), (413, "the request body is larger than 1024 bytes"));
+
+    // Two clients that stop sending their bodies hold both connections, but only for the
+    // header timeout: each gets 408 and the connection closes.
+    let admin = p.admin_addr();
+    let slow = |path: &'static str, auth: String| {
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut s = std::net::TcpStream::connect(admin).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            use std::io::{Read, Write};
+            write!(
+                s,
+                "POST {path} HTTP/1.1\r\nHost: a\r\n{auth}Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{{\"secr"
+            )
+            .unwrap();
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            (answer, started.elapsed())
+        })
+    };
+    let held = [
+        slow("/admin/v1/leaked", String::new()),
+        slow("/admin/v1/tokens", format!("Authorization: Bearer {}\r\n", root.token)),
+    ];
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let a = p.api("GET", "/admin/v1/ready", None, None);
+    assert_eq!(a.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    for h in held {
+        let (answer, took) = h.join().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("the request body did not arrive within 1s"), "{answer}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+}
