@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Side-by-side load, in one run on one machine: the same wrk load straight to an upstream
+# (direct), through nginx as a reverse proxy that admits one Authorization value (the
+# reference ../shared/bench/nginx-proxy.conf), and through patgate (token lookup, route,
+# scope check). Small GETs over keep-alive at 64 connections, ROUNDS interleaved rounds of
+# DURATION_S seconds each (medians taken, so noise hits every side alike), then one 1 GiB
+# chunked POST through each. Prints one table with the ratios and patgate's peak RSS.
+# Usage: bash benches/load.sh [DURATION_S] [ROUNDS]     (loopback only; installs nginx and wrk)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dur=${1:-10}
+rounds=${2:-3}
+shared=$PWD/../shared/bench
+
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+if ((${#need[@]})); then
+  echo "Installing ${need[*]}..." >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+cargo build --release --quiet
+bin=$PWD/target/release/patgate
+run=$(mktemp -d)
+SECONDS=0
+pids=()
+cleanup() {
+  local p t
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do # at most 5 s each, then SIGKILL
+    for t in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
+  rm -rf "$run"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+taken() { ss -Hltn "sport = :$1" | grep -q .; }
+free_port() { # preferred port -> a free one not yet handed out
+  local p=$1
+  while taken "$p" || [[ " ${ports[*]:-} " == *" $p "* ]]; do p=$((20000 + RANDOM % 30000)); done
+  echo "$p"
+}
+ports=()
+up=$(free_port 18081); ports+=("$up")
+px=$(free_port 18082); ports+=("$px")
+sink=$(free_port 18083); ports+=("$sink")
+pg=$(free_port 18084); ports+=("$pg")
+
+wait_http() { # url: up to 10 s for any HTTP answer
+  local t
+  for t in $(seq 100); do
+    [[ $(curl -s -o /dev/null --max-time 1 -w '%{http_code}' "$1" || true) != 000 ]] && return 0
+    sleep 0.1
+  done
+  echo "no answer from $1" >&2; exit 1
+}
+
+# patgate: one route for the small GETs (to the nginx upstream), one for the POST (to the sink).
+cat > "$run/patgate.toml" <<TOML
+[server]
+listen = "127.0.0.1:$pg"
+[admin]
+enabled = false
+[store]
+url = "sqlite://$run/p.db"
+[log]
+level = "warn"
+[[routes]]
+path = "/agents/**"
+upstream = "http://127.0.0.1:$up"
+rules = [{ scope = "agentpools:read" }]
+[[routes]]
+path = "/sink/**"
+upstream = "http://127.0.0.1:$sink"
+rules = [{ scope = "agentpools:read" }]
+TOML
+pat=$("$bin" --config "$run/patgate.toml" token create --name load --owner bench --scopes agentpools:read --orgs '*' --expires-in 1h --json | sed -E 's/.*"token":"([^"]+)".*/\1/')
+auth="Basic $(printf 'x:%s' "$pat" | base64 -w0)"
+
+# Upstream: the reference nginx (`return 200 "ok\n"`). Small GETs only: for a POST it may
+# answer before reading the body, so the 1 GiB POST goes to benches/sink.py instead, which
+# reads and discards the whole body before it answers (with the byte count, checked below).
+sed -e "s/127\.0\.0\.1:18081/127.0.0.1:$up/" "$shared/nginx-upstream.conf" > "$run/nginx-upstream.conf"
+# The proxy: the reference config with our ports, the map key set to the exact value wrk and
+# curl send, and the same location (same header check) for /sink/ to the sink upstream.
+sed -e "s/127\.0\.0\.1:18081/127.0.0.1:$up/" -e "s/127\.0\.0\.1:18082/127.0.0.1:$px/" \
+    -e "s|\"Basic [^\"]*\" 1;|\"$auth\" 1;|" \
+    -e "s|^\(  upstream up .*\)$|\1\n  upstream sink { server 127.0.0.1:$sink; keepalive 64; }|" \
+    -e "s|^\(    location / {\)$|    location /sink/ {\n      if (\$allowed = 0) { return 401; }\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Authorization \"\";\n      proxy_pass http://sink;\n    }\n\1|" \
+    "$shared/nginx-proxy.conf" > "$run/nginx-proxy.conf"
+grep -qF "\"$auth\" 1;" "$run/nginx-proxy.conf" && grep -q 'proxy_pass http://sink;' "$run/nginx-proxy.conf" \
+  || { echo "could not adapt nginx-proxy.conf" >&2; exit 1; }
+
+for c in upstream proxy; do
+  nginx -p "$run/" -c "$run/nginx-$c.conf" -e "$run/nginx-$c.err" -g 'daemon off;' & pids+=($!)
+done
+python3 benches/sink.py "$sink" & pids+=($!)
+"$bin" --config "$run/patgate.toml" serve & pgpid=$!; pids+=($pgpid)
+
+declare -A url=(
+  [direct]="http://127.0.0.1:$up/agents/pool"
+  [nginx]="http://127.0.0.1:$px/agents/pool"
+  [patgate]="http://127.0.0.1:$pg/agents/pool"
+)
+declare -A post_url=(
+  [direct]="http://127.0.0.1:$sink/sink/upload"
+  [nginx]="http://127.0.0.1:$px/sink/upload"
+  [patgate]="http://127.0.0.1:$pg/sink/upload"
+)
+targets=(direct nginx patgate)
+for t in "${targets[@]}"; do wait_http "${url[$t]}"; done
+wait_http "http://127.0.0.1:$sink/"
+
+# Each target: 200 with the header, and both proxies 401 without it; the sink path counts bytes.
+code() { curl -s -o /dev/null --max-time 5 -w '%{http_code}' "$@" || true; }
+for t in "${targets[@]}"; do
+  c=$(code -H "Authorization: $auth" "${url[$t]}")
+  [[ $c == 200 ]] || { echo "$t: GET with the token answered $c, not 200" >&2; exit 1; }
+  n=$(curl -s --max-time 5 -H "Authorization: $auth" --data-binary hello "${post_url[$t]}" || true)
+  [[ $n == 5 ]] || { echo "$t: POST to the sink answered '$n', not 5" >&2; exit 1; }
+  [[ $t == direct ]] && continue
+  for u in "${url[$t]}" "${post_url[$t]}"; do
+    c=$(code "$u")
+    [[ $c == 401 ]] || { echo "$t: $u without the header answered $c, not 401" >&2; exit 1; }
+  done
+  c=$(code -H "Authorization: Basic $(printf 'x:pat_wrong' | base64 -w0)" "${url[$t]}")
+  [[ $c == 401 ]] || { echo "$t: a wrong token answered $c, not 401" >&2; exit 1; }
+done
+
+# wrk's --latency distribution, converted to ms.
+parse_wrk() { # file -> "rps p50_ms p99_ms non2xx errors"
+  awk 'function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v + 0 }
+       $1 == "50%" { p50 = ms($2) } $1 == "99%" { p99 = ms($2) } $1 == "Requests/sec:" { rps = $2 }
+       /Non-2xx/ { bad = $NF } /Socket errors/ { gsub(/,/, ""); err = $4 + $6 + $8 + $10 }
+       END { printf "%s %s %s %d %d\n", rps, p50, p99, bad, err }' "$1"
+}
+load() { # target seconds -> wrk output file
+  timeout $(($2 + 30)) wrk -t1 -c64 -d"$2"s --latency -H "Authorization: $auth" "${url[$1]}" > "$run/wrk.out"
+  echo "$run/wrk.out"
+}
+median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+load0=$(cut -d' ' -f1 /proc/loadavg)
+echo "Warm-up: 2 s per target; then $rounds rounds x 3 targets x ${dur} s (wrk -t1 -c64)..." >&2
+for t in "${targets[@]}"; do load "$t" 2 >/dev/null; done
+declare -A rps p50 p99
+for r in $(seq "$rounds"); do
+  for i in 0 1 2; do # the order rotates each round
+    t=${targets[$(((i + r - 1) % 3))]}
+    read -r q a b bad err < <(parse_wrk "$(load "$t" "$dur")")
+    ((bad == 0)) || { echo "$t: $bad responses were not 2xx/3xx" >&2; exit 1; }
+    ((err == 0)) || echo "  ($t: $err socket errors)" >&2
+    rps[$t]+="$q "; p50[$t]+="$a "; p99[$t]+="$b "
+    printf '  round %d %-8s %10.0f req/s  p50 %.3f ms  p99 %.3f ms\n' "$r" "$t" "$q" "$a" "$b" >&2
+  done
+done
+declare -A mr m50 m99 mib
+for t in "${targets[@]}"; do
+  mr[$t]=$(tr ' ' '\n' <<<"${rps[$t]}" | grep . | median)
+  m50[$t]=$(tr ' ' '\n' <<<"${p50[$t]}" | grep . | median)
+  m99[$t]=$(tr ' ' '\n' <<<"${p99[$t]}" | grep . | median)
+done
+
+# One 1 GiB POST each, streamed from a pipe (chunked, no Expect: 100-continue wait).
+gib=$((1024 * 1024 * 1024))
+for t in "${targets[@]}"; do
+  echo "  1 GiB POST via $t..." >&2
+  res=$(head -c "$gib" /dev/zero | timeout 300 curl -sS --max-time 280 -X POST -T - \
+        -H "Authorization: $auth" -H 'Transfer-Encoding: chunked' -H 'Expect:' \
+        -H 'Content-Type: application/octet-stream' -o "$run/post.out" \
+        -w '%{http_code} %{time_total}' "${post_url[$t]}")
+  read -r c secs <<<"$res"
+  got=$(cat "$run/post.out")
+  [[ $c == 200 && $got == "$gib" ]] || { echo "$t: POST answered $c, upstream got '$got' bytes" >&2; exit 1; }
+  mib[$t]=$(awk -v s="$secs" 'BEGIN { printf "%.0f", 1024 / s }')
+done
+peak=$(awk '/VmHWM/ { print $2 }' /proc/$pgpid/status)
+
+echo
+echo "GET ${url[patgate]#http://127.0.0.1:$pg} over keep-alive, wrk -t1 -c64, median of $rounds x ${dur} s; one 1 GiB chunked POST"
+printf '%-16s %10s %10s %10s %12s\n' target rps "p50 ms" "p99 ms" "POST MiB/s"
+for t in "${targets[@]}"; do
+  printf '%-16s %10.0f %10.3f %10.3f %12s\n' "$t" "${mr[$t]}" "${m50[$t]}" "${m99[$t]}" "${mib[$t]}"
+done
+for base in nginx direct; do
+  awk -v n="patgate/$base" -v r="${mr[patgate]}" -v rb="${mr[$base]}" -v a="${m50[patgate]}" -v ab="${m50[$base]}" \
+      -v b="${m99[patgate]}" -v bb="${m99[$base]}" -v m="${mib[patgate]}" -v mb="${mib[$base]}" \
+      'BEGIN { printf "%-16s %10.2f %10.2f %10.2f %12.2f\n", n, r / rb, a / ab, b / bb, m / mb }'
+done
+awk -v k="$peak" 'BEGIN { printf "patgate peak RSS: %.1f MiB (VmHWM %d KiB)\n", k / 1024, k }'
+echo "load average (1 min) at the start: $load0 on $(nproc) cores; at the end: $(cut -d' ' -f1 /proc/loadavg); ${SECONDS} s after the build"
