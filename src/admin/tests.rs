@@ -736,3 +736,57 @@ fn the_openapi_document_lists_every_status_each_operation_can_answer() {
     assert!(codes("get", paths::EVENTS).contains(&"429".to_owned()));
     assert!(codes("post", paths::LEAKED).contains(&"429".to_owned()));
 }
+
+#[tokio::test]
+async fn a_follower_sees_each_of_its_events_once_and_cursors_never_cross_owners() {
+    let h = Harness::new().await;
+    let alice = h.mint("alice", &["tokens:manage"]).await;
+    let root = h.mint("root", &["tokens:admin"]).await;
+    for i in 0..6 {
+        h.mint(if i % 2 == 0 { "bob" } else { "alice" }, &["code:read"]).await;
+    }
+    let (bob_id, _) = h.mint_with_id("bob", &["code:read"]).await;
+    h.call("POST", &format!("/admin/v1/tokens/{bob_id}/revoke"), Some(&root), None)
+        .await;
+    // Follow one event at a time from the start: every seq once, in order, only alice's.
+    let (mut since, mut seen) = (0, Vec::new());
+    loop {
+        let a = h
+            .call("GET", &format!("/admin/v1/events?since={since}&limit=1"), Some(&alice), None)
+            .await;
+        let next = a.json["next"].as_i64().unwrap();
+        for e in a.json["events"].as_array().unwrap() {
+            assert_eq!(e["owner"], "alice", "{e}");
+            seen.push(e["seq"].as_i64().unwrap());
+        }
+        if next == since {
+            break;
+        }
+        assert!(next > since);
+        since = next;
+    }
+    assert_eq!(seen, vec![1, 4, 6, 8], "alice's four creations, each once");
+    assert_eq!(since, 10, "and past everyone else's");
+    let a = h.call("GET", "/admin/v1/events?since=0&limit=1000", Some(&root), None).await;
+    let all: Vec<i64> = a.json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(all, (1..=10).collect::<Vec<_>>());
+    // A cursor taken from bob's tokens pages through alice's own, never bob's.
+    let a = h.call("GET", "/admin/v1/tokens?owner=bob&limit=1", Some(&root), None).await;
+    let cursor = a.json["next"].as_str().unwrap().to_owned();
+    let a = h.call("GET", &format!("/admin/v1/tokens?after={cursor}"), Some(&alice), None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.json["tokens"].as_array().unwrap().iter().all(|t| t["owner"] == "alice"),
+        "{}",
+        a.json
+    );
+    let a = h
+        .call("GET", &format!("/admin/v1/tokens?owner=bob&after={cursor}"), Some(&alice), None)
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+}

@@ -740,3 +740,43 @@ fn bodies_are_bounded_also_when_chunked_and_slow_senders_are_cut() {
         assert!(took < Duration::from_secs(5), "{took:?}");
     }
 }
+
+#[test]
+fn a_client_that_never_reads_holds_a_long_poll_slot_no_longer_than_max_wait() {
+    let p = TestPatgate::start_with_env(
+        "[admin]\nlisten = \"127.0.0.1:0\"\nmax_wait = \"1s\"\nmax_connections = 4\n",
+        &[("PATGATE__SERVER__HEADER_READ_TIMEOUT", "1s")],
+    );
+    let root = p.mint_caller("root", "tokens:admin");
+    let poll = format!(
+        "GET /admin/v1/events?since=1000&wait=1h HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {}\r\n\r\n",
+        root.token
+    );
+    // Three of four connections may wait; these clients send and never read nor close.
+    let idle: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| {
+            use std::io::Write;
+            let mut s = std::net::TcpStream::connect(p.admin_addr()).unwrap();
+            s.write_all(poll.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let a = p.api("GET", "/admin/v1/events?since=1000&wait=1h", Some(&root.token), None);
+    assert_eq!(a.status, 429, "{:?}", a.json);
+    assert_eq!(a.raw.header("retry-after").as_deref(), Some("1"));
+    // After max_wait their answers are written, and after the header timeout the idle
+    // connections are closed: the slots are free for others.
+    std::thread::sleep(Duration::from_millis(2500));
+    let started = Instant::now();
+    let a = p.api("GET", "/admin/v1/events?since=1000&wait=1h", Some(&root.token), None);
+    assert_eq!((a.status, &a.json), (200, &json!({"events": [], "next": 1000})));
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    for mut s in idle {
+        use std::io::Read;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+}
