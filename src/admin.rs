@@ -74,7 +74,8 @@ pub struct Config {
     pub max_secrets_per_report: usize,
     /// Admin connections at once, long polls included; more wait to be accepted.
     pub max_connections: usize,
-    /// From `[server]`: how long a client may take to send its headers.
+    /// From `[server]`: how long a client may take to send its headers, and here also its
+    /// body (408 after).
     pub header_read_timeout: Duration,
     /// From `[server]`: the most bytes of request line and headers.
     pub max_header_bytes: usize,
