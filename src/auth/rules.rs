@@ -172,6 +172,14 @@ fn decode_and_check(b: &[u8]) -> Result<String, PathError> {
     if std::str::from_utf8(&decoded).is_err() {
         return Err(PathError::NotUtf8);
     }
+    // Decoding `%32%65` after a kept `%25` assembles `%252e`: the canonical form itself
+    // must not hold an escaped escape, however it came about.
+    let o = out.as_bytes();
+    if o.windows(5)
+        .any(|w| w.starts_with(b"%25") && hex(w[3]).is_some() && hex(w[4]).is_some())
+    {
+        return Err(PathError::DoubleEncoding);
+    }
     Ok(out)
 }
 
@@ -527,6 +535,14 @@ mod tests {
 
     fn n(p: &str) -> NormalizedPath {
         normalize(p).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+
+    #[test]
+    fn double_encoding_assembled_by_decoding_is_refused() {
+        for p in ["/a/%25%32%65%25%32%65/x", "/x%25%32%66..%25%32%66other", "/a/%25%32e"] {
+            assert_eq!(normalize(p), Err(PathError::DoubleEncoding), "{p}");
+        }
+        assert_eq!(normalize("/a/%25zz").unwrap().as_str(), "/a/%25zz");
     }
 
     #[test]

@@ -1018,7 +1018,6 @@ fn path_tricks() {
 /// unreserved characters. Normalization decodes the latter and forwards `%252e`: the very
 /// double encoding of `.` that patgate refuses when a client sends it as such.
 #[test]
-#[ignore = "BUG: `%25%32%65` normalizes into `%252e` (a double-encoded dot, refused when sent as such) and is forwarded"]
 fn double_encoding_assembled_by_normalization() {
     let rec = spawn_recorder();
     let p = TestPatgate::start(&agents_route(&rec));
