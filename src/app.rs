@@ -14,7 +14,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::proxy::framing::{HeadWatch, Watched};
+use crate::proxy::framing::{FramingWatch, Watched};
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{self, Proxy};
 use crate::store::memory::TokenCache;
@@ -217,7 +217,7 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, limit: Arc<Semaph
         let mut stop = stop.clone();
         tokio::spawn(async move {
             let config = proxy.config();
-            let framing = HeadWatch::new(config.max_header_bytes + 16 * 1024);
+            let framing = FramingWatch::new(config.max_header_bytes);
             let conn_info = Arc::new(proxy::Connection {
                 peer,
                 framing: framing.clone(),

@@ -49,8 +49,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Connection {
     pub peer: SocketAddr,
-    /// Watches the raw request heads for Content-Length next to Transfer-Encoding.
-    pub framing: framing::HeadWatch,
+    /// Notes, per request head, whether it had Content-Length next to Transfer-Encoding.
+    pub framing: framing::FramingWatch,
 }
 
 /// Why a request was not forwarded, or failed upstream. [`Proxy::handle`] maps each to
@@ -207,14 +207,15 @@ impl Proxy {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        // Request target and framing.
+        // Request target and framing. One framing note is taken for every request.
+        let both_lengths = conn.framing.next_had_both_lengths();
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
             return Err(ProxyError::AbsoluteForm);
         }
         if req.method() == Method::CONNECT || req.method() == Method::TRACE {
             return Err(ProxyError::MethodNotAllowed(req.method().clone()));
         }
-        if req.headers().contains_key(header::TRANSFER_ENCODING) && conn.framing.content_length_with_transfer_encoding(&req) {
+        if both_lengths {
             return Err(ProxyError::ContentLengthWithTransferEncoding);
         }
         // Path.

@@ -1,9 +1,12 @@
 //! Refusing requests framed two ways. hyper, following RFC 9112, drops `Content-Length`
 //! when `Transfer-Encoding` is present and goes on; a request carrying both is a classic
 //! smuggling probe, and patgate refuses it with 400. Since hyper hides the dropped header,
-//! [`Watched`] keeps the last bytes read from each connection and [`HeadWatch`] looks up
-//! the head of a request that has `Transfer-Encoding` in them.
+//! [`Watched`] follows the connection's bytes as they are read, framing requests the way
+//! the server does (heads parsed with httparse, bodies skipped by their length or chunk
+//! by chunk, never copied), and [`FramingWatch`] keeps, for each request head in order,
+//! whether it carried both headers. The service takes one note per request.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -11,71 +14,210 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The recent bytes of one connection, shared between its reader and its requests.
+/// The most headers a head may have; more and hyper refuses the request anyway.
+const MAX_HEADERS: usize = 128;
+
+/// What one connection's requests looked like on the wire, shared between its reader and
+/// its requests.
 #[derive(Debug, Clone)]
-pub struct HeadWatch {
-    inner: Arc<Mutex<Vec<u8>>>,
-    keep: usize,
+pub struct FramingWatch {
+    inner: Arc<Mutex<Tracker>>,
 }
 
-impl HeadWatch {
-    /// Keeps at least the last `keep` bytes read (at least the largest request head).
-    pub fn new(keep: usize) -> Self {
-        HeadWatch {
-            inner: Arc::new(Mutex::new(Vec::new())),
-            keep,
+impl FramingWatch {
+    /// Follows a connection whose request heads are at most `max_head` bytes.
+    pub fn new(max_head: usize) -> Self {
+        FramingWatch {
+            inner: Arc::new(Mutex::new(Tracker::new(max_head))),
         }
     }
 
     fn record(&self, bytes: &[u8]) {
-        let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if bytes.len() >= self.keep {
-            w.clear();
-            w.extend_from_slice(&bytes[bytes.len() - self.keep..]);
-            return;
-        }
-        w.extend_from_slice(bytes);
-        if w.len() > 2 * self.keep {
-            let cut = w.len() - self.keep;
-            w.drain(..cut);
-        }
+        self.lock().feed(bytes);
     }
 
-    /// True when the raw head of `req` (found by its request line) has a Content-Length.
-    pub fn content_length_with_transfer_encoding<B>(&self, req: &http::Request<B>) -> bool {
-        let line = format!("{} {} HTTP/1.1\r\n", req.method(), req.uri());
-        let w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        head_has_content_length(&w, line.as_bytes())
+    /// For the next request on the connection (call once per request, in order): true
+    /// when its head had both `Content-Length` and `Transfer-Encoding`.
+    pub fn next_had_both_lengths(&self) -> bool {
+        self.lock().notes.pop_front().unwrap_or(false)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-fn head_has_content_length(window: &[u8], request_line: &[u8]) -> bool {
-    let Some(start) = window.windows(request_line.len()).rposition(|x| x == request_line) else {
-        return false;
-    };
-    let head = &window[start + request_line.len()..];
-    for line in head.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
-        }
-        let name = line.split(|&b| b == b':').next().unwrap_or_default();
-        if name.trim_ascii().eq_ignore_ascii_case(b"content-length") {
-            return true;
-        }
-    }
-    false
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a request head.
+    Head,
+    /// Skipping a body of known length: bytes left.
+    Fixed(u64),
+    /// A chunk-size line: the size so far, and whether an extension (`;...`) started.
+    ChunkSize { size: u64, ext: bool },
+    /// Skipping chunk data: bytes left.
+    ChunkData(u64),
+    /// The line end after chunk data.
+    ChunkEnd,
+    /// Trailer lines after the last chunk: bytes in the current line.
+    Trailer(usize),
+    /// The framing can no longer be followed (a head hyper refuses too, an upgrade): no
+    /// more notes are taken, and no more requests come on this connection.
+    Lost,
 }
 
-/// A connection whose reads are recorded in a [`HeadWatch`].
+#[derive(Debug)]
+struct Tracker {
+    phase: Phase,
+    head: Vec<u8>,
+    max_head: usize,
+    notes: VecDeque<bool>,
+}
+
+impl Tracker {
+    fn new(max_head: usize) -> Self {
+        Tracker {
+            phase: Phase::Head,
+            head: Vec::new(),
+            max_head,
+            notes: VecDeque::new(),
+        }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match self.phase {
+                Phase::Lost => return,
+                Phase::Head => {
+                    let before = self.head.len();
+                    // Lines before a request line are skipped, as hyper does.
+                    if before == 0 {
+                        let skip = bytes.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+                        bytes = &bytes[skip..];
+                        if bytes.is_empty() {
+                            return;
+                        }
+                    }
+                    let room = self.max_head.saturating_sub(before).max(1);
+                    let take = bytes.len().min(room);
+                    self.head.extend_from_slice(&bytes[..take]);
+                    match self.parse_head() {
+                        Some(used) => {
+                            let consumed = used - before;
+                            self.head.clear();
+                            bytes = &bytes[consumed..];
+                        }
+                        None if self.head.len() >= self.max_head => self.phase = Phase::Lost,
+                        None => bytes = &bytes[take..],
+                    }
+                }
+                Phase::Fixed(left) => {
+                    let n = (bytes.len() as u64).min(left);
+                    bytes = &bytes[n as usize..];
+                    self.phase = if left == n { Phase::Head } else { Phase::Fixed(left - n) };
+                }
+                Phase::ChunkData(left) => {
+                    let n = (bytes.len() as u64).min(left);
+                    bytes = &bytes[n as usize..];
+                    self.phase = if left == n { Phase::ChunkEnd } else { Phase::ChunkData(left - n) };
+                }
+                Phase::ChunkSize { size, ext } => {
+                    let b = bytes[0];
+                    bytes = &bytes[1..];
+                    self.phase = match b {
+                        b'\n' if size == 0 => Phase::Trailer(0),
+                        b'\n' => Phase::ChunkData(size),
+                        b'\r' => Phase::ChunkSize { size, ext },
+                        _ if ext => Phase::ChunkSize { size, ext },
+                        b';' | b' ' | b'\t' => Phase::ChunkSize { size, ext: true },
+                        _ => match (b as char).to_digit(16) {
+                            Some(d) if size < (1 << 59) => Phase::ChunkSize {
+                                size: size * 16 + u64::from(d),
+                                ext,
+                            },
+                            _ => Phase::Lost,
+                        },
+                    };
+                }
+                Phase::ChunkEnd => {
+                    let b = bytes[0];
+                    bytes = &bytes[1..];
+                    self.phase = match b {
+                        b'\r' => Phase::ChunkEnd,
+                        b'\n' => Phase::ChunkSize { size: 0, ext: false },
+                        _ => Phase::Lost,
+                    };
+                }
+                Phase::Trailer(len) => {
+                    let b = bytes[0];
+                    bytes = &bytes[1..];
+                    self.phase = match b {
+                        b'\n' if len == 0 => Phase::Head,
+                        b'\n' => Phase::Trailer(0),
+                        b'\r' => Phase::Trailer(len),
+                        _ => Phase::Trailer(len + 1),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Parses the head gathered so far. On a complete head, notes it, sets the body's
+    /// phase and returns the head's length; on a partial one returns None.
+    fn parse_head(&mut self) -> Option<usize> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let used = match req.parse(&self.head) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return None,
+            Err(_) => {
+                // hyper refuses this head too and closes the connection.
+                self.phase = Phase::Lost;
+                return Some(self.head.len());
+            }
+        };
+        let mut te = false;
+        let mut cl: Option<Option<u64>> = None;
+        let mut upgrade = req.method == Some("CONNECT");
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                te = true;
+            } else if h.name.eq_ignore_ascii_case("content-length") {
+                let v = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+                cl = Some(match cl {
+                    Some(prev) if prev != v => None,
+                    _ => v,
+                });
+            } else if h.name.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            }
+        }
+        self.notes.push_back(te && cl.is_some());
+        self.phase = if upgrade {
+            Phase::Lost
+        } else if te {
+            Phase::ChunkSize { size: 0, ext: false }
+        } else {
+            match cl {
+                None | Some(Some(0)) => Phase::Head,
+                Some(Some(n)) => Phase::Fixed(n),
+                // Unreadable or conflicting lengths: hyper refuses the request.
+                Some(None) => Phase::Lost,
+            }
+        };
+        Some(used)
+    }
+}
+
+/// A connection whose reads are followed by a [`FramingWatch`].
 pub struct Watched<IO> {
     io: IO,
-    watch: HeadWatch,
+    watch: FramingWatch,
 }
 
 impl<IO> Watched<IO> {
     /// Wraps `io`.
-    pub fn new(io: IO, watch: HeadWatch) -> Self {
+    pub fn new(io: IO, watch: FramingWatch) -> Self {
         Watched { io, watch }
     }
 }
@@ -119,30 +261,62 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
-    const LINE: &[u8] = b"POST /acme/x HTTP/1.1\r\n";
+    fn notes(stream: &[u8], pieces: &[usize]) -> Vec<bool> {
+        let w = FramingWatch::new(16 * 1024);
+        let mut rest = stream;
+        for &p in pieces.iter().chain(std::iter::repeat(&usize::MAX)) {
+            if rest.is_empty() {
+                break;
+            }
+            let n = p.clamp(1, rest.len());
+            w.record(&rest[..n]);
+            rest = &rest[n..];
+        }
+        let mut out = Vec::new();
+        while let Some(n) = w.lock().notes.pop_front() {
+            out.push(n);
+        }
+        out
+    }
+
+    const STREAM: &[u8] = b"\r\nGET /a HTTP/1.1\r\nHost: h\r\n\r\n\
+        POST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello\
+        POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nPOST \r\n20\r\n/d HTTP/1.1\r\nContent-Length: 1\r\n\r\n0\r\nT: 1\r\n\r\n\
+        POST /e HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+        GET /f HTTP/1.1\r\n\r\n";
 
     #[test]
-    fn finds_content_length_in_the_head_only() {
-        let both = b"POST /acme/x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-        assert!(head_has_content_length(both, LINE));
-        let te_first = b"POST /acme/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length : 5\r\n\r\n";
-        assert!(head_has_content_length(te_first, LINE));
-        let te_only = b"POST /acme/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nContent-Length: 5\r\n";
-        assert!(!head_has_content_length(te_only, LINE));
-        assert!(!head_has_content_length(b"", LINE));
+    fn each_head_is_noted_in_order_and_bodies_are_skipped() {
+        // The chunked body of /c holds what looks like a request with a Content-Length.
+        assert_eq!(notes(STREAM, &[]), vec![false, false, false, true, false]);
     }
 
     #[test]
-    fn the_window_keeps_the_latest_bytes() {
-        let w = HeadWatch::new(16);
-        for _ in 0..10 {
-            w.record(b"0123456789");
+    fn a_head_hidden_in_a_body_is_not_taken_for_the_request() {
+        let s = b"POST /x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+            20\r\nPOST /x HTTP/1.1\r\n\r\n0123456789AB\r\n0\r\n\r\n";
+        assert_eq!(notes(s, &[]), vec![true]);
+    }
+
+    #[test]
+    fn a_head_hyper_refuses_stops_the_notes() {
+        assert_eq!(
+            notes(b"GET /a HTTP/1.1\r\nBad Header\r\n\r\nGET /b HTTP/1.1\r\n\r\n", &[]),
+            Vec::<bool>::new()
+        );
+        let huge = [b"GET /a HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 20_000], b"\r\n\r\n"].concat();
+        assert_eq!(notes(&huge, &[]), Vec::<bool>::new());
+        let upgraded =
+            b"GET /a HTTP/1.1\r\nUpgrade: websocket\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(notes(upgraded, &[]), vec![false]);
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_of_the_reads_gives_the_same_notes(pieces in proptest::collection::vec(1usize..40, 0..200)) {
+            prop_assert_eq!(notes(STREAM, &pieces), vec![false, false, false, true, false]);
         }
-        w.record(b"abc");
-        let v = w.inner.lock().unwrap().clone();
-        assert!(v.len() <= 32 && v.ends_with(b"789abc"));
-        w.record(&[b'z'; 40]);
-        assert_eq!(w.inner.lock().unwrap().len(), 16);
     }
 }
