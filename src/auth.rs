@@ -22,7 +22,7 @@ use rules::Requirement;
 use scope::Scope;
 
 /// The organizations a token covers. In JSON: `"*"` or a list of names.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub enum Orgs {
     /// Every organization (`*`).
     All,

@@ -606,6 +606,18 @@ impl Store {
         }
     }
 
+    /// Calls `f` with every live token as it is read, without gathering them; returns
+    /// how many and the event sequence number they reflect, read consistently.
+    pub async fn snapshot_each<F>(&self, mut f: F) -> Result<(usize, i64), StoreError>
+    where
+        F: FnMut(TokenRecord) + Send + 'static,
+    {
+        match self {
+            Store::Sqlite(s) => Self::blocking(s, move |s| s.snapshot_each(now(), &mut f)).await,
+            Store::Postgres(p) => p.snapshot_each(now(), &mut f).await,
+        }
+    }
+
     /// Events after `seq`, in order, at most `limit`, with each token's current record.
     pub async fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
         match self {

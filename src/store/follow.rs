@@ -22,15 +22,14 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Fills `cache` with every live token; returns how many.
-pub async fn load(store: &Store, cache: &TokenCache) -> Result<usize, StoreError> {
+pub async fn load(store: &Store, cache: &Arc<TokenCache>) -> Result<usize, StoreError> {
     let _applying = cache.apply_lock.lock().await;
-    let snap = store.snapshot().await?;
     let t = now();
-    for r in &snap.live {
-        cache.apply(r, t);
-    }
-    cache.set_seq(snap.seq);
-    Ok(snap.live.len())
+    let into = cache.clone();
+    // Each record goes into memory as it is read: a million tokens are never held twice.
+    let (n, seq) = store.snapshot_each(move |r| into.apply(&r, t)).await?;
+    cache.set_seq(seq);
+    Ok(n)
 }
 
 /// Applies every event after the cache's sequence number; returns how many.

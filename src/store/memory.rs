@@ -5,7 +5,8 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use dashmap::DashMap;
+use compact_str::CompactString;
+use dashmap::{DashMap, DashSet};
 use tokio::sync::watch;
 
 use super::TokenRecord;
@@ -13,14 +14,18 @@ use crate::auth::scope::ScopeSet;
 use crate::auth::token::{PassThroughState, TokenHash};
 use crate::auth::Orgs;
 
-/// What the request path needs of a live token.
+/// What the request path needs of a live token. Kept small, as a million of them may be
+/// held: the id inline, the owner and organization list shared among tokens that have
+/// the same ones.
 #[derive(Debug)]
 pub struct CachedToken {
-    pub id: Box<str>,
-    pub owner: Box<str>,
-    pub orgs: Orgs,
+    pub id: CompactString,
+    pub owner: Arc<str>,
+    pub orgs: Arc<Orgs>,
     pub scopes: ScopeSet,
     pub expires_at: i64,
+    /// The hash it is held under.
+    hash: TokenHash,
     /// Unix seconds of the last use seen by this process (0: none).
     last_used: AtomicI64,
     /// The value of `last_used` last written back to the store.
@@ -28,19 +33,6 @@ pub struct CachedToken {
 }
 
 impl CachedToken {
-    fn from_record(r: &TokenRecord) -> Self {
-        let used = r.last_used_at.unwrap_or(0);
-        CachedToken {
-            id: r.id.as_str().into(),
-            owner: r.owner.as_str().into(),
-            orgs: r.orgs.clone(),
-            scopes: r.scopes,
-            expires_at: r.expires_at,
-            last_used: AtomicI64::new(used),
-            flushed: AtomicI64::new(used),
-        }
-    }
-
     /// Notes a use at `now`. Writes only when the second changes, to keep the cache line shared.
     #[inline]
     pub fn touch(&self, now: i64) {
@@ -50,10 +42,13 @@ impl CachedToken {
     }
 }
 
-/// Live tokens by hash, and each token's current hash by id.
+/// Live tokens by hash, and by id.
 pub struct TokenCache {
     by_hash: DashMap<TokenHash, Arc<CachedToken>, PassThroughState>,
-    by_id: DashMap<Box<str>, TokenHash>,
+    by_id: DashMap<CompactString, Arc<CachedToken>>,
+    /// One copy of each owner name and organization list in use.
+    owners: DashSet<Arc<str>>,
+    org_lists: DashSet<Arc<Orgs>>,
     seq: AtomicI64,
     /// Tells waiters (the admin API's long poll) the sequence number applied.
     seq_tx: watch::Sender<i64>,
@@ -67,6 +62,8 @@ impl Default for TokenCache {
         TokenCache {
             by_hash: DashMap::default(),
             by_id: DashMap::new(),
+            owners: DashSet::new(),
+            org_lists: DashSet::new(),
             seq: AtomicI64::new(0),
             seq_tx: watch::Sender::new(0),
             apply_lock: tokio::sync::Mutex::new(()),
@@ -85,28 +82,57 @@ impl TokenCache {
     /// live, removed when revoked, expired or gone.
     pub fn apply(&self, record: &TokenRecord, now: i64) {
         let live = record.revoked_at.is_none() && record.expires_at > now;
-        if let Some((_, old)) = self.by_id.remove(record.id.as_str()) {
-            if old != record.hash || !live {
-                self.by_hash.remove(&old);
+        let prev = self.by_id.remove(record.id.as_str()).map(|(_, t)| t);
+        if let Some(old) = &prev {
+            if old.hash != record.hash || !live {
+                self.by_hash.remove(&old.hash);
             }
         }
-        if live {
-            let mut token = CachedToken::from_record(record);
-            if let Some(prev) = self.by_hash.get(&record.hash) {
-                // Keep uses seen in this process that the store does not have yet.
-                let seen = prev.last_used.load(Ordering::Relaxed);
-                token.last_used = AtomicI64::new(seen.max(record.last_used_at.unwrap_or(0)));
-                token.flushed = AtomicI64::new(prev.flushed.load(Ordering::Relaxed));
-            }
-            self.by_hash.insert(record.hash, Arc::new(token));
-            self.by_id.insert(record.id.as_str().into(), record.hash);
+        if !live {
+            return;
         }
+        let used = record.last_used_at.unwrap_or(0);
+        // Keep uses seen in this process that the store does not have yet.
+        let (seen, flushed) = match prev.as_deref().filter(|p| p.hash == record.hash) {
+            Some(p) => (p.last_used.load(Ordering::Relaxed).max(used), p.flushed.load(Ordering::Relaxed)),
+            None => (used, used),
+        };
+        let token = Arc::new(CachedToken {
+            id: CompactString::from(record.id.as_str()),
+            owner: self.owner(&record.owner),
+            orgs: self.org_list(&record.orgs),
+            scopes: record.scopes,
+            expires_at: record.expires_at,
+            hash: record.hash,
+            last_used: AtomicI64::new(seen),
+            flushed: AtomicI64::new(flushed),
+        });
+        self.by_hash.insert(record.hash, token.clone());
+        self.by_id.insert(token.id.clone(), token);
+    }
+
+    fn owner(&self, name: &str) -> Arc<str> {
+        if let Some(o) = self.owners.get(name) {
+            return o.key().clone();
+        }
+        let o: Arc<str> = name.into();
+        self.owners.insert(o.clone());
+        o
+    }
+
+    fn org_list(&self, orgs: &Orgs) -> Arc<Orgs> {
+        if let Some(o) = self.org_lists.get(orgs) {
+            return o.key().clone();
+        }
+        let o = Arc::new(orgs.clone());
+        self.org_lists.insert(o.clone());
+        o
     }
 
     /// Removes a token that no longer exists in the store.
     pub fn remove_id(&self, id: &str) {
-        if let Some((_, hash)) = self.by_id.remove(id) {
-            self.by_hash.remove(&hash);
+        if let Some((_, t)) = self.by_id.remove(id) {
+            self.by_hash.remove(&t.hash);
         }
     }
 
@@ -114,7 +140,10 @@ impl TokenCache {
     pub fn prune_expired(&self, now: i64) -> usize {
         let before = self.by_hash.len();
         self.by_hash.retain(|_, t| t.expires_at > now);
-        self.by_id.retain(|_, h| self.by_hash.contains_key(h));
+        self.by_id.retain(|_, t| t.expires_at > now);
+        // Names and lists no token refers to any more.
+        self.owners.retain(|o| Arc::strong_count(o) > 1);
+        self.org_lists.retain(|o| Arc::strong_count(o) > 1);
         before - self.by_hash.len()
     }
 

@@ -32,6 +32,8 @@ use crate::auth::Orgs;
 
 /// The longest any one store operation may take, connecting included.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest loading every live token at start may take.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
 /// The longest a new connection may take, unless the URL sets `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connections in the pool, at most.
@@ -507,6 +509,43 @@ impl PgStore {
             tx.commit().await?;
             Ok(Snapshot { live, seq })
         })
+    }
+
+    /// Calls `f` with every live token as rows arrive (nothing is gathered), in one
+    /// snapshot; returns how many and the sequence number they reflect. Bounded by
+    /// [`LOAD_TIMEOUT`], not the per-operation timeout: a large store takes a while.
+    pub(super) async fn snapshot_each(&self, now: i64, f: &mut (dyn FnMut(TokenRecord) + Send)) -> Result<(usize, i64), StoreError> {
+        use futures_util::TryStreamExt;
+        let mut slot: Option<Object> = None;
+        let r = tokio::time::timeout(LOAD_TIMEOUT, async {
+            let c: &mut Object = slot.insert(self.client().await?);
+            let tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let seq: i64 = tx
+                .query_one("SELECT COALESCE(MAX(seq), 0) FROM token_events", &[])
+                .await?
+                .try_get(0)?;
+            let st = tx
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM tokens WHERE revoked_at IS NULL AND expires_at > $1"
+                ))
+                .await?;
+            let rows = tx.query_raw(&st, [&now as &(dyn ToSql + Sync)]).await?;
+            let mut rows = std::pin::pin!(rows);
+            let mut n = 0;
+            while let Some(row) = rows.try_next().await? {
+                f(read_record(&row, 0)?);
+                n += 1;
+            }
+            tx.commit().await?;
+            Ok((n, seq))
+        })
+        .await;
+        settle(&mut slot, r)
     }
 
     pub(super) async fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>, StoreError> {

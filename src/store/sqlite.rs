@@ -251,6 +251,28 @@ impl SqliteStore {
         })
     }
 
+    /// Calls `f` with every live token as it is read (nothing is gathered), in one read
+    /// transaction; returns how many and the sequence number they reflect.
+    pub(super) fn snapshot_each(&self, now: i64, f: &mut dyn FnMut(TokenRecord)) -> Result<(usize, i64), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM token_events", [], |r| r.get(0))?;
+            let mut n = 0;
+            {
+                let mut st = tx.prepare(&format!(
+                    "SELECT {COLUMNS} FROM tokens WHERE revoked_at IS NULL AND expires_at > ?1"
+                ))?;
+                let mut rows = st.query([now])?;
+                while let Some(row) = rows.next()? {
+                    f(read_row(row)??);
+                    n += 1;
+                }
+            }
+            tx.commit()?;
+            Ok((n, seq))
+        })
+    }
+
     pub(super) fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Deferred)?;
