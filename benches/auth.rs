@@ -116,6 +116,9 @@ fn parts(c: &mut Criterion) {
         b.iter(|| black_box(credentials::parse(black_box(basic.as_bytes())).unwrap()))
     });
     c.bench_function("token_hash", |b| b.iter(|| black_box(black_box(&secret).hash())));
+    c.bench_function("token_shape", |b| {
+        b.iter(|| black_box(patgate::auth::token::has_valid_shape(black_box(secret.expose()))))
+    });
     let table = routes();
     let path = normalize("/acme/_apis/distributedtask/pools/7/agents").unwrap();
     c.bench_function("route_match", |b| b.iter(|| black_box(table.find(black_box(&path)).is_some())));

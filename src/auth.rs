@@ -195,7 +195,15 @@ pub fn authenticate(headers: &HeaderMap, tokens: &TokenCache, now: i64) -> Resul
         Credential::Malformed => return Err(AuthError::Malformed),
         Credential::Token(secret) => secret,
     };
-    let token = tokens.get(&secret.hash()).ok_or(AuthError::Unknown)?;
+    let Some(token) = tokens.get(&secret.hash()) else {
+        // Every stored token was minted with a correct checksum, so it is checked only now,
+        // to tell a mistyped token from one never issued (both get the same 401).
+        return Err(if secret.checksum_ok() {
+            AuthError::Unknown
+        } else {
+            AuthError::Malformed
+        });
+    };
     if now >= token.expires_at {
         return Err(AuthError::Expired);
     }
@@ -289,6 +297,13 @@ mod tests {
         let other = TokenSecret::generate();
         assert_eq!(authenticate(&bearer(&other), &cache, 0).err(), Some(AuthError::Unknown));
         assert_eq!(authenticate(&HeaderMap::new(), &cache, 0).err(), Some(AuthError::Missing));
+        // The right shape with a wrong checksum is told apart only after the lookup missed.
+        let mut typo = other.expose().to_owned();
+        let last = typo.pop().unwrap();
+        typo.push(if last == 'a' { 'b' } else { 'a' });
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, format!("Bearer {typo}").parse().unwrap());
+        assert_eq!(authenticate(&h, &cache, 0).err(), Some(AuthError::Malformed));
     }
 
     #[test]
