@@ -221,6 +221,7 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, limit: Arc<Semaph
             let conn_info = Arc::new(proxy::Connection {
                 peer,
                 framing: framing.clone(),
+                upstream: Default::default(),
             });
             let io = TokioIo::new(Watched::new(tcp, framing));
             let service = {

@@ -46,11 +46,13 @@ pub struct Config {
 }
 
 /// What is known of the connection a request came on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Connection {
     pub peer: SocketAddr,
     /// Notes, per request head, whether it had Content-Length next to Transfer-Encoding.
     pub framing: framing::FramingWatch,
+    /// The HTTP upstream connection this client connection keeps between its requests.
+    pub upstream: upstream::Sticky,
 }
 
 /// Why a request was not forwarded, or failed upstream. [`Proxy::handle`] maps each to
@@ -241,9 +243,15 @@ impl Proxy {
         let permit = auth::authorize(identity, Requirement { scope, org: found.org })?;
         // Forward.
         let (mut parts, body) = req.into_parts();
+        // A client connection that stays open keeps its own upstream connection; one that
+        // ends with this request borrows from the worker's pool.
+        let keeps = parts.version == http::Version::HTTP_11 && !headers::asks_to_close(&parts.headers);
         headers::prepare_upstream(&mut parts.headers, &permit, conn.peer);
         match &found.route.target {
-            Upstream::Http(target) => self.http.forward(target, parts, body, &path, &permit).await,
+            Upstream::Http(target) => {
+                let sticky = keeps.then_some(&conn.upstream);
+                self.http.forward(target, parts, body, &path, &permit, sticky).await
+            }
             Upstream::GitHttpBackend(root) => self.cgi.run(root, parts, body, &path, &permit, conn.peer).await,
         }
     }

@@ -102,6 +102,17 @@ pub fn prepare_response(headers: &mut HeaderMap) {
     }
 }
 
+/// True when the client's `Connection` header asks to close the connection after this
+/// request.
+pub fn asks_to_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -237,3 +237,83 @@ fn no_route_and_no_rule_are_refused() {
         (403, "no rule of route /{org}/** admits GET on this path\n")
     );
 }
+
+/// Reads one answer with a Content-Length body from a kept-alive connection.
+fn read_answer(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed early: {text}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn a_kept_alive_client_connection_reuses_its_upstream_connection_and_survives_its_closing() {
+    // An upstream that closes its connection after every answer, next to one that keeps it.
+    let closing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closing_addr = closing.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let served = served.clone();
+        std::thread::spawn(move || {
+            for c in closing.incoming() {
+                let Ok(mut c) = c else { return };
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).map(|n| n == 1).unwrap_or(false) {
+                    head.push(b[0]);
+                }
+                served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n");
+            }
+        });
+    }
+    let up = spawn_upstream(false);
+    let extra = format!(
+        "{}\n[[routes]]\npath = \"/closing/**\"\nupstream = \"http://{closing_addr}\"\nrules = [{{ scope = \"agentpools:read\" }}]\n",
+        agents_route(&up)
+    );
+    let p = TestPatgate::start(&extra);
+    let t = p.mint_live("agentpools:read", "acme");
+    let mut s = TcpStream::connect(p.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for (i, path) in [
+        "/acme/_apis/distributedtask/pools",
+        "/closing/a",
+        "/closing/b",
+        "/acme/_apis/distributedtask/pools",
+        "/closing/c",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let req = format!("GET {path}?n={i} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n", t.token);
+        s.write_all(req.as_bytes()).unwrap();
+        let answer = read_answer(&mut s);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        assert!(answer.ends_with("ok\n"), "{path}: {answer}");
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let seen = up.seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter().all(|r| r.uri.starts_with("/acme/_apis/distributedtask/pools?n=")),
+        "{seen:?}"
+    );
+}
