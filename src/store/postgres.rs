@@ -487,28 +487,9 @@ impl PgStore {
     }
 
     pub(super) async fn snapshot(&self, now: i64) -> Result<Snapshot, StoreError> {
-        with_client!(self, |c| {
-            // One snapshot of the database: the tokens and the sequence number agree.
-            let tx = c
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
-            let seq: i64 = tx
-                .query_one("SELECT COALESCE(MAX(seq), 0) FROM token_events", &[])
-                .await?
-                .try_get(0)?;
-            let st = tx
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM tokens WHERE revoked_at IS NULL AND expires_at > $1"
-                ))
-                .await?;
-            let rows = tx.query(&st, &[&now]).await?;
-            let live = rows.iter().map(|r| read_record(r, 0)).collect::<Result<Vec<_>, _>>()?;
-            tx.commit().await?;
-            Ok(Snapshot { live, seq })
-        })
+        let mut live = Vec::new();
+        let (_, seq) = self.snapshot_each(now, &mut |r| live.push(r)).await?;
+        Ok(Snapshot { live, seq })
     }
 
     /// Calls `f` with every live token as rows arrive (nothing is gathered), in one

@@ -235,20 +235,9 @@ impl SqliteStore {
     }
 
     pub(super) fn snapshot(&self, now: i64) -> Result<Snapshot, StoreError> {
-        self.with(|c| {
-            // One read transaction: the tokens and the sequence number agree.
-            let tx = c.transaction_with_behavior(TransactionBehavior::Deferred)?;
-            let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM token_events", [], |r| r.get(0))?;
-            let live = {
-                let mut st = tx.prepare(&format!(
-                    "SELECT {COLUMNS} FROM tokens WHERE revoked_at IS NULL AND expires_at > ?1"
-                ))?;
-                let rows = st.query_map([now], read_row)?;
-                rows.map(|r| r?).collect::<Result<Vec<_>, _>>()?
-            };
-            tx.commit()?;
-            Ok(Snapshot { live, seq })
-        })
+        let mut live = Vec::new();
+        let (_, seq) = self.snapshot_each(now, &mut |r| live.push(r))?;
+        Ok(Snapshot { live, seq })
     }
 
     /// Calls `f` with every live token as it is read (nothing is gathered), in one read
