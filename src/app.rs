@@ -63,7 +63,7 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     };
 
     let workers = config.proxy.workers.max(1);
-    let listeners = bind_reuseport(config.proxy.listen, workers).map_err(|source| AppError::Bind {
+    let listeners = bind_shared(config.proxy.listen, workers).map_err(|source| AppError::Bind {
         addr: config.proxy.listen,
         source,
     })?;
@@ -125,30 +125,29 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     Ok(())
 }
 
-/// Binds `n` listening sockets to one address with `SO_REUSEPORT`, so that the kernel
-/// spreads new connections over the workers. With port 0, all take the first one's port.
-fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
-    let mut addr = addr;
-    for _ in 0..n {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        socket.set_reuseport(true)?;
-        socket.set_nodelay(true)?;
-        socket.bind(addr)?;
-        let listener = socket.listen(1024)?.into_std()?;
-        addr = listener.local_addr()?;
-        out.push(listener);
+/// Binds the proxy's listening socket once and hands each of `n` workers a handle on it.
+/// Every worker waits on the same socket, so a new connection goes to whichever worker
+/// is free first. (`SO_REUSEPORT` would spread connections by hash instead, also onto a
+/// busy worker, and would let a second process bind the same port without an error.)
+fn bind_shared(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(1024)?.into_std()?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 1..n {
+        out.push(listener.try_clone()?);
     }
+    out.push(listener);
     Ok(out)
 }
 
-/// One proxy worker: a thread with its own single-threaded event loop, its own listening
-/// socket and its own upstream connection pool, as nginx and Pingora run one per core.
+/// One proxy worker: a thread with its own single-threaded event loop, its own handle on
+/// the listening socket and its own upstream connection pool, as nginx and Pingora run one per core.
 /// Connections never move between workers, so nothing on the request path is shared
 /// but the token copy, the config and the limits.
 struct Worker {
