@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::memory::TokenCache;
 use super::postgres::PgStore;
-use super::{now, Config, Store, StoreError};
+use super::{now, Config, Store, StoreError, TokenRecord};
 
 /// Events applied per read of the feed.
 const BATCH: usize = 1000;
@@ -25,11 +25,62 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub async fn load(store: &Store, cache: &Arc<TokenCache>) -> Result<usize, StoreError> {
     let _applying = cache.apply_lock.lock().await;
     let t = now();
+    // Reading and parsing rows on one thread while another puts them into memory, in
+    // batches through a bounded channel: a million tokens are never held twice.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<TokenRecord>>(LOAD_QUEUE);
     let into = cache.clone();
-    // Each record goes into memory as it is read: a million tokens are never held twice.
-    let (n, seq) = store.snapshot_each(move |r| into.apply(&r, t)).await?;
+    let applier = std::thread::Builder::new()
+        .name("patgate-load".into())
+        .spawn(move || {
+            for batch in rx {
+                for r in &batch {
+                    into.apply(r, t);
+                }
+            }
+        })
+        .map_err(|e| StoreError::Database(format!("cannot start loading: {e}")))?;
+    let mut batcher = Batcher {
+        batch: Vec::with_capacity(LOAD_BATCH),
+        tx,
+    };
+    let read = store.snapshot_each(move |r| batcher.push(r)).await;
+    // The reader's end is gone (the remainder sent on drop): the applier finishes.
+    let applied = tokio::task::spawn_blocking(move || applier.join().is_ok()).await.unwrap_or(false);
+    let (n, seq) = read?;
+    if !applied {
+        return Err(StoreError::Database("loading tokens into memory failed".into()));
+    }
     cache.set_seq(seq);
     Ok(n)
+}
+
+/// Records per batch handed from the reader to the applier at start.
+const LOAD_BATCH: usize = 512;
+/// Batches in flight at most.
+const LOAD_QUEUE: usize = 4;
+
+/// Gathers records into batches for the applier; sends what is left when dropped.
+struct Batcher {
+    batch: Vec<TokenRecord>,
+    tx: std::sync::mpsc::SyncSender<Vec<TokenRecord>>,
+}
+
+impl Batcher {
+    fn push(&mut self, r: TokenRecord) {
+        self.batch.push(r);
+        if self.batch.len() == LOAD_BATCH {
+            let full = std::mem::replace(&mut self.batch, Vec::with_capacity(LOAD_BATCH));
+            let _ = self.tx.send(full);
+        }
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        if !self.batch.is_empty() {
+            let _ = self.tx.send(std::mem::take(&mut self.batch));
+        }
+    }
 }
 
 /// Applies every event after the cache's sequence number; returns how many.

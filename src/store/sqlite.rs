@@ -364,23 +364,25 @@ pub(super) fn orgs_to_text(o: &Orgs) -> String {
 }
 
 fn read_row(r: &Row<'_>) -> rusqlite::Result<Result<TokenRecord, StoreError>> {
-    let hash: Vec<u8> = r.get(1)?;
-    let orgs: String = r.get(4)?;
-    let scopes: String = r.get(5)?;
+    // Hash, organizations and scopes are read in place, without copies.
     let id: String = r.get(0)?;
-    let corrupt = |what: &str| StoreError::Database(format!("token {id}: stored {what} cannot be read"));
-    let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
-        return Ok(Err(corrupt("hash")));
+    let hash = <[u8; 32]>::try_from(r.get_ref(1)?.as_blob().unwrap_or_default()).ok();
+    let orgs = r.get_ref(4)?.as_str().ok().and_then(|t| serde_json::from_str::<Orgs>(t).ok());
+    let scopes = r.get_ref(5)?.as_str().ok().and_then(|t| {
+        let names: Vec<&str> = t.split(',').filter(|s| !s.is_empty()).collect();
+        ScopeSet::parse(&names).ok()
+    });
+    let what = match (&hash, &orgs, &scopes) {
+        (None, _, _) => "hash",
+        (_, None, _) => "organizations",
+        (_, _, None) => "scopes",
+        (Some(_), Some(_), Some(_)) => "",
     };
-    let Ok(orgs) = serde_json::from_str::<Orgs>(&orgs) else {
-        return Ok(Err(corrupt("organizations")));
-    };
-    let names: Vec<&str> = scopes.split(',').filter(|s| !s.is_empty()).collect();
-    let Ok(scopes) = ScopeSet::parse(&names) else {
-        return Ok(Err(corrupt("scopes")));
+    let (Some(hash), Some(orgs), Some(scopes)) = (hash, orgs, scopes) else {
+        return Ok(Err(StoreError::Database(format!("token {id}: stored {what} cannot be read"))));
     };
     Ok(Ok(TokenRecord {
-        id: id.clone(),
+        id,
         hash: TokenHash(hash),
         name: r.get(2)?,
         owner: r.get(3)?,
