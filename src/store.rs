@@ -201,7 +201,9 @@ pub enum InvalidToken {
     NoChange,
 }
 
-fn is_label(s: &str) -> bool {
+/// True for a name or owner: 1 to 200 characters, no control characters, no surrounding
+/// whitespace.
+pub fn is_label(s: &str) -> bool {
     let n = s.chars().count();
     (1..=200).contains(&n) && !s.chars().any(char::is_control) && s.trim() == s
 }

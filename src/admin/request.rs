@@ -247,8 +247,7 @@ pub fn token_id(id: &str) -> Result<&str, AdminError> {
 /// checks a new token's owner: 1 to 200 characters, no control characters, no space at
 /// either end.
 pub fn owner(name: &str) -> Result<&str, AdminError> {
-    let n = name.chars().count();
-    if (1..=200).contains(&n) && !name.chars().any(char::is_control) && name.trim() == name {
+    if crate::store::is_label(name) {
         Ok(name)
     } else {
         Err(crate::store::StoreError::Invalid(crate::store::InvalidToken::Owner).into())
