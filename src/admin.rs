@@ -38,6 +38,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -54,6 +55,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::store::memory::TokenCache;
 use crate::store::{follow, Store};
+use crate::tls::TlsSlot;
 use caller::LogSlot;
 use error::{AdminError, Reason};
 use policy::Policy;
@@ -81,6 +83,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// From `[server]`: how long requests may run on after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// TLS for the admin listener, with client certificates when it names a client CA.
+    pub tls: Option<crate::tls::ListenerTls>,
     pub policy: Policy,
 }
 
@@ -121,6 +125,10 @@ pub struct AdminState(Arc<Shared>);
 
 struct Shared {
     config: Config,
+    /// The policy in force: the config's at start, replaced whole by a reload.
+    policy: ArcSwap<Policy>,
+    /// The listener's TLS configuration, when it terminates TLS.
+    tls: Option<TlsSlot>,
     store: Store,
     tokens: Arc<TokenCache>,
     leaks: leaked::Limiter,
@@ -138,6 +146,8 @@ impl AdminState {
         let waiters = Arc::new(Semaphore::new(waiting_slots(config.max_connections)));
         let openapi = openapi_for(&config);
         AdminState(Arc::new(Shared {
+            policy: ArcSwap::from_pointee(config.policy.clone()),
+            tls: config.tls.as_ref().map(|t| TlsSlot::new(t.config.clone())),
             config,
             store,
             tokens,
@@ -152,8 +162,26 @@ impl AdminState {
         &self.0.config
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.0.config.policy
+    /// The policy in force; one request reads it once.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.0.policy.load_full()
+    }
+
+    /// Puts in a reloaded certificate for connections from now on; false when the
+    /// listener runs without TLS (turning it on needs a restart).
+    pub fn replace_tls(&self, tls: &crate::tls::ListenerTls) -> bool {
+        match &self.0.tls {
+            Some(slot) => {
+                slot.replace(tls.config.clone());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Puts in a reloaded policy for requests from now on.
+    pub fn replace_policy(&self, policy: Policy) {
+        self.0.policy.store(Arc::new(policy));
     }
 
     pub fn store(&self) -> &Store {
@@ -307,29 +335,22 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
         };
         let _ = tcp.set_nodelay(true);
         let app = TowerToHyperService::new(app.clone());
-        let mut conn_stop = state.stop();
+        let conn_stop = state.stop();
         let config = config.clone();
+        let tls = state.0.tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
-            let service = service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                app.call(req)
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(config.header_read_timeout)
-                .max_buf_size(config.max_header_bytes)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(tcp), service);
-            let mut conn = std::pin::pin!(conn);
-            let ended = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stopped(&mut conn_stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            match tls {
+                None => serve_connection(TokioIo::new(tcp), peer, app, &config, conn_stop).await,
+                Some(acceptor) => {
+                    let timeout = config.tls.as_ref().map_or(Duration::from_secs(10), |t| t.handshake_timeout);
+                    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => serve_connection(TokioIo::new(tls), peer, app, &config, conn_stop).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(target: "patgate::admin", ip = %peer.ip(), error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(target: "patgate::admin", ip = %peer.ip(), "TLS handshake timed out"),
+                    }
                 }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(target: "patgate::admin", error = %e, "Admin connection ended with an error");
             }
             drop(slot);
         });
@@ -341,6 +362,34 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
             connections = max as usize - slots.available_permits(),
             "Shutdown grace ended with admin connections open"
         );
+    }
+}
+
+/// Serves one admin connection (plain or TLS) until it ends or the server drains.
+async fn serve_connection<IO>(io: IO, peer: SocketAddr, app: TowerToHyperService<Router>, config: &Config, mut stop: watch::Receiver<bool>)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        app.call(req)
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes)
+        .keep_alive(true)
+        .serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(target: "patgate::admin", error = %e, "Admin connection ended with an error");
     }
 }
 

@@ -4,19 +4,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 
+use crate::accept::{self, Listener};
 use crate::admin::{self, AdminState};
-use crate::config::Config;
-use crate::proxy::framing::{FramingWatch, Watched};
+use crate::config::{self, Config};
 use crate::proxy::upstream::Upstream;
-use crate::proxy::{self, Proxy};
+use crate::proxy::{Proxy, Routes};
 use crate::store::memory::TokenCache;
 use crate::store::{follow, Store, StoreError};
 
@@ -27,11 +24,15 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen for SIGHUP")]
+    Signal(#[source] std::io::Error),
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets requests in flight
-/// finish for up to the configured grace period.
+/// finish for up to the configured grace period. SIGHUP reloads the configuration file.
 pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AppError> {
+    // Before anything else: unhandled, SIGHUP would end the process.
+    let mut hangup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;
     let store = Store::open(&config.store.location).await?;
     let tokens = Arc::new(TokenCache::default());
     let started = std::time::Instant::now();
@@ -47,8 +48,8 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     let (stop_tx, stop_rx) = watch::channel(false);
     let follower = tokio::spawn(follow::follow(store.clone(), tokens.clone(), config.store.clone(), stop_rx.clone()));
 
-    let admin = match config.admin.enabled {
-        false => None,
+    let (admin, admin_state) = match config.admin.enabled {
+        false => (None, None),
         true => {
             let listen = config.admin.listen;
             let listener = TcpListener::bind(listen)
@@ -56,22 +57,23 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
                 .map_err(|source| AppError::Bind { addr: listen, source })?;
             let addr = listener.local_addr().map_err(|source| AppError::Bind { addr: listen, source })?;
             // Not "Listening": that line announces the proxy's address.
-            tracing::info!(%addr, "Admin API up");
+            tracing::info!(%addr, tls = config.admin.tls.is_some(), "Admin API up");
             let state = AdminState::new(config.admin.clone(), store, tokens.clone(), stop_rx.clone());
-            Some(tokio::spawn(admin::serve(listener, state)))
+            (Some(tokio::spawn(admin::serve(listener, state.clone()))), Some(state))
         }
     };
 
     let workers = config.proxy.workers.max(1);
-    let listeners = bind_shared(config.proxy.listen, workers).map_err(|source| AppError::Bind {
+    let sockets = bind_shared(config.proxy.listen, workers).map_err(|source| AppError::Bind {
         addr: config.proxy.listen,
         source,
     })?;
-    let addr = listeners[0].local_addr().map_err(|source| AppError::Bind {
+    let addr = sockets[0].local_addr().map_err(|source| AppError::Bind {
         addr: config.proxy.listen,
         source,
     })?;
-    tracing::info!(%addr, workers, config = %config.source.display(), "Listening");
+    let tls = config.accept.tls.is_some();
+    tracing::info!(%addr, workers, tls, config = %config.source.display(), "Listening");
     for route in config.proxy.routes.iter() {
         if let Upstream::GitHttpBackend(root) = &route.target {
             if !root.is_dir() {
@@ -80,17 +82,23 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
         }
     }
 
-    let proxy = Proxy::new(Arc::new(config.proxy), tokens);
-    let max = proxy.config().max_connections.min(u32::MAX as usize) as u32;
+    let max = config.proxy.max_connections.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize) as u32;
+    let listener = Arc::new(Listener::new(config.accept.clone(), max as usize));
+    let proxy = Proxy::new(Arc::new(config.proxy.clone()), tokens);
+    let mut reload = Reload {
+        running: config,
+        routes: proxy.routes().clone(),
+        listener: listener.clone(),
+        admin: admin_state,
+    };
     let grace = proxy.config().shutdown_grace;
-    let slots = Arc::new(Semaphore::new(max as usize));
     let (exit_tx, exit_rx) = watch::channel(false);
     let mut threads = Vec::with_capacity(workers);
-    for (i, listener) in listeners.into_iter().enumerate() {
+    for (i, socket) in sockets.into_iter().enumerate() {
         let worker = Worker {
-            listener,
+            socket,
             proxy: proxy.for_worker(),
-            slots: slots.clone(),
+            listener: listener.clone(),
             stop: stop_rx.clone(),
             exit: exit_rx.clone(),
         };
@@ -101,9 +109,16 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
         threads.push(thread);
     }
 
-    shutdown.await;
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hangup.recv() => reload.reload(),
+        }
+    }
     let _ = stop_tx.send(true);
     // Every connection holds a slot until it ends: all slots back means all drained.
+    let slots = listener.slots();
     if tokio::time::timeout(grace, slots.acquire_many(max)).await.is_err() {
         tracing::warn!(
             connections = max as usize - slots.available_permits(),
@@ -123,6 +138,76 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     let _ = follower.await;
     tracing::info!("Stopped");
     Ok(())
+}
+
+/// What SIGHUP reloads: the routes with their rules, the admin policy, and the listeners'
+/// certificates. Each is replaced whole, in one store, so a request sees the old set or
+/// the new one, never a mix. Other keys take effect at the next start; a change to one is
+/// logged. A config that does not load is refused with its error, and the running one stays.
+struct Reload {
+    running: Config,
+    routes: Routes,
+    listener: Arc<Listener>,
+    admin: Option<AdminState>,
+}
+
+impl Reload {
+    fn reload(&mut self) {
+        let new = match config::load(&self.running.source) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "Reload refused; the running configuration stays");
+                return;
+            }
+        };
+        for key in restart_needed(&self.running, &new) {
+            tracing::warn!(key, "Changed in the file; takes effect at the next start");
+        }
+        self.routes.store(Arc::new(new.proxy.routes.clone()));
+        if let Some(tls) = &new.accept.tls {
+            self.listener.replace_tls(tls);
+        }
+        if let Some(admin) = &self.admin {
+            admin.replace_policy(new.admin.policy.clone());
+            if let Some(tls) = &new.admin.tls {
+                admin.replace_tls(tls);
+            }
+        }
+        tracing::info!(routes = new.proxy.routes.iter().count(), config = %new.source.display(), "Configuration reloaded");
+        // What is reported next time as needing a restart is measured against what runs.
+        self.running.proxy.routes = new.proxy.routes;
+        self.running.admin.policy = new.admin.policy;
+        self.running.accept.tls = self.running.accept.tls.take().and(new.accept.tls);
+        self.running.admin.tls = self.running.admin.tls.take().and(new.admin.tls);
+    }
+}
+
+/// The keys whose new values need a restart.
+fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (o, n) = (&old.proxy, &new.proxy);
+    let checks = [
+        ("server.listen", o.listen != n.listen),
+        ("server.workers", o.workers != n.workers),
+        ("server.max_connections", o.max_connections != n.max_connections),
+        ("server.header_read_timeout", o.header_read_timeout != n.header_read_timeout),
+        ("server.max_header_bytes", o.max_header_bytes != n.max_header_bytes),
+        ("server.shutdown_grace", o.shutdown_grace != n.shutdown_grace),
+        (
+            "server.max_connections_per_ip",
+            old.accept.max_connections_per_ip != new.accept.max_connections_per_ip,
+        ),
+        ("server.idle_timeout", old.accept.idle_timeout != new.accept.idle_timeout),
+        ("server.tls", old.accept.tls.is_some() != new.accept.tls.is_some()),
+        ("http2", old.accept.http2 != new.accept.http2),
+        ("upstream", o.upstream != n.upstream),
+        ("git", o.git != n.git),
+        ("store", old.store != new.store),
+        ("admin.listen", old.admin.listen != new.admin.listen),
+        ("admin.enabled", old.admin.enabled != new.admin.enabled),
+        ("admin.tls", old.admin.tls.is_some() != new.admin.tls.is_some()),
+        ("log", old.log != new.log),
+    ];
+    checks.into_iter().filter(|(_, changed)| *changed).map(|(k, _)| k).collect()
 }
 
 /// Binds the proxy's listening socket once and hands each of `n` workers a handle on it.
@@ -151,9 +236,9 @@ fn bind_shared(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpL
 /// Connections never move between workers, so nothing on the request path is shared
 /// but the token copy, the config and the limits.
 struct Worker {
-    listener: std::net::TcpListener,
+    socket: std::net::TcpListener,
     proxy: Proxy,
-    slots: Arc<Semaphore>,
+    listener: Arc<Listener>,
     /// Turns true when accepting stops and connections should finish.
     stop: watch::Receiver<bool>,
     /// Turns true when the grace period is over: the worker ends, dropping what is left.
@@ -170,88 +255,23 @@ impl Worker {
             }
         };
         let Worker {
-            listener,
+            socket,
             proxy,
-            slots,
+            listener,
             stop,
             mut exit,
         } = self;
         rt.block_on(async move {
-            let listener = match TcpListener::from_std(listener) {
+            let socket = match TcpListener::from_std(socket) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!(error = %e, "Cannot start a worker");
                     return;
                 }
             };
-            accept_loop(listener, Arc::new(proxy), slots, stop).await;
+            accept::accept_loop(socket, Arc::new(proxy), listener, stop).await;
             // Connections drain on this thread's loop until the server says the grace is over.
             let _ = exit.wait_for(|&e| e).await;
         });
-    }
-}
-
-async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, limit: Arc<Semaphore>, stop: watch::Receiver<bool>) {
-    let mut stopping = stop.clone();
-    let mut shutdown = std::pin::pin!(stopping.wait_for(|&s| s));
-    loop {
-        let slot = tokio::select! {
-            _ = &mut shutdown => return,
-            slot = limit.clone().acquire_owned() => match slot { Ok(s) => s, Err(_) => return },
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(error = %e, "Accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let proxy = proxy.clone();
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let config = proxy.config();
-            let framing = FramingWatch::new(config.max_header_bytes);
-            let conn_info = Arc::new(proxy::Connection {
-                peer,
-                framing: framing.clone(),
-                upstream: Default::default(),
-            });
-            let io = TokioIo::new(Watched::new(tcp, framing));
-            let service = {
-                let proxy = proxy.clone();
-                service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    let conn_info = conn_info.clone();
-                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &conn_info).await) }
-                })
-            };
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(config.header_read_timeout)
-                .max_buf_size(config.max_header_bytes)
-                .keep_alive(true)
-                .serve_connection(io, service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => log_conn_end(r),
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    log_conn_end(conn.await);
-                }
-            }
-            drop(slot);
-        });
-    }
-}
-
-fn log_conn_end(r: Result<(), hyper::Error>) {
-    if let Err(e) = r {
-        tracing::debug!(error = %e, "Connection ended with an error");
     }
 }

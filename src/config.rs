@@ -15,8 +15,9 @@ use crate::admin::policy::Policy;
 use crate::auth::rules::{Pattern, Route, RouteTable, Rule, Rules, PRESETS};
 use crate::auth::scope::{Scope, ScopeSet};
 use crate::proxy::upstream::Upstream;
-use crate::{admin, proxy, store, telemetry};
-use file::{FileConfig, RulesFile};
+use crate::tls::{self, ListenerTls, TlsFiles};
+use crate::{accept, admin, proxy, store, telemetry};
+use file::{FileConfig, RulesFile, TlsFile};
 
 /// The program's configuration, validated.
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ pub struct Config {
     /// The file it was read from.
     pub source: PathBuf,
     pub proxy: proxy::Config,
+    /// How the proxy listener accepts connections: TLS, HTTP/2, per-connection limits.
+    pub accept: accept::Config,
     pub store: store::Config,
     pub admin: admin::Config,
     pub log: telemetry::Config,
@@ -214,6 +217,7 @@ impl Config {
             poll_interval: cx.duration("store.poll_interval", &f.store.poll_interval)?,
             last_used_flush_interval: cx.duration("store.last_used_flush_interval", &f.store.last_used_flush_interval)?,
         };
+        let accept = accept_config(&cx, &f, &proxy)?;
         let admin = admin_config(&cx, &f, &proxy)?;
         let format = match f.log.format.as_str() {
             "text" => telemetry::Format::Text,
@@ -228,6 +232,7 @@ impl Config {
         Ok(Config {
             source: source.to_owned(),
             proxy,
+            accept,
             store,
             admin,
             log,
@@ -241,6 +246,83 @@ fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0
         && a.port() == b.port()
         && (a.ip() == b.ip() || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
+/// A listener's `[SECTION.tls]`, its files read and checked now, so that a bad one is
+/// named with its key at start and on reload alike.
+fn tls_config(cx: &Ctx<'_>, section: &str, t: &TlsFile, alpn: &[&[u8]], client_ca: bool) -> Result<Option<ListenerTls>, ConfigError> {
+    let key = |k: &str| format!("{section}.tls.{k}");
+    let handshake_timeout = cx.duration(&key("handshake_timeout"), &t.handshake_timeout)?;
+    match (t.cert_file.is_empty(), t.key_file.is_empty()) {
+        (true, true) => {
+            if client_ca && !t.client_ca_file.is_empty() {
+                return Err(cx.err(
+                    key("client_ca_file"),
+                    "needs cert_file and key_file: client certificates are asked for over TLS",
+                ));
+            }
+            return Ok(None);
+        }
+        (false, true) => return Err(cx.err(key("key_file"), "is needed with cert_file")),
+        (true, false) => return Err(cx.err(key("cert_file"), "is needed with key_file")),
+        (false, false) => {}
+    }
+    if !client_ca && !t.client_ca_file.is_empty() {
+        return Err(cx.err(
+            key("client_ca_file"),
+            "client certificates are asked for on the admin listener only",
+        ));
+    }
+    let files = TlsFiles {
+        cert: PathBuf::from(&t.cert_file),
+        key: PathBuf::from(&t.key_file),
+        client_ca: (!t.client_ca_file.is_empty()).then(|| PathBuf::from(&t.client_ca_file)),
+    };
+    let config = tls::server_config(&files, alpn).map_err(|e| {
+        let k = match &e {
+            tls::TlsError::Read { path, .. } | tls::TlsError::NoCertificate(path) | tls::TlsError::BadPem { path, .. }
+                if *path == files.cert =>
+            {
+                "cert_file"
+            }
+            tls::TlsError::ClientCa { .. } => "client_ca_file",
+            tls::TlsError::Read { path, .. } | tls::TlsError::NoCertificate(path) | tls::TlsError::BadPem { path, .. }
+                if Some(path) == files.client_ca.as_ref() =>
+            {
+                "client_ca_file"
+            }
+            tls::TlsError::Rejected(_) => "cert_file",
+            _ => "key_file",
+        };
+        cx.err(key(k), e)
+    })?;
+    Ok(Some(ListenerTls {
+        files,
+        config,
+        handshake_timeout,
+    }))
+}
+
+fn accept_config(cx: &Ctx<'_>, f: &FileConfig, proxy: &proxy::Config) -> Result<accept::Config, ConfigError> {
+    let s = &f.server;
+    let h = &f.http2;
+    if h.max_concurrent_streams == 0 {
+        return Err(cx.err("http2.max_concurrent_streams", "must be at least 1"));
+    }
+    Ok(accept::Config {
+        tls: tls_config(cx, "server", &s.tls, tls::ALPN_PROXY, false)?,
+        max_connections_per_ip: cx.positive("server.max_connections_per_ip", s.max_connections_per_ip)?,
+        idle_timeout: cx.duration("server.idle_timeout", &s.idle_timeout)?,
+        header_read_timeout: proxy.header_read_timeout,
+        max_header_bytes: proxy.max_header_bytes,
+        http2: accept::Http2Limits {
+            max_concurrent_streams: h.max_concurrent_streams,
+            max_pending_resets: cx.positive("http2.max_pending_resets", h.max_pending_resets)?,
+            max_local_error_resets: cx.positive("http2.max_local_error_resets", h.max_local_error_resets)?,
+            keep_alive_interval: cx.duration("http2.keep_alive_interval", &h.keep_alive_interval)?,
+            keep_alive_timeout: cx.duration("http2.keep_alive_timeout", &h.keep_alive_timeout)?,
+        },
+    })
 }
 
 fn admin_config(cx: &Ctx<'_>, f: &FileConfig, proxy: &proxy::Config) -> Result<admin::Config, ConfigError> {
@@ -287,6 +369,7 @@ fn admin_config(cx: &Ctx<'_>, f: &FileConfig, proxy: &proxy::Config) -> Result<a
         header_read_timeout: proxy.header_read_timeout,
         max_header_bytes: proxy.max_header_bytes,
         shutdown_grace: proxy.shutdown_grace,
+        tls: tls_config(cx, "admin", &a.tls, tls::ALPN_ADMIN, true)?,
         policy: Policy {
             max_lifespan,
             default_lifespan,

@@ -5,6 +5,7 @@
 //! copy ([`store::memory`]); the [`store`] itself, the [`admin`] API, the CLI and the
 //! config loader are separate rooms that the request path does not enter.
 
+pub mod accept;
 pub mod admin;
 pub mod app;
 pub mod auth;
@@ -13,3 +14,4 @@ pub mod config;
 pub mod proxy;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -49,8 +50,9 @@ pub struct Config {
 #[derive(Debug)]
 pub struct Connection {
     pub peer: SocketAddr,
-    /// Notes, per request head, whether it had Content-Length next to Transfer-Encoding.
-    pub framing: framing::FramingWatch,
+    /// Notes, per request head, whether it had Content-Length next to Transfer-Encoding
+    /// (HTTP/1 only: HTTP/2 frames bodies itself).
+    pub framing: Option<framing::FramingWatch>,
     /// The HTTP upstream connection this client connection keeps between its requests.
     pub upstream: upstream::Sticky,
 }
@@ -119,6 +121,9 @@ impl ProxyError {
     }
 }
 
+/// The routes in force, shared by every worker and replaced whole on reload.
+pub type Routes = Arc<ArcSwap<RouteTable<Upstream>>>;
+
 /// The body of every 401, whatever the reason.
 pub const UNAUTHORIZED_BODY: &str = "authentication required: give a valid patgate token";
 
@@ -128,6 +133,8 @@ pub const CHALLENGE: &str = "Basic realm=\"patgate\"";
 /// The request path: routes, the in-memory tokens, and the upstream clients.
 pub struct Proxy {
     config: Arc<Config>,
+    /// The routes in force: the config's at start, replaced whole by a reload.
+    routes: Routes,
     tokens: Arc<TokenCache>,
     http: upstream::HttpClient,
     cgi: Arc<cgi::Runner>,
@@ -145,7 +152,19 @@ impl Proxy {
     pub fn new(config: Arc<Config>, tokens: Arc<TokenCache>) -> Self {
         let http = upstream::HttpClient::new(&config.upstream);
         let cgi = Arc::new(cgi::Runner::new(config.git.clone()));
-        Proxy { config, tokens, http, cgi }
+        let routes = Arc::new(ArcSwap::from_pointee(config.routes.clone()));
+        Proxy {
+            config,
+            routes,
+            tokens,
+            http,
+            cgi,
+        }
+    }
+
+    /// The routes in force; a reload stores new ones here.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
     }
 
     /// Another proxy for another worker: the same config, tokens and git process limit,
@@ -153,6 +172,7 @@ impl Proxy {
     pub fn for_worker(&self) -> Self {
         Proxy {
             config: self.config.clone(),
+            routes: self.routes.clone(),
             tokens: self.tokens.clone(),
             http: upstream::HttpClient::new(&self.config.upstream),
             cgi: self.cgi.clone(),
@@ -175,7 +195,9 @@ impl Proxy {
         // A cheap clone: the URI shares the connection's read buffer.
         let uri = req.uri().clone();
         let mut log = AccessLog::default();
-        let result = self.handle_inner(req, conn, &mut log).await;
+        // The routes as they are now serve the whole request, whatever a reload does meanwhile.
+        let routes = self.routes.load_full();
+        let result = self.handle_inner(req, conn, &routes, &mut log).await;
         let (response, error) = match result {
             Ok(r) => (r, None),
             Err(e) => (error_response(&e), Some(e)),
@@ -203,6 +225,7 @@ impl Proxy {
         &'a self,
         req: Request<B>,
         conn: &Connection,
+        routes: &'a RouteTable<Upstream>,
         log: &mut AccessLog<'a>,
     ) -> Result<Response<Body>, ProxyError>
     where
@@ -210,7 +233,7 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         // Request target and framing. One framing note is taken for every request.
-        let both_lengths = conn.framing.next_had_both_lengths();
+        let both_lengths = conn.framing.as_ref().is_some_and(|f| f.next_had_both_lengths());
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
             return Err(ProxyError::AbsoluteForm);
         }
@@ -227,7 +250,7 @@ impl Proxy {
         let identity = auth::authenticate(req.headers(), &self.tokens, now)?;
         log.identity = Some(identity.clone());
         // Route and rule.
-        let found = self.config.routes.find(&path).ok_or(ProxyError::NoRoute)?;
+        let found = routes.find(&path).ok_or(ProxyError::NoRoute)?;
         log.route = Some(found.route.pattern.as_str());
         let scope = found
             .route

@@ -46,6 +46,7 @@ fn config() -> Config {
         header_read_timeout: Duration::from_secs(5),
         max_header_bytes: 16 * 1024,
         shutdown_grace: Duration::from_secs(1),
+        tls: None,
         policy: Policy {
             max_lifespan: Duration::from_secs(365 * 86400),
             default_lifespan: Duration::from_secs(30 * 86400),

@@ -114,16 +114,17 @@ pub async fn create(State(s): State<AdminState>, caller: Caller, body: Body) -> 
         None => who.owner.clone(),
     };
     let scopes = scopes(&b.scopes)?;
+    let policy = s.policy();
     let now = store::now();
     let expires_at = match Expiry::from_fields(b.expires_in.as_deref(), b.expires_at.as_deref())? {
         Some(e) => e.at(now),
-        None => Expiry::In(s.policy().default_lifespan).at(now),
+        None => Expiry::In(policy.default_lifespan).at(now),
     };
     if expires_at <= now {
         return Err(AdminError::field("expires_at", "must be in the future"));
     }
-    s.policy().check_grant(scopes, &b.orgs, who.admin)?;
-    s.policy().check_life(now, expires_at)?;
+    policy.check_grant(scopes, &b.orgs, who.admin)?;
+    policy.check_life(now, expires_at)?;
     let new = NewToken {
         name: b.name,
         owner,
@@ -202,10 +203,11 @@ pub async fn update(State(s): State<AdminState>, caller: Caller, Segment(id): Se
     let current = visible(&s, &who, &id).await?;
     // The token as changed must be one the caller could create; its life counts from its creation.
     let orgs = b.orgs.as_ref().unwrap_or(&current.orgs);
-    s.policy().check_grant(scopes.unwrap_or(current.scopes), orgs, who.admin)?;
+    let policy = s.policy();
+    policy.check_grant(scopes.unwrap_or(current.scopes), orgs, who.admin)?;
     let expires_at = expiry.map(|e| e.at(store::now()));
     if let Some(at) = expires_at {
-        s.policy().check_life(current.created_at, at)?;
+        policy.check_life(current.created_at, at)?;
     }
     let update = TokenUpdate {
         name: b.name,
@@ -225,8 +227,9 @@ pub async fn regenerate(State(s): State<AdminState>, caller: Caller, Segment(id)
     let who = caller.require(Access::Manage)?;
     let current = visible(&s, &who, &id).await?;
     // A new secret is a new credential: only for a token the caller could create now.
-    s.policy().check_grant(current.scopes, &current.orgs, who.admin)?;
-    s.policy().check_life(current.created_at, current.expires_at)?;
+    let policy = s.policy();
+    policy.check_grant(current.scopes, &current.orgs, who.admin)?;
+    policy.check_life(current.created_at, current.expires_at)?;
     let created = s.store().regenerate(&id, Some(who.owner)).await?;
     s.applied().await;
     Ok(Json(created.into()))

@@ -11,6 +11,8 @@ use crate::auth::scope::Scope;
 #[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
     pub server: ServerFile,
+    pub http2: Http2File,
+    pub brute_force: BruteForceFile,
     pub store: StoreFile,
     pub upstream: UpstreamFile,
     pub git: GitFile,
@@ -36,6 +38,20 @@ pub struct ServerFile {
     /// Proxy worker threads, each with its own event loop, listener socket and upstream
     /// connections; 0 means one per CPU.
     pub workers: usize,
+    /// The most connections open at once from one client address (IPv6: one /64).
+    pub max_connections_per_ip: usize,
+    /// A connection with no request in flight and no byte moving either way is closed
+    /// after this long.
+    pub idle_timeout: String,
+    /// Request bodies must arrive at least this fast (bytes per second) while the upstream
+    /// waits for them ...
+    pub body_min_rate: u64,
+    /// ... once the upstream has waited this long in all.
+    pub body_rate_grace: String,
+    /// Peers whose `X-Forwarded-For` names the client: addresses or CIDR blocks.
+    pub trusted_proxies: Vec<String>,
+    /// TLS for the proxy listener; off while `cert_file` is empty.
+    pub tls: TlsFile,
 }
 
 impl Default for ServerFile {
@@ -47,6 +63,91 @@ impl Default for ServerFile {
             max_connections: 10_000,
             shutdown_grace: "30s".into(),
             workers: 0,
+            max_connections_per_ip: 256,
+            idle_timeout: "60s".into(),
+            body_min_rate: 1024,
+            body_rate_grace: "10s".into(),
+            trusted_proxies: Vec::new(),
+            tls: TlsFile::default(),
+        }
+    }
+}
+
+/// `[server.tls]` and `[admin.tls]`: PEM files, reloaded on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsFile {
+    /// The certificate chain, leaf first.
+    pub cert_file: String,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// The longest a client may take to finish the TLS handshake.
+    pub handshake_timeout: String,
+    /// Admin listener only: client certificates must chain to a CA in this file (mTLS).
+    pub client_ca_file: String,
+}
+
+impl Default for TlsFile {
+    fn default() -> Self {
+        TlsFile {
+            cert_file: String::new(),
+            key_file: String::new(),
+            handshake_timeout: "10s".into(),
+            client_ca_file: String::new(),
+        }
+    }
+}
+
+/// `[http2]`: limits on HTTP/2 connections (offered over TLS by ALPN).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http2File {
+    /// Streams open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Streams a client may open and reset before they are served; past it, GOAWAY
+    /// (rapid reset).
+    pub max_pending_resets: usize,
+    /// Streams the server may reset for a client's protocol errors; past it, GOAWAY.
+    pub max_local_error_resets: usize,
+    /// How often an idle connection is pinged, and how long the answer may take.
+    pub keep_alive_interval: String,
+    pub keep_alive_timeout: String,
+}
+
+impl Default for Http2File {
+    fn default() -> Self {
+        Http2File {
+            max_concurrent_streams: 100,
+            max_pending_resets: 20,
+            max_local_error_resets: 256,
+            keep_alive_interval: "30s".into(),
+            keep_alive_timeout: "20s".into(),
+        }
+    }
+}
+
+/// `[brute_force]`: failed authentications counted per client address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BruteForceFile {
+    pub enabled: bool,
+    /// Failures within `window` that block the address.
+    pub max_failures: u32,
+    pub window: String,
+    /// How long a blocked address gets 429.
+    pub block: String,
+    /// Addresses remembered at most.
+    pub max_tracked: usize,
+}
+
+impl Default for BruteForceFile {
+    fn default() -> Self {
+        BruteForceFile {
+            enabled: true,
+            max_failures: 20,
+            window: "1m".into(),
+            block: "5m".into(),
+            max_tracked: 100_000,
         }
     }
 }
@@ -147,6 +248,8 @@ pub struct AdminFile {
     pub max_secrets_per_report: usize,
     /// Admin connections open at once (long polls included); more wait to be accepted.
     pub max_connections: usize,
+    /// TLS for the admin listener, and with `client_ca_file` client certificates (mTLS).
+    pub tls: TlsFile,
 }
 
 impl Default for AdminFile {
@@ -159,6 +262,7 @@ impl Default for AdminFile {
             leak_reports_per_minute: 10,
             max_secrets_per_report: 100,
             max_connections: 256,
+            tls: TlsFile::default(),
         }
     }
 }

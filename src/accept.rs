@@ -1,0 +1,492 @@
+//! The first stage of the request path: accepting connections on the proxy listener.
+//!
+//! A connection is admitted within the global and per-address limits, finishes its TLS
+//! handshake in time (HTTP/2 or HTTP/1.1 by ALPN; plain TCP is HTTP/1.1), and is then
+//! served by hyper with the limits below until it ends, falls idle, or the server drains.
+//! Each request is handed to [`Proxy::handle`](crate::proxy::Proxy::handle).
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::proxy::framing::{FramingWatch, Watched};
+use crate::proxy::{self, Proxy};
+use crate::tls::{ListenerTls, TlsSlot};
+
+/// How the proxy listener accepts and serves connections, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// TLS, when the listener terminates it.
+    pub tls: Option<ListenerTls>,
+    /// The most connections open at once from one address (an IPv6 /64 counts as one).
+    pub max_connections_per_ip: usize,
+    /// A connection with no request in flight and no byte moving is closed after this.
+    pub idle_timeout: Duration,
+    /// The longest a client may take to send a request's headers (HTTP/1).
+    pub header_read_timeout: Duration,
+    /// The most bytes of request line and headers; for HTTP/2, of the header list.
+    pub max_header_bytes: usize,
+    pub http2: Http2Limits,
+}
+
+/// Limits on one HTTP/2 connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http2Limits {
+    pub max_concurrent_streams: u32,
+    /// Streams opened and reset by the client before being served (rapid reset).
+    pub max_pending_resets: usize,
+    /// Streams reset by the server for the client's protocol errors.
+    pub max_local_error_resets: usize,
+    pub keep_alive_interval: Duration,
+    pub keep_alive_timeout: Duration,
+}
+
+/// What every worker's accept loop shares: the limits and the current TLS configuration.
+pub struct Listener {
+    config: Config,
+    /// One permit per open connection, across all workers.
+    slots: Arc<Semaphore>,
+    per_ip: Arc<PerAddress>,
+    tls: Option<TlsSlot>,
+}
+
+impl Listener {
+    pub fn new(config: Config, max_connections: usize) -> Self {
+        let tls = config.tls.as_ref().map(|t| TlsSlot::new(t.config.clone()));
+        Listener {
+            per_ip: Arc::new(PerAddress::new(config.max_connections_per_ip)),
+            slots: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+            tls,
+            config,
+        }
+    }
+
+    /// The permits of all connections; every one back means every connection ended.
+    pub fn slots(&self) -> &Arc<Semaphore> {
+        &self.slots
+    }
+
+    /// Puts in the certificate of a reloaded configuration, for connections accepted from
+    /// now on. False when the listener runs without TLS (turning it on needs a restart).
+    pub fn replace_tls(&self, tls: &ListenerTls) -> bool {
+        match &self.tls {
+            Some(slot) => {
+                slot.replace(tls.config.clone());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Connections open from `ip`'s address or /64 (for tests and metrics).
+    pub fn connections_from(&self, ip: IpAddr) -> usize {
+        self.per_ip.count(ip)
+    }
+}
+
+/// Accepts connections until `stop` turns true; each is served on this thread's loop.
+pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, shared: Arc<Listener>, stop: watch::Receiver<bool>) {
+    let mut stopping = stop.clone();
+    let mut shutdown = std::pin::pin!(stopping.wait_for(|&s| s));
+    loop {
+        let slot = tokio::select! {
+            _ = &mut shutdown => return,
+            slot = shared.slots.clone().acquire_owned() => match slot { Ok(s) => s, Err(_) => return },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "Accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(serve(tcp, peer, proxy.clone(), shared.clone(), slot, stop.clone()));
+    }
+}
+
+/// The answer to a plain-HTTP client past its address's connection limit.
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+connection: close\r\ncontent-length: 39\r\n\r\ntoo many connections from this address\n";
+
+async fn serve(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    shared: Arc<Listener>,
+    slot: OwnedSemaphorePermit,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(_per_ip) = shared.per_ip.enter(peer.ip()) else {
+        tracing::debug!(client.ip = %peer.ip(), "Too many connections from one address");
+        if shared.tls.is_none() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(TOO_MANY)).await;
+        }
+        return;
+    };
+    let config = &shared.config;
+    let activity = Arc::new(Activity::default());
+    let tcp = Metered {
+        io: tcp,
+        activity: activity.clone(),
+    };
+    match &shared.tls {
+        None => {
+            let conn = serve_http1(tcp, peer, &proxy, config, &activity);
+            drive(conn, &activity, config.idle_timeout, &mut stop).await;
+        }
+        Some(slot) => {
+            let handshake_timeout = config.tls.as_ref().map_or(Duration::from_secs(10), |t| t.handshake_timeout);
+            let tls = match tokio::time::timeout(handshake_timeout, slot.acceptor().accept(tcp)).await {
+                Err(_) => {
+                    tracing::debug!(client.ip = %peer.ip(), "TLS handshake timed out");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(client.ip = %peer.ip(), error = %e, "TLS handshake failed");
+                    return;
+                }
+                Ok(Ok(tls)) => tls,
+            };
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                let conn = serve_http2(tls, peer, &proxy, config, &activity);
+                drive(conn, &activity, config.idle_timeout, &mut stop).await;
+            } else {
+                let conn = serve_http1(tls, peer, &proxy, config, &activity);
+                drive(conn, &activity, config.idle_timeout, &mut stop).await;
+            }
+        }
+    }
+    drop(slot);
+}
+
+/// The service every request on a connection goes through: it counts the request in
+/// flight while the proxy works on it.
+fn service(
+    proxy: &Arc<Proxy>,
+    conn: proxy::Connection,
+    activity: &Arc<Activity>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<proxy::Body>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<http::Response<proxy::Body>, std::convert::Infallible>> + Send,
+> + Clone {
+    let conn = Arc::new(conn);
+    let proxy = proxy.clone();
+    let activity = activity.clone();
+    service_fn(move |req| {
+        let proxy = proxy.clone();
+        let conn = conn.clone();
+        let busy = InFlight::new(&activity);
+        async move {
+            let response = proxy.handle(req, &conn).await;
+            drop(busy);
+            Ok(response)
+        }
+    })
+}
+
+fn serve_http1<IO>(io: IO, peer: SocketAddr, proxy: &Arc<Proxy>, config: &Config, activity: &Arc<Activity>) -> impl Drain
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let framing = FramingWatch::new(config.max_header_bytes);
+    let conn = proxy::Connection {
+        peer,
+        framing: Some(framing.clone()),
+        upstream: Default::default(),
+    };
+    http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(Watched::new(io, framing)), service(proxy, conn, activity))
+        .with_upgrades()
+}
+
+fn serve_http2<IO>(io: IO, peer: SocketAddr, proxy: &Arc<Proxy>, config: &Config, activity: &Arc<Activity>) -> impl Drain
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Streams of one connection run concurrently; none keeps an upstream connection of
+    // its own, and HTTP/2 framing has no Content-Length/Transfer-Encoding ambiguity.
+    let conn = proxy::Connection {
+        peer,
+        framing: None,
+        upstream: Default::default(),
+    };
+    let h = &config.http2;
+    http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h.max_concurrent_streams)
+        .max_header_list_size(config.max_header_bytes.min(u32::MAX as usize) as u32)
+        .max_pending_accept_reset_streams(h.max_pending_resets)
+        .max_local_error_reset_streams(h.max_local_error_resets)
+        .keep_alive_interval(h.keep_alive_interval)
+        .keep_alive_timeout(h.keep_alive_timeout)
+        .serve_connection(TokioIo::new(io), service(proxy, conn, activity))
+}
+
+/// A served connection that can be asked to finish what it is doing and close.
+trait Drain: Future<Output = Result<(), hyper::Error>> {
+    fn drain(self: Pin<&mut Self>);
+}
+
+impl<I, S> Drain for http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Drain for http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Runs a connection until it ends. When the server drains, the connection finishes its
+/// requests in flight and closes; when it has had no request in flight and no byte moving
+/// for `idle`, it is dropped (a client that stopped reading its answer counts as idle).
+async fn drive(conn: impl Drain, activity: &Activity, idle: Duration, stop: &mut watch::Receiver<bool>) {
+    let mut conn = std::pin::pin!(conn);
+    let tick = (idle / 4).max(Duration::from_millis(50));
+    let mut still = Duration::ZERO;
+    let mut draining = *stop.borrow();
+    if draining {
+        conn.as_mut().drain();
+    }
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "Connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.changed(), if !draining => {
+                draining = true;
+                conn.as_mut().drain();
+            }
+            _ = tokio::time::sleep(tick) => {
+                if activity.moved.swap(false, Ordering::Relaxed) || activity.in_flight.load(Ordering::Relaxed) > 0 {
+                    still = Duration::ZERO;
+                } else {
+                    still += tick;
+                    if still >= idle {
+                        tracing::debug!("Idle connection closed");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether a connection is doing anything: requests in flight, and whether a byte moved
+/// since the watchdog last looked.
+#[derive(Debug, Default)]
+struct Activity {
+    moved: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A socket that notes when bytes move through it.
+struct Metered<IO> {
+    io: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO> Metered<IO> {
+    fn moved(&self, n: usize) {
+        if n > 0 {
+            self.activity.moved.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Metered<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            self.moved(buf.filled().len() - before);
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Metered<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.moved(n);
+        }
+        r
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.moved(n);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Connections open per client address, an IPv6 /64 counting as one address.
+struct PerAddress {
+    open: DashMap<IpAddr, usize>,
+    max: usize,
+}
+
+impl PerAddress {
+    fn new(max: usize) -> Self {
+        PerAddress { open: DashMap::new(), max }
+    }
+
+    /// Counts one more connection from `ip`, or None when its address is at the limit.
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<AddressGuard> {
+        let key = address_key(ip);
+        let mut n = self.open.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        drop(n);
+        Some(AddressGuard { table: self.clone(), key })
+    }
+
+    fn count(&self, ip: IpAddr) -> usize {
+        self.open.get(&address_key(ip)).map_or(0, |n| *n)
+    }
+}
+
+/// The key an address is counted under: IPv4 as it is (also when IPv4-mapped), IPv6 by
+/// its /64, which one client gets as cheaply as one address.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// One connection counted against its address; uncounted when dropped.
+struct AddressGuard {
+    table: Arc<PerAddress>,
+    key: IpAddr,
+}
+
+impl Drop for AddressGuard {
+    fn drop(&mut self) {
+        self.table.open.remove_if_mut(&self.key, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_too_many_answer_is_well_framed() {
+        let text = std::str::from_utf8(TOO_MANY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+    }
+
+    #[test]
+    fn connections_are_counted_per_address_and_per_ipv6_slash_64() {
+        let t = Arc::new(PerAddress::new(2));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let g1 = t.enter(a).unwrap();
+        let g2 = t.enter(a).unwrap();
+        assert!(t.enter(a).is_none());
+        assert!(t.enter("192.0.2.2".parse().unwrap()).is_some());
+        drop(g1);
+        assert_eq!(t.count(a), 1);
+        let g3 = t.enter(a).unwrap();
+        drop((g2, g3));
+        assert_eq!(t.count(a), 0);
+        assert!(t.open.get(&a).is_none(), "an address with no connection is forgotten");
+
+        let v6a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let _h1 = t.enter(v6a).unwrap();
+        let _h2 = t.enter(v6b).unwrap();
+        assert!(t.enter("2001:db8:1:2::77".parse().unwrap()).is_none());
+        assert!(t.enter("2001:db8:1:3::1".parse().unwrap()).is_some());
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(address_key(mapped), a);
+    }
+}
