@@ -192,6 +192,7 @@ impl Proxy {
     {
         let started = Instant::now();
         let method = req.method().clone();
+        let version = req.version();
         // A cheap clone: the URI shares the connection's read buffer.
         let uri = req.uri().clone();
         let mut log = AccessLog::default();
@@ -211,11 +212,11 @@ impl Proxy {
         match &error {
             None => tracing::info!(
                 target: "patgate::access", duration_ms = elapsed_ms, client.ip = %ip, http.method = %method, url.path = %path,
-                http.status = status, token.id = token_id, route, "Request"
+                http.version = ?version, http.status = status, token.id = token_id, route, "Request"
             ),
             Some(e) => tracing::info!(
                 target: "patgate::access", duration_ms = elapsed_ms, client.ip = %ip, http.method = %method, url.path = %path,
-                http.status = status, token.id = token_id, route, reason = %e, "Request denied"
+                http.version = ?version, http.status = status, token.id = token_id, route, reason = %e, "Request denied"
             ),
         }
         response
@@ -234,7 +235,8 @@ impl Proxy {
     {
         // Request target and framing. One framing note is taken for every request.
         let both_lengths = conn.framing.as_ref().is_some_and(|f| f.next_had_both_lengths());
-        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        // HTTP/2 always names scheme and authority; an HTTP/1 request may only name its path.
+        if req.version() < http::Version::HTTP_2 && (req.uri().scheme().is_some() || req.uri().authority().is_some()) {
             return Err(ProxyError::AbsoluteForm);
         }
         if req.method() == Method::CONNECT || req.method() == Method::TRACE {

@@ -1,5 +1,6 @@
 //! patgate's integration tests: one binary, real processes, the real git client.
 
+mod certs;
 mod support;
 
 mod admin;
@@ -9,3 +10,5 @@ mod git;
 mod hostile;
 mod postgres;
 mod proxy;
+mod reload;
+mod tls;

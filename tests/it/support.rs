@@ -145,6 +145,27 @@ impl TestPatgate {
         }
     }
 
+    /// Sends SIGHUP: reload the config file. Returns once the log says how it went, with
+    /// the line ("Configuration reloaded" or "Reload refused").
+    pub fn reload(&self) -> String {
+        let before = self.log().matches("Configuration reloaded").count() + self.log().matches("Reload refused").count();
+        let ok = Command::new("kill").arg("-HUP").arg(self.child.id().to_string()).status().unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("Configuration reloaded") || l.contains("Reload refused"))
+                .collect();
+            if lines.len() > before {
+                return lines[lines.len() - 1].to_owned();
+            }
+            assert!(Instant::now() < deadline, "no reload in the log:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits up to 5 s for `needle` to appear in the log (it is read by another thread).
     pub fn log_shows(&self, needle: &str) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -229,7 +250,7 @@ impl TestPatgate {
     pub fn mint_caller(&self, owner: &str, scopes: &str) -> Minted {
         let m = self.mint_for(owner, scopes, "*", "1h");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self.api("GET", &format!("/admin/v1/tokens/{}", m.id), Some(&m.token), None).status == 401 {
+        while !self.admin_sees(&m.token) {
             assert!(Instant::now() < deadline, "token never became live");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -253,6 +274,12 @@ impl TestPatgate {
         }
         head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
         self.api_raw(format!("{head}{body}").as_bytes())
+    }
+
+    /// True once the running server holds `token` in memory: its admin API no longer
+    /// answers 401 to it (for listeners a plain-HTTP probe cannot reach).
+    pub fn admin_sees(&self, token: &str) -> bool {
+        self.api("GET", "/admin/v1/tokens", Some(token), None).status != 401
     }
 
     /// Sends raw bytes to the admin API and reads its JSON answer.
@@ -298,6 +325,11 @@ impl GitRun {
 
 /// Runs the real git with no prompts, no user config, and a 120 s limit.
 pub fn git(cwd: &Path, args: &[&str]) -> GitRun {
+    git_env(cwd, args, &[])
+}
+
+/// The real git client with more environment (`GIT_SSL_CAINFO`, say).
+pub fn git_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> GitRun {
     let out = Command::new("timeout")
         .arg("120")
         .arg("git")
@@ -312,6 +344,7 @@ pub fn git(cwd: &Path, args: &[&str]) -> GitRun {
         .env("GIT_AUTHOR_EMAIL", "test@example.com")
         .env("GIT_COMMITTER_NAME", "Test")
         .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap();
