@@ -544,11 +544,92 @@ mod tests {
                 "[policy]\ngrantable_scopes = [\"code:read\", \"code:delete\"]\n",
                 "patgate.toml: policy.grantable_scopes: unknown scope `code:delete`",
             ),
+            (
+                "[server]\nmax_connections_per_ip = 0\n",
+                "patgate.toml: server.max_connections_per_ip: must be at least 1",
+            ),
+            (
+                "[server]\nidle_timeout = \"0s\"\n",
+                "patgate.toml: server.idle_timeout: must be more than zero",
+            ),
+            (
+                "[server.tls]\ncert_file = \"c.pem\"\n",
+                "patgate.toml: server.tls.key_file: is needed with cert_file",
+            ),
+            (
+                "[server.tls]\nkey_file = \"k.pem\"\n",
+                "patgate.toml: server.tls.cert_file: is needed with key_file",
+            ),
+            (
+                "[server.tls]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"/nonexistent/k.pem\"\n",
+                "patgate.toml: server.tls.cert_file: cannot read /nonexistent/c.pem",
+            ),
+            (
+                "[server.tls]\nhandshake_timeout = \"soon\"\n",
+                "patgate.toml: server.tls.handshake_timeout: `soon` is not a duration",
+            ),
+            (
+                "[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_ca_file = \"ca.pem\"\n",
+                "patgate.toml: server.tls.client_ca_file: client certificates are asked for on the admin listener only",
+            ),
+            (
+                "[admin.tls]\nclient_ca_file = \"ca.pem\"\n",
+                "patgate.toml: admin.tls.client_ca_file: needs cert_file and key_file",
+            ),
+            (
+                "[http2]\nmax_concurrent_streams = 0\n",
+                "patgate.toml: http2.max_concurrent_streams: must be at least 1",
+            ),
+            (
+                "[http2]\nmax_pending_resets = 0\n",
+                "patgate.toml: http2.max_pending_resets: must be at least 1",
+            ),
+            (
+                "[http2]\nkeep_alive_interval = \"often\"\n",
+                "patgate.toml: http2.keep_alive_interval: `often` is not a duration",
+            ),
         ];
         for (extra, want) in cases {
             let e = err(&format!("{extra}{ROUTE}"));
             assert!(e.starts_with(want), "{e}\n  wanted: {want}");
         }
+    }
+
+    #[test]
+    fn tls_files_are_read_at_load_and_a_bad_one_is_named_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = dir.path().join("c.pem");
+        let key = dir.path().join("k.pem");
+        std::fs::write(&cert, c.cert.pem()).unwrap();
+        std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+        let tls = |section: &str, cert: &Path, key: &Path, ca: &str| {
+            format!(
+                "[{section}.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{ca}\"\n{ROUTE}",
+                cert.display(),
+                key.display()
+            )
+        };
+        let on = parse(&tls("server", &cert, &key, "")).unwrap();
+        let t = on.accept.tls.unwrap();
+        assert_eq!(t.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(t.config.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        let admin = parse(&tls("admin", &cert, &key, cert.to_str().unwrap())).unwrap();
+        let t = admin.admin.tls.unwrap();
+        assert_eq!(t.files.client_ca.as_deref(), Some(cert.as_path()));
+        assert_eq!(t.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let e = parse(&tls("server", &cert, &cert, "")).unwrap_err().to_string();
+        assert!(e.starts_with("patgate.toml: server.tls.key_file: "), "{e}");
+        let e = parse(&tls("server", &key, &key, "")).unwrap_err().to_string();
+        assert!(e.starts_with("patgate.toml: server.tls.cert_file: "), "{e}");
+        let e = parse(&tls("admin", &cert, &key, key.to_str().unwrap())).unwrap_err().to_string();
+        assert!(e.starts_with("patgate.toml: admin.tls.client_ca_file: "), "{e}");
+        // Defaults: TLS off, HTTP/2 limits on.
+        let off = parse(ROUTE).unwrap();
+        assert!(off.accept.tls.is_none() && off.admin.tls.is_none());
+        assert_eq!(off.accept.http2.max_concurrent_streams, 100);
+        assert_eq!(off.accept.max_connections_per_ip, 256);
+        assert_eq!(off.accept.idle_timeout, Duration::from_secs(60));
     }
 
     #[test]
@@ -582,6 +663,40 @@ mod tests {
         assert!(e.starts_with("patgate.toml: ") && e.contains("listen_on"), "{e}");
         let e = err(&format!("[sever]\n{ROUTE}"));
         assert!(e.contains("sever"), "{e}");
+    }
+
+    #[test]
+    fn upstream_ca_file_must_hold_a_certificate() {
+        use crate::proxy::upstream::{Trust, Upstream};
+        let c = parse(&format!("[[routes]]\npath = \"/x\"\nupstream = \"https://git.example.com\"\nrules = \"git\"\n{ROUTE}")).unwrap();
+        assert_eq!(c.proxy.upstream.trust, Trust::System);
+        let Some(Upstream::Http(target)) = c.proxy.routes.iter().map(|r| &r.target).find(|t| matches!(t, Upstream::Http(_))) else {
+            panic!("no https route")
+        };
+        assert!(target.tls);
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = ca.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().pem();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, pem).unwrap();
+        let c = parse(&format!("[upstream]\nca_file = \"{}\"\n{ROUTE}", good.display())).unwrap();
+        assert!(matches!(&c.proxy.upstream.trust, Trust::Bundle { file, certs } if *file == good && certs.len() == 1));
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let e = err(&format!("[upstream]\nca_file = \"{}\"\n{ROUTE}", empty.display()));
+        assert_eq!(
+            e,
+            format!(
+                "patgate.toml: upstream.ca_file: `{}` holds no certificate (no `BEGIN CERTIFICATE` section)",
+                empty.display()
+            )
+        );
+        let e = err(&format!("[upstream]\nca_file = \"/nonexistent/ca.pem\"\n{ROUTE}"));
+        assert!(
+            e.starts_with("patgate.toml: upstream.ca_file: `/nonexistent/ca.pem` cannot be read ("),
+            "{e}"
+        );
     }
 
     #[test]
