@@ -132,6 +132,10 @@ impl Config {
             response_timeout: cx.duration("upstream.response_timeout", &f.upstream.response_timeout)?,
             pool_idle_timeout: cx.duration("upstream.pool_idle_timeout", &f.upstream.pool_idle_timeout)?,
             pool_max_idle_per_host: f.upstream.pool_max_idle_per_host,
+            trust: match f.upstream.ca_file.as_str() {
+                "" => proxy::upstream::Trust::System,
+                ca => proxy::upstream::Trust::bundle(Path::new(ca)).map_err(|e| cx.err("upstream.ca_file", format!("`{ca}` {e}")))?,
+            },
         };
         if f.git.binary.trim().is_empty() {
             return Err(cx.err("git.binary", "must name the git executable"));
@@ -668,7 +672,10 @@ mod tests {
     #[test]
     fn upstream_ca_file_must_hold_a_certificate() {
         use crate::proxy::upstream::{Trust, Upstream};
-        let c = parse(&format!("[[routes]]\npath = \"/x\"\nupstream = \"https://git.example.com\"\nrules = \"git\"\n{ROUTE}")).unwrap();
+        let c = parse(&format!(
+            "[[routes]]\npath = \"/x\"\nupstream = \"https://git.example.com\"\nrules = \"git\"\n{ROUTE}"
+        ))
+        .unwrap();
         assert_eq!(c.proxy.upstream.trust, Trust::System);
         let Some(Upstream::Http(target)) = c.proxy.routes.iter().map(|r| &r.target).find(|t| matches!(t, Upstream::Http(_))) else {
             panic!("no https route")

@@ -180,6 +180,9 @@ pub struct UpstreamFile {
     pub response_timeout: String,
     pub pool_idle_timeout: String,
     pub pool_max_idle_per_host: usize,
+    /// A PEM bundle of CA certificates that https upstreams are verified against, instead
+    /// of the system's root certificates; empty: the system's.
+    pub ca_file: String,
 }
 
 impl Default for UpstreamFile {
@@ -189,6 +192,7 @@ impl Default for UpstreamFile {
             response_timeout: "60s".into(),
             pool_idle_timeout: "90s".into(),
             pool_max_idle_per_host: 64,
+            ca_file: String::new(),
         }
     }
 }

@@ -13,3 +13,4 @@ mod postgres;
 mod proxy;
 mod reload;
 mod tls;
+mod upstream_tls;
