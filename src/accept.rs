@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::proxy::client_addr::TrustedProxies;
 use crate::proxy::framing::{FramingWatch, Watched};
 use crate::proxy::{self, Proxy};
 use crate::tls::{ListenerTls, TlsSlot};
@@ -60,14 +61,17 @@ pub struct Listener {
     /// One permit per open connection, across all workers.
     slots: Arc<Semaphore>,
     per_ip: Arc<PerAddress>,
+    /// Load balancers: many clients share their address, so no per-address limit.
+    trusted: TrustedProxies,
     tls: Option<TlsSlot>,
 }
 
 impl Listener {
-    pub fn new(config: Config, max_connections: usize) -> Self {
+    pub fn new(config: Config, max_connections: usize, trusted: TrustedProxies) -> Self {
         let tls = config.tls.as_ref().map(|t| TlsSlot::new(t.config.clone()));
         Listener {
             per_ip: Arc::new(PerAddress::new(config.max_connections_per_ip)),
+            trusted,
             slots: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
             tls,
             config,
@@ -135,13 +139,17 @@ async fn serve(
     slot: OwnedSemaphorePermit,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Some(_per_ip) = shared.per_ip.enter(peer.ip()) else {
+    let per_ip = match shared.trusted.contains(peer.ip()) {
+        true => None,
+        false => Some(shared.per_ip.enter(peer.ip())),
+    };
+    if let Some(None) = per_ip {
         tracing::debug!(client.ip = %peer.ip(), "Too many connections from one address");
         if shared.tls.is_none() {
             let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(TOO_MANY)).await;
         }
         return;
-    };
+    }
     let config = &shared.config;
     let activity = Arc::new(Activity::default());
     let tcp = Metered {

@@ -83,7 +83,11 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     }
 
     let max = config.proxy.max_connections.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize) as u32;
-    let listener = Arc::new(Listener::new(config.accept.clone(), max as usize));
+    let listener = Arc::new(Listener::new(
+        config.accept.clone(),
+        max as usize,
+        config.proxy.trusted_proxies.clone(),
+    ));
     let proxy = Proxy::new(Arc::new(config.proxy.clone()), tokens);
     let mut reload = Reload {
         running: config,

@@ -214,6 +214,13 @@ impl Config {
             routes: RouteTable::new(routes),
             upstream,
             git,
+            body_rate: proxy::rate::MinRate {
+                bytes_per_sec: f.server.body_min_rate,
+                grace: cx.duration("server.body_rate_grace", &f.server.body_rate_grace)?,
+            },
+            trusted_proxies: proxy::client_addr::TrustedProxies::parse(&f.server.trusted_proxies)
+                .map_err(|e| cx.err(format!("server.trusted_proxies[{}]", e.index), &e))?,
+            brute_force: brute_force(&cx, &f.brute_force)?,
         };
         let store = store::Config {
             location: store::Location::parse(&f.store.url)
@@ -242,6 +249,16 @@ impl Config {
             log,
         })
     }
+}
+
+fn brute_force(cx: &Ctx<'_>, b: &file::BruteForceFile) -> Result<Option<proxy::lockout::Config>, ConfigError> {
+    let config = proxy::lockout::Config {
+        max_failures: cx.positive("brute_force.max_failures", b.max_failures as usize)? as u32,
+        window: cx.duration("brute_force.window", &b.window)?,
+        block: cx.duration("brute_force.block", &b.block)?,
+        max_tracked: cx.positive("brute_force.max_tracked", b.max_tracked)?,
+    };
+    Ok(b.enabled.then_some(config))
 }
 
 /// True when two listen addresses would take the same port: the same port (not 0) on the
@@ -581,6 +598,26 @@ mod tests {
                 "patgate.toml: admin.tls.client_ca_file: needs cert_file and key_file",
             ),
             (
+                "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n",
+                "patgate.toml: server.trusted_proxies[1]: \"10.0.0.1/8\"",
+            ),
+            (
+                "[server]\nbody_rate_grace = \"0s\"\n",
+                "patgate.toml: server.body_rate_grace: must be more than zero",
+            ),
+            (
+                "[brute_force]\nmax_failures = 0\n",
+                "patgate.toml: brute_force.max_failures: must be at least 1",
+            ),
+            (
+                "[brute_force]\nblock = \"forever\"\n",
+                "patgate.toml: brute_force.block: `forever` is not a duration",
+            ),
+            (
+                "[brute_force]\nmax_tracked = 0\n",
+                "patgate.toml: brute_force.max_tracked: must be at least 1",
+            ),
+            (
                 "[http2]\nmax_concurrent_streams = 0\n",
                 "patgate.toml: http2.max_concurrent_streams: must be at least 1",
             ),
@@ -634,6 +671,9 @@ mod tests {
         assert_eq!(off.accept.http2.max_concurrent_streams, 100);
         assert_eq!(off.accept.max_connections_per_ip, 256);
         assert_eq!(off.accept.idle_timeout, Duration::from_secs(60));
+        assert_eq!(off.proxy.body_rate.bytes_per_sec, 1024);
+        assert_eq!(off.proxy.brute_force.unwrap().max_failures, 20);
+        assert!(off.proxy.trusted_proxies.is_empty());
     }
 
     #[test]

@@ -200,7 +200,7 @@ async fn run(command: Command, config: Option<Config>) -> anyhow::Result<()> {
                 ..log
             });
             let backend = match (&t.admin_url, config) {
-                (Some(url), _) => Backend::Admin(AdminClient::new(url, &admin_token(t.token_file.as_deref())?)?),
+                (Some(url), _) => Backend::Admin(Box::new(AdminClient::new(url, &admin_token(t.token_file.as_deref())?)?)),
                 (None, Some(config)) => Backend::Store(Store::open(&config.store.location).await?),
                 (None, None) => unreachable!("the config is loaded unless --admin-url is given"),
             };
@@ -237,7 +237,7 @@ async fn shutdown_signal() {
 /// the first admin token is made), or through a running server's admin API.
 enum Backend {
     Store(Store),
-    Admin(AdminClient),
+    Admin(Box<AdminClient>),
 }
 
 const ACTOR: &str = "cli";

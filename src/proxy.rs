@@ -7,8 +7,11 @@
 //! in-memory token copy and the validated config: it never enters the store.
 
 pub mod cgi;
+pub mod client_addr;
 pub mod framing;
 pub mod headers;
+pub mod lockout;
+pub mod rate;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -44,6 +47,12 @@ pub struct Config {
     pub routes: RouteTable<Upstream>,
     pub upstream: upstream::Config,
     pub git: cgi::Config,
+    /// The least rate at which request bodies must arrive while the upstream waits.
+    pub body_rate: rate::MinRate,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: client_addr::TrustedProxies,
+    /// Failed authentications per client address; `None` when off.
+    pub brute_force: Option<lockout::Config>,
 }
 
 /// What is known of the connection a request came on.
@@ -87,6 +96,10 @@ pub enum ProxyError {
     CgiUnavailable,
     #[error("git http-backend gave a malformed answer")]
     CgiMalformed,
+    #[error(transparent)]
+    Blocked(#[from] lockout::Blocked),
+    #[error(transparent)]
+    BodyTooSlow(#[from] rate::BodyTooSlow),
 }
 
 impl ProxyError {
@@ -109,6 +122,8 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Blocked(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::BodyTooSlow(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -138,6 +153,8 @@ pub struct Proxy {
     tokens: Arc<TokenCache>,
     http: upstream::HttpClient,
     cgi: Arc<cgi::Runner>,
+    /// Failed authentications per address, shared by every worker.
+    lockout: Option<Arc<lockout::Lockout>>,
 }
 
 /// What the access log says of one request, borrowed or shared: nothing is copied for it.
@@ -145,6 +162,8 @@ pub struct Proxy {
 struct AccessLog<'a> {
     identity: Option<auth::Identity>,
     route: Option<&'a str>,
+    /// The client's address, through trusted proxies; the peer's until it is known.
+    client: Option<std::net::IpAddr>,
 }
 
 impl Proxy {
@@ -153,12 +172,14 @@ impl Proxy {
         let http = upstream::HttpClient::new(&config.upstream);
         let cgi = Arc::new(cgi::Runner::new(config.git.clone()));
         let routes = Arc::new(ArcSwap::from_pointee(config.routes.clone()));
+        let lockout = config.brute_force.map(|c| Arc::new(lockout::Lockout::new(c)));
         Proxy {
             config,
             routes,
             tokens,
             http,
             cgi,
+            lockout,
         }
     }
 
@@ -176,6 +197,7 @@ impl Proxy {
             tokens: self.tokens.clone(),
             http: upstream::HttpClient::new(&self.config.upstream),
             cgi: self.cgi.clone(),
+            lockout: self.lockout.clone(),
         }
     }
 
@@ -208,7 +230,7 @@ impl Proxy {
         let token_id = log.identity.as_ref().map_or("-", |i| i.token_id());
         let route = log.route.unwrap_or("-");
         let path = uri.path();
-        let ip = conn.peer.ip();
+        let ip = log.client.unwrap_or(conn.peer.ip());
         match &error {
             None => tracing::info!(
                 target: "patgate::access", duration_ms = elapsed_ms, client.ip = %ip, http.method = %method, url.path = %path,
@@ -247,9 +269,18 @@ impl Proxy {
         }
         // Path.
         let path = rules::normalize(req.uri().path())?;
-        // Credential and token.
+        // Credential and token, unless this address has failed too often.
+        let client = self.config.trusted_proxies.client_ip(conn.peer.ip(), req.headers());
+        log.client = Some(client);
+        if let Some(lockout) = &self.lockout {
+            lockout.check(client, Instant::now())?;
+        }
         let now = crate::store::now();
-        let identity = auth::authenticate(req.headers(), &self.tokens, now)?;
+        let identity = auth::authenticate(req.headers(), &self.tokens, now).inspect_err(|e| {
+            if let Some(lockout) = self.lockout.as_ref().filter(|_| counts_as_failure(e)) {
+                lockout.failed(client, Instant::now());
+            }
+        })?;
         log.identity = Some(identity.clone());
         // Route and rule.
         let found = routes.find(&path).ok_or(ProxyError::NoRoute)?;
@@ -268,22 +299,44 @@ impl Proxy {
         let permit = auth::authorize(identity, Requirement { scope, org: found.org })?;
         // Forward.
         let (mut parts, body) = req.into_parts();
+        // A body that arrives too slowly is cut; the alarm tells this 408 from an upstream failure.
+        let alarm = (!body.is_end_stream()).then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let mut body = rate::RateLimited::new(body, self.config.body_rate);
+        if let Some(a) = &alarm {
+            body = body.with_alarm(a.clone());
+        }
         // A client connection that stays open keeps its own upstream connection; one that
         // ends with this request borrows from the worker's pool.
         let keeps = parts.version == http::Version::HTTP_11 && !headers::asks_to_close(&parts.headers);
-        headers::prepare_upstream(&mut parts.headers, &permit, conn.peer);
-        match &found.route.target {
+        // The upstream is told the client's address, through trusted proxies.
+        let client = SocketAddr::new(client, conn.peer.port());
+        headers::prepare_upstream(&mut parts.headers, &permit, client);
+        let forwarded = match &found.route.target {
             Upstream::Http(target) => {
                 let sticky = keeps.then_some(&conn.upstream);
                 self.http.forward(target, parts, body, &path, &permit, sticky).await
             }
-            Upstream::GitHttpBackend(root) => self.cgi.run(root, parts, body, &path, &permit, conn.peer).await,
+            Upstream::GitHttpBackend(root) => self.cgi.run(root, parts, body, &path, &permit, client).await,
+        };
+        match forwarded {
+            Err(_) if alarm.is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed)) => Err(rate::BodyTooSlow {
+                bytes_per_sec: self.config.body_rate.bytes_per_sec,
+            }
+            .into()),
+            other => other,
         }
     }
 }
 
 fn full(text: String) -> Body {
     Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Whether a failed authentication counts against the client's address: a secret that
+/// was given and is wrong. A request without one does not count (git asks without
+/// credentials first, then again with them).
+fn counts_as_failure(e: &AuthError) -> bool {
+    !matches!(e, AuthError::Missing | AuthError::ScopeMissing { .. } | AuthError::OrgMissing { .. })
 }
 
 /// The answer for an error: its status, a one-line text body, and for 401 the challenge.
@@ -295,8 +348,12 @@ pub fn error_response(e: &ProxyError) -> Response<Body> {
     if e.status() == StatusCode::UNAUTHORIZED {
         h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
     }
-    // A request that could be read two ways may have left the connection in doubt too.
-    if e.status() == StatusCode::BAD_REQUEST {
+    if let ProxyError::Blocked(b) = e {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(b.retry_after_secs()));
+    }
+    // A request that could be read two ways, or whose body was cut, may have left the
+    // connection in doubt too.
+    if e.status() == StatusCode::BAD_REQUEST || e.status() == StatusCode::REQUEST_TIMEOUT {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
@@ -335,13 +392,25 @@ mod tests {
             (ProxyError::UpstreamFailed, S::BAD_GATEWAY),
             (ProxyError::CgiUnavailable, S::BAD_GATEWAY),
             (ProxyError::CgiMalformed, S::BAD_GATEWAY),
+            (
+                ProxyError::Blocked(lockout::Blocked {
+                    retry_after: Duration::from_millis(1500),
+                }),
+                S::TOO_MANY_REQUESTS,
+            ),
+            (ProxyError::BodyTooSlow(rate::BodyTooSlow { bytes_per_sec: 1024 }), S::REQUEST_TIMEOUT),
         ];
         for (e, want) in cases {
             let r = error_response(&e);
             assert_eq!(r.status(), want, "{e}");
             assert!(!e.public_message().contains('\n'));
             assert_eq!(r.headers().contains_key(header::WWW_AUTHENTICATE), want == S::UNAUTHORIZED);
+            assert_eq!(r.headers().contains_key(header::RETRY_AFTER), want == S::TOO_MANY_REQUESTS);
         }
+        let r = error_response(&ProxyError::Blocked(lockout::Blocked {
+            retry_after: Duration::from_millis(1500),
+        }));
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
     }
 
     #[test]

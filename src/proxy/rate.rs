@@ -45,6 +45,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -87,6 +89,8 @@ pub struct RateLimited<B> {
     /// Set on the first wait.
     timer: Option<Pin<Box<Sleep>>>,
     failed: bool,
+    /// Raised when the body is cut, for whoever sees only the error its consumer made of it.
+    alarm: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -111,7 +115,15 @@ impl<B> RateLimited<B> {
             waiting: None,
             timer: None,
             failed: false,
+            alarm: None,
         }
+    }
+
+    /// Raises `alarm` when the body is cut: the upstream's client reports only that the
+    /// body failed, and the request path needs to know why.
+    pub fn with_alarm(mut self, alarm: Arc<AtomicBool>) -> Self {
+        self.alarm = Some(alarm);
+        self
     }
 
     /// The inner body.
@@ -232,6 +244,9 @@ where
                 Ok(()) => Poll::Pending,
                 Err(e) => {
                     this.failed = true;
+                    if let Some(alarm) = &this.alarm {
+                        alarm.store(true, Ordering::Relaxed);
+                    }
                     this.waiting = None;
                     this.timer = None;
                     Poll::Ready(Some(Err(e)))

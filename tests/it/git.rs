@@ -74,7 +74,7 @@ fn push_needs_code_write() {
     let remote = git(&bare, &["rev-parse", "main"]).ok().stdout;
     assert_eq!(local.trim(), remote.trim());
     assert!(
-        p.log_shows("POST url.path=/acme/demo.git/git-receive-pack http.status=200"),
+        p.log_shows("POST url.path=/acme/demo.git/git-receive-pack http.version=HTTP/1.1 http.status=200"),
         "{}",
         p.log()
     );

@@ -9,6 +9,7 @@ mod cluster;
 mod faults;
 mod git;
 mod hostile;
+mod limits;
 mod postgres;
 mod proxy;
 mod reload;

@@ -38,6 +38,15 @@ impl TestPatgate {
     }
 
     pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> TestPatgate {
+        Self::start_full("", extra, env)
+    }
+
+    /// Starts patgate with `server` lines added to its `[server]` table.
+    pub fn start_with_server(server: &str, extra: &str) -> TestPatgate {
+        Self::start_full(server, extra, &[])
+    }
+
+    fn start_full(server: &str, extra: &str, env: &[(&str, &str)]) -> TestPatgate {
         let dir = tempfile::tempdir().unwrap();
         let repos = dir.path().join("repos");
         std::fs::create_dir_all(&repos).unwrap();
@@ -47,6 +56,13 @@ impl TestPatgate {
         } else {
             "127.0.0.1:0"
         };
+        // Tests send many bad secrets from one address on purpose; tests/it/limits.rs
+        // covers the lockout.
+        let brute_force = if extra.contains("[brute_force]") {
+            ""
+        } else {
+            "[brute_force]\nmax_failures = 1000000\n"
+        };
         let admin = if extra.contains("[admin]") {
             ""
         } else {
@@ -55,7 +71,7 @@ impl TestPatgate {
         std::fs::write(
             &config,
             format!(
-                "[server]\nlisten = \"{listen_in_file}\"\nshutdown_grace = \"2s\"\n\n[store]\nurl = \"sqlite://{}\"\npoll_interval = \"100ms\"\n\n{admin}\n{extra}\n\n[[routes]]\npath = \"/{{org}}/**\"\nupstream = \"git-http-backend:{}\"\nrules = \"git\"\n",
+                "[server]\nlisten = \"{listen_in_file}\"\nshutdown_grace = \"2s\"\n{server}\n\n[store]\nurl = \"sqlite://{}\"\npoll_interval = \"100ms\"\n\n{brute_force}{admin}\n{extra}\n\n[[routes]]\npath = \"/{{org}}/**\"\nupstream = \"git-http-backend:{}\"\nrules = \"git\"\n",
                 dir.path().join("patgate.db").display(),
                 repos.display()
             ),
@@ -230,6 +246,15 @@ impl TestPatgate {
     pub fn mint_live_for(&self, scopes: &str, orgs: &str, expires_in: &str) -> Minted {
         let m = self.mint(scopes, orgs, expires_in);
         let deadline = Instant::now() + Duration::from_secs(5);
+        // Asked through the admin API where there is one: a probe of the proxy that fails
+        // would count against this address's failed authentications.
+        if self.admin.is_some() {
+            while !self.admin_sees(&m.token) {
+                assert!(Instant::now() < deadline, "token never became live");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return m;
+        }
         loop {
             let r = http(
                 self.addr,
@@ -383,7 +408,25 @@ pub fn http(addr: SocketAddr, raw: &str) -> RawResponse {
 }
 
 pub fn http_bytes(addr: SocketAddr, raw: &[u8]) -> RawResponse {
-    let mut s = TcpStream::connect(addr).unwrap();
+    http_on(TcpStream::connect(addr).unwrap(), raw)
+}
+
+/// A connection to `addr` from the local address `from` (any 127.0.0.0/8 address works on
+/// loopback): another client, as patgate counts clients.
+pub fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+    let s = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(from, 0)).unwrap();
+        socket.connect(addr).await.unwrap()
+    });
+    let s = s.into_std().unwrap();
+    s.set_nonblocking(false).unwrap();
+    s
+}
+
+/// Sends `raw` on `s` and reads one answer.
+pub fn http_on(mut s: TcpStream, raw: &[u8]) -> RawResponse {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.write_all(raw).unwrap();
     let mut buf = Vec::new();
