@@ -336,7 +336,10 @@ fn full(text: String) -> Body {
 /// was given and is wrong. A request without one does not count (git asks without
 /// credentials first, then again with them).
 fn counts_as_failure(e: &AuthError) -> bool {
-    !matches!(e, AuthError::Missing | AuthError::ScopeMissing { .. } | AuthError::OrgMissing { .. })
+    !matches!(
+        e,
+        AuthError::Missing | AuthError::ScopeMissing { .. } | AuthError::OrgMissing { .. }
+    )
 }
 
 /// The answer for an error: its status, a one-line text body, and for 401 the challenge.
@@ -398,7 +401,10 @@ mod tests {
                 }),
                 S::TOO_MANY_REQUESTS,
             ),
-            (ProxyError::BodyTooSlow(rate::BodyTooSlow { bytes_per_sec: 1024 }), S::REQUEST_TIMEOUT),
+            (
+                ProxyError::BodyTooSlow(rate::BodyTooSlow { bytes_per_sec: 1024 }),
+                S::REQUEST_TIMEOUT,
+            ),
         ];
         for (e, want) in cases {
             let r = error_response(&e);
