@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod faults;
 mod git;
+mod h2;
 mod hostile;
 mod limits;
 mod postgres;
