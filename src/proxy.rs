@@ -166,6 +166,58 @@ struct AccessLog<'a> {
     client: Option<std::net::IpAddr>,
 }
 
+/// One request's access-log line. It is written when the answer is ready, or, if the
+/// client goes away first (a closed connection, an HTTP/2 reset), when the request is
+/// dropped: with status 499, as nginx logs it, since it may have reached the upstream.
+struct AccessEntry<'a> {
+    started: Instant,
+    method: Method,
+    version: http::Version,
+    uri: http::Uri,
+    peer: std::net::IpAddr,
+    log: AccessLog<'a>,
+    written: bool,
+}
+
+/// The status logged for a request whose client went away before its answer.
+const CLIENT_CLOSED: u16 = 499;
+
+impl AccessEntry<'_> {
+    fn write(&mut self, status: StatusCode, reason: Option<&ProxyError>) {
+        self.written = true;
+        self.emit(status.as_u16(), reason.map(|e| e as &dyn std::fmt::Display));
+    }
+
+    fn emit(&self, status: u16, reason: Option<&dyn std::fmt::Display>) {
+        let message = match (status, reason) {
+            (CLIENT_CLOSED, _) => "Request cancelled",
+            (_, None) => "Request",
+            (_, Some(_)) => "Request denied",
+        };
+        tracing::info!(
+            target: "patgate::access",
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            client.ip = %self.log.client.unwrap_or(self.peer),
+            http.method = %self.method,
+            url.path = %self.uri.path(),
+            http.version = ?self.version,
+            http.status = status,
+            token.id = self.log.identity.as_ref().map_or("-", |i| i.token_id()),
+            route = self.log.route.unwrap_or("-"),
+            reason = reason.map(tracing::field::display),
+            "{message}"
+        );
+    }
+}
+
+impl Drop for AccessEntry<'_> {
+    fn drop(&mut self) {
+        if !self.written {
+            self.emit(CLIENT_CLOSED, Some(&"the client went away before the answer"));
+        }
+    }
+}
+
 impl Proxy {
     /// Builds the proxy over a config and the token copy it reads.
     pub fn new(config: Arc<Config>, tokens: Arc<TokenCache>) -> Self {
@@ -212,36 +264,29 @@ impl Proxy {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let started = Instant::now();
-        let method = req.method().clone();
-        let version = req.version();
-        // A cheap clone: the URI shares the connection's read buffer.
-        let uri = req.uri().clone();
-        let mut log = AccessLog::default();
         // The routes as they are now serve the whole request, whatever a reload does meanwhile.
         let routes = self.routes.load_full();
-        let result = self.handle_inner(req, conn, &routes, &mut log).await;
-        let (response, error) = match result {
-            Ok(r) => (r, None),
-            Err(e) => (error_response(&e), Some(e)),
+        let mut entry = AccessEntry {
+            started: Instant::now(),
+            method: req.method().clone(),
+            version: req.version(),
+            // A cheap clone: the URI shares the connection's read buffer.
+            uri: req.uri().clone(),
+            peer: conn.peer.ip(),
+            log: AccessLog::default(),
+            written: false,
         };
-        let status = response.status().as_u16();
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let token_id = log.identity.as_ref().map_or("-", |i| i.token_id());
-        let route = log.route.unwrap_or("-");
-        let path = uri.path();
-        let ip = log.client.unwrap_or(conn.peer.ip());
-        match &error {
-            None => tracing::info!(
-                target: "patgate::access", duration_ms = elapsed_ms, client.ip = %ip, http.method = %method, url.path = %path,
-                http.version = ?version, http.status = status, token.id = token_id, route, "Request"
-            ),
-            Some(e) => tracing::info!(
-                target: "patgate::access", duration_ms = elapsed_ms, client.ip = %ip, http.method = %method, url.path = %path,
-                http.version = ?version, http.status = status, token.id = token_id, route, reason = %e, "Request denied"
-            ),
+        match self.handle_inner(req, conn, &routes, &mut entry.log).await {
+            Ok(r) => {
+                entry.write(r.status(), None);
+                r
+            }
+            Err(e) => {
+                let r = error_response(&e);
+                entry.write(r.status(), Some(&e));
+                r
+            }
         }
-        response
     }
 
     async fn handle_inner<'a, B>(

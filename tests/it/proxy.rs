@@ -317,3 +317,26 @@ fn a_kept_alive_client_connection_reuses_its_upstream_connection_and_survives_it
         "{seen:?}"
     );
 }
+
+#[test]
+fn a_request_whose_client_goes_away_is_logged_as_499() {
+    let up = spawn_upstream(true);
+    let p = TestPatgate::start(&agents_route(&up));
+    let t = p.mint_live("agentpools:read", "acme");
+    let mut s = TcpStream::connect(p.addr).unwrap();
+    s.write_all(get("/acme/_apis/distributedtask/pools", &basic("x", &t.token), "").as_bytes())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.seen.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the request never reached the upstream");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(s);
+    assert!(p.log_shows("Request cancelled duration_ms="), "{}", p.log());
+    let line = p.log().lines().find(|l| l.contains("Request cancelled")).unwrap().to_owned();
+    assert!(
+        line.contains("http.status=499") && line.contains(&format!("token.id=\"{}\"", t.id)),
+        "{line}"
+    );
+    assert!(line.contains("reason=the client went away before the answer"), "{line}");
+}
