@@ -12,6 +12,7 @@ pub mod framing;
 pub mod headers;
 pub mod lockout;
 pub mod rate;
+pub mod upgrade;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -5,6 +5,13 @@
 //! the server does (heads parsed with httparse, bodies skipped by their length or chunk
 //! by chunk, never copied), and [`FramingWatch`] keeps, for each request head in order,
 //! whether it carried both headers. The service takes one note per request.
+//!
+//! A request that asks for an upgrade is followed like any other: whether the connection
+//! switches depends on the answer, which the watch does not see. If it stays HTTP, the
+//! next heads are noted as ever; if it switches, what follows is another protocol that the
+//! watch reads as if it were HTTP, within the same bounds (one head's bytes, a bounded
+//! number of notes), and whose notes no request ever takes. It only observes: the bytes
+//! reach their reader untouched either way.
 
 use std::collections::VecDeque;
 use std::io;
@@ -16,6 +23,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The most headers a head may have; more and hyper refuses the request anyway.
 const MAX_HEADERS: usize = 128;
+
+/// The shortest request head hyper accepts: `GET / HTTP/1.1\r\n\r\n` less a little.
+const MIN_HEAD: usize = 16;
 
 /// What one connection's requests looked like on the wire, shared between its reader and
 /// its requests.
@@ -37,9 +47,11 @@ impl FramingWatch {
     }
 
     /// For the next request on the connection (call once per request, in order): true
-    /// when its head had both `Content-Length` and `Transfer-Encoding`.
+    /// when its head had both `Content-Length` and `Transfer-Encoding`, or when the watch
+    /// lost count of the heads and cannot tell.
     pub fn next_had_both_lengths(&self) -> bool {
-        self.lock().notes.pop_front().unwrap_or(false)
+        let mut t = self.lock();
+        t.notes.pop_front().unwrap_or(t.overflowed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tracker> {
@@ -61,8 +73,8 @@ enum Phase {
     ChunkEnd,
     /// Trailer lines after the last chunk: bytes in the current line.
     Trailer(usize),
-    /// The framing can no longer be followed (a head hyper refuses too, an upgrade): no
-    /// more notes are taken, and no more requests come on this connection.
+    /// The framing can no longer be followed (a head hyper refuses too, or too many notes
+    /// not taken): no more notes are taken.
     Lost,
 }
 
@@ -72,6 +84,11 @@ struct Tracker {
     head: Vec<u8>,
     max_head: usize,
     notes: VecDeque<bool>,
+    /// The most notes kept untaken. hyper reads ahead at most about two buffers of
+    /// `max_head` bytes, so HTTP never gets near it; bytes after an upgrade might.
+    max_notes: usize,
+    /// More heads came than notes may be kept: every later request is in doubt.
+    overflowed: bool,
 }
 
 impl Tracker {
@@ -81,6 +98,8 @@ impl Tracker {
             head: Vec::new(),
             max_head,
             notes: VecDeque::new(),
+            max_notes: 2 * max_head / MIN_HEAD + 64,
+            overflowed: false,
         }
     }
 
@@ -178,7 +197,6 @@ impl Tracker {
         };
         let mut te = false;
         let mut cl: Option<Option<u64>> = None;
-        let mut upgrade = req.method == Some("CONNECT");
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 te = true;
@@ -188,14 +206,15 @@ impl Tracker {
                     Some(prev) if prev != v => None,
                     _ => v,
                 });
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
             }
         }
+        if self.notes.len() >= self.max_notes {
+            self.overflowed = true;
+            self.phase = Phase::Lost;
+            return Some(used);
+        }
         self.notes.push_back(te && cl.is_some());
-        self.phase = if upgrade {
-            Phase::Lost
-        } else if te {
+        self.phase = if te {
             Phase::ChunkSize { size: 0, ext: false }
         } else {
             match cl {
@@ -308,9 +327,51 @@ mod tests {
         );
         let huge = [b"GET /a HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 20_000], b"\r\n\r\n"].concat();
         assert_eq!(notes(&huge, &[]), Vec::<bool>::new());
-        let upgraded =
-            b"GET /a HTTP/1.1\r\nUpgrade: websocket\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(notes(upgraded, &[]), vec![false]);
+    }
+
+    #[test]
+    fn an_upgrade_that_stays_http_is_followed_on() {
+        // An upgrade the server turned down: the connection goes on as HTTP, and the next
+        // head is judged like any other.
+        let s = b"GET /a HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n\
+            POST /b HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(notes(s, &[]), vec![false, true]);
+        let connect = b"CONNECT h:1 HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(notes(connect, &[]), vec![false, true]);
+    }
+
+    #[test]
+    fn bytes_after_a_switch_are_observed_within_bounds() {
+        let w = FramingWatch::new(8192);
+        w.record(b"GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert!(!w.next_had_both_lengths());
+        // A WebSocket frame is no request line: the watch stops at once.
+        w.record(&[0x81, 0x85, 1, 2, 3, 4, b'h', b'e', b'l', b'l', b'o']);
+        assert_eq!(w.lock().phase, Phase::Lost);
+        // A tunnel that carries what looks like requests fills no more than its notes.
+        let w = FramingWatch::new(8192);
+        for _ in 0..100_000 {
+            w.record(b"GET / HTTP/1.1\r\n\r\n");
+        }
+        let t = w.lock();
+        assert_eq!(t.notes.len(), t.max_notes);
+        assert_eq!(t.phase, Phase::Lost);
+        assert!(t.head.is_empty());
+    }
+
+    #[test]
+    fn a_watch_that_lost_count_puts_every_later_request_in_doubt() {
+        let w = FramingWatch::new(8192);
+        let max = w.lock().max_notes;
+        for _ in 0..=max {
+            w.record(b"GET / HTTP/1.1\r\n\r\n");
+        }
+        for _ in 0..max {
+            assert!(!w.next_had_both_lengths());
+        }
+        assert!(w.next_had_both_lengths());
+        // Before any overflow, a request with no note (hyper refused its head) is not.
+        assert!(!FramingWatch::new(8192).next_had_both_lengths());
     }
 
     proptest! {

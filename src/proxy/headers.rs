@@ -1,7 +1,9 @@
 //! Header rewriting, done once per direction. Upstream requests lose the credential,
 //! hop-by-hop headers (and any header that `Connection` names), names with `_` (CGI reads
 //! `_` and `-` alike), and every identity or forwarding header a client sent; patgate
-//! then sets its own. Responses lose their hop-by-hop headers.
+//! then sets its own. Responses lose their hop-by-hop headers. The one exception is an
+//! upgrade ([`is_upgrade`]): its `Upgrade` header and `Connection: upgrade` go through,
+//! both ways, and nothing else that `Connection` names.
 
 use std::net::SocketAddr;
 
@@ -67,14 +69,75 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// Protocols that carry HTTP requests of their own: after a switch to one of them, the
+/// upstream would read requests that patgate never judged.
+const CARRIES_HTTP: &[&str] = &["h2c", "h2", "http", "tls"];
+
+/// True when a request asks to switch protocols in a way patgate passes on: `Connection`
+/// lists `upgrade`, and `Upgrade` names protocols none of which carries HTTP (`h2c`,
+/// `HTTP/2.0`, `TLS/1.2`, ...). Whether it may is up to the version (HTTP/1.1 only) and the
+/// server, which the forwarder checks.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    let asked = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let offered = upgrade_protocols(headers.get_all(header::UPGRADE).iter());
+    asked
+        && !offered.is_empty()
+        && offered.iter().all(|p| {
+            let name = p.split('/').next().unwrap_or_default();
+            !name.is_empty() && !CARRIES_HTTP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        })
+}
+
+/// The protocols named by `Upgrade` values, or none when a value is unreadable.
+fn upgrade_protocols<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    for v in values {
+        let Ok(v) = v.to_str() else { return Vec::new() };
+        out.extend(v.split(',').map(str::trim).filter(|p| !p.is_empty()));
+    }
+    out
+}
+
+/// Removes what asks for an upgrade, for a request that is not to be upgraded.
+pub fn drop_upgrade(headers: &mut HeaderMap) {
+    headers.remove(header::UPGRADE);
+    headers.remove(header::CONNECTION);
+}
+
+/// True when a 101's `Upgrade` names exactly one protocol, and one that the request
+/// offered (`offered`: its `Upgrade` values).
+pub fn upgrade_accepted(offered: &[HeaderValue], response: &HeaderMap) -> bool {
+    let chosen = upgrade_protocols(response.get_all(header::UPGRADE).iter());
+    let offered = upgrade_protocols(offered.iter());
+    match chosen.as_slice() {
+        [one] => offered.iter().any(|o| o.eq_ignore_ascii_case(one)),
+        _ => false,
+    }
+}
+
 /// Rewrites a client's request headers for the upstream.
 pub fn prepare_upstream(headers: &mut HeaderMap, permit: &Permit, peer: SocketAddr) {
+    let upgrade = is_upgrade(headers);
     for name in connection_listed(headers) {
-        headers.remove(&name);
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
     }
-    let doomed: Vec<HeaderName> = headers.keys().filter(|n| is_removed_from_request(n)).cloned().collect();
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_removed_from_request(n) && !(upgrade && *n == header::UPGRADE))
+        .cloned()
+        .collect();
     for name in doomed {
         headers.remove(&name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-for"),
@@ -102,6 +165,22 @@ pub fn prepare_response(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes hop-by-hop headers from an upstream's 101 answer to an upgrade, except its
+/// `Upgrade`, and says `Connection: upgrade`.
+pub fn prepare_upgrade_response(headers: &mut HeaderMap) {
+    for name in connection_listed(headers) {
+        if name != header::UPGRADE {
+            headers.remove(&name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        if *name != "upgrade" {
+            headers.remove(*name);
+        }
+    }
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
 /// True when the client's `Connection` header asks to close the connection after this
 /// request.
 pub fn asks_to_close(headers: &HeaderMap) -> bool {
@@ -127,6 +206,139 @@ mod tests {
         h.insert("content-type", HeaderValue::from_static("text/plain"));
         prepare_response(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["content-type"]);
+    }
+
+    /// A permit for alice, the way the request path gets one.
+    fn permit() -> Permit {
+        use crate::auth::rules::Requirement;
+        use crate::auth::scope::{Scope, ScopeSet};
+        use crate::auth::token::TokenSecret;
+        use crate::auth::{authenticate, authorize, Orgs};
+        use crate::store::memory::TokenCache;
+        let secret = TokenSecret::generate();
+        let cache = TokenCache::default();
+        let record = crate::store::TokenRecord {
+            id: "t1".into(),
+            hash: secret.hash(),
+            name: "ci".into(),
+            owner: "alice".into(),
+            orgs: Orgs::All,
+            scopes: ScopeSet::parse(&["code:read"]).unwrap(),
+            created_at: 0,
+            expires_at: i64::MAX,
+            revoked_at: None,
+            revoked_by: None,
+            last_used_at: None,
+        };
+        cache.apply(&record, 0);
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, format!("Bearer {}", secret.expose()).parse().unwrap());
+        let identity = authenticate(&h, &cache, 1).unwrap();
+        let scope = Scope::from_name("code:read").unwrap();
+        authorize(identity, Requirement { scope, org: None }).unwrap()
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn upgrades_are_told_from_what_only_looks_like_one() {
+        let yes: &[&[(&str, &str)]] = &[
+            &[("connection", "Upgrade"), ("upgrade", "websocket")],
+            &[("connection", "keep-alive, upgrade"), ("upgrade", "WebSocket")],
+            &[("connection", "upgrade"), ("upgrade", "websocket, foo/2")],
+        ];
+        for h in yes {
+            assert!(is_upgrade(&map(h)), "{h:?}");
+        }
+        let no: &[&[(&str, &str)]] = &[
+            &[("upgrade", "websocket")],
+            &[("connection", "upgrade")],
+            &[("connection", "upgraded"), ("upgrade", "websocket")],
+            &[("connection", "upgrade"), ("upgrade", "")],
+            // Protocols that carry HTTP requests the rules never judged.
+            &[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c")],
+            &[("connection", "upgrade"), ("upgrade", "websocket, h2c")],
+            &[("connection", "upgrade"), ("upgrade", "HTTP/2.0")],
+            &[("connection", "upgrade"), ("upgrade", "TLS/1.2, HTTP/1.1")],
+            &[("connection", "upgrade"), ("upgrade", "H2")],
+            &[("connection", "upgrade"), ("upgrade", "/1")],
+        ];
+        for h in no {
+            assert!(!is_upgrade(&map(h)), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn an_upgrade_keeps_upgrade_and_connection_and_nothing_connection_names() {
+        let mut h = map(&[
+            ("connection", "Upgrade, X-Patgate-User, x-secret"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+            ("x-patgate-user", "mallory"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("authorization", "Bearer x"),
+        ]);
+        prepare_upstream(&mut h, &permit(), "10.0.0.1:5".parse().unwrap());
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["x-patgate-user"], "alice");
+        assert_eq!(h["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+        for gone in ["x-secret", "keep-alive", "te", "authorization"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        // Not an upgrade: both go, as every hop-by-hop header does.
+        for pairs in [
+            &[
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", "h2c"),
+                ("http2-settings", "AAA"),
+            ][..],
+            &[("upgrade", "websocket")][..],
+        ] {
+            let mut h = map(pairs);
+            prepare_upstream(&mut h, &permit(), "10.0.0.1:5".parse().unwrap());
+            for gone in ["connection", "upgrade", "http2-settings"] {
+                assert!(!h.contains_key(gone), "{gone} in {pairs:?}");
+            }
+        }
+        let mut h = map(&[("connection", "upgrade"), ("upgrade", "websocket")]);
+        drop_upgrade(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn a_switch_must_be_to_one_protocol_that_was_offered() {
+        let offered = [HeaderValue::from_static("websocket, chat/2")];
+        assert!(upgrade_accepted(&offered, &map(&[("upgrade", "WebSocket")])));
+        assert!(upgrade_accepted(&offered, &map(&[("upgrade", "chat/2")])));
+        assert!(!upgrade_accepted(&offered, &map(&[("upgrade", "h2c")])));
+        assert!(!upgrade_accepted(&offered, &map(&[("upgrade", "chat/3")])));
+        assert!(!upgrade_accepted(&offered, &map(&[("upgrade", "websocket, chat/2")])));
+        assert!(!upgrade_accepted(&offered, &map(&[])));
+    }
+
+    #[test]
+    fn a_switching_answer_keeps_its_upgrade_only() {
+        let mut h = map(&[
+            ("connection", "Upgrade, x-internal"),
+            ("upgrade", "websocket"),
+            ("x-internal", "1"),
+            ("keep-alive", "timeout=5"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ]);
+        prepare_upgrade_response(&mut h);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["sec-websocket-accept"], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert!(!h.contains_key("x-internal") && !h.contains_key("keep-alive"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Upstreams: where a route sends what it admits. An HTTP upstream (`http://` or
 //! `https://`) is reached through one connect function, [`Connector::open`], shared by the
-//! client connection's own upstream connection ([`Sticky`]) and the worker's pool;
-//! bodies stream both ways and are never buffered whole. An https upstream is
+//! client connection's own upstream connection ([`Sticky`]), the worker's pool and
+//! upgrades; bodies stream both ways and are never buffered whole. An https upstream is
 //! verified against the system's root certificates, or only against the `upstream.ca_file`
 //! bundle when one is set, with its host as SNI and HTTP/1.1 as the one ALPN protocol.
 //! Nothing here judges a request: [`HttpClient::forward`] takes a [`Permit`].
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{request, Request, Response, Uri};
+use http::{request, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::{headers, Body, BoxError, ProxyError};
+use super::{headers, upgrade, Body, BoxError, ProxyError};
 use crate::auth::rules::NormalizedPath;
 use crate::auth::Permit;
 
@@ -466,7 +466,9 @@ impl HttpClient {
         Ok(response)
     }
 
-    /// Sends a permitted request to `target` and streams the answer back.
+    /// Sends a permitted request to `target` and streams the answer back. An HTTP/1.1
+    /// upgrade request (see [`headers::is_upgrade`]) goes on a connection of its own and,
+    /// when the upstream switches protocols, becomes a tunnel ([`upgrade`]).
     pub async fn forward<B>(
         &self,
         target: &HttpTarget,
@@ -491,11 +493,26 @@ impl HttpClient {
             .path_and_query(pq)
             .build()
             .map_err(|_| ProxyError::UpstreamFailed)?;
+        // hyper puts the client connection's upgrade here for HTTP/1.1 requests that ask
+        // for one; only those may go upstream asking for one.
+        let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let upgrade = match client_upgrade {
+            Some(on) if parts.version == http::Version::HTTP_11 && headers::is_upgrade(&parts.headers) => Some(on),
+            _ => {
+                headers::drop_upgrade(&mut parts.headers);
+                None
+            }
+        };
         parts.version = http::Version::HTTP_11;
         // The upstream serves the route's host; the client's stays in X-Forwarded-Host.
         let host = http::HeaderValue::from_str(target.authority.as_str()).map_err(|_| ProxyError::UpstreamFailed)?;
         parts.headers.insert(http::header::HOST, host);
-        let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+        let hold = parts.extensions.remove::<upgrade::Hold>();
+        let mut req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+        if let Some(client_upgrade) = upgrade {
+            *req.uri_mut() = origin_form(req.uri())?;
+            return upgrade::forward(&self.connector, target, req, client_upgrade, hold).await;
+        }
         let sent = async {
             match sticky {
                 Some(sticky) => self.send_sticky(sticky, target, req).await,
@@ -514,6 +531,10 @@ impl HttpClient {
             Err(_) => return Err(ProxyError::UpstreamTimeout(target.response_timeout)),
             Ok(r) => r?,
         };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            tracing::warn!(upstream = %target.authority, "Upstream switched protocols unasked");
+            return Err(ProxyError::UpstreamFailed);
+        }
         let (mut parts, body) = response.into_parts();
         headers::prepare_response(&mut parts.headers);
         Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync()))

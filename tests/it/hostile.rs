@@ -1405,9 +1405,11 @@ fn header_spoofing() {
             vec![("host", vec![up.as_str()]), ("x-forwarded-host", vec!["gate.example"])],
         ),
         (
+            // A WebSocket upgrade is passed on (tests/it/upgrade.rs); one to a protocol
+            // that carries HTTP requests past the rules is not.
             "5.19-upgrade",
-            "Connection: Upgrade\r\nUpgrade: websocket\r\nTE: trailers\r\n".into(),
-            vec![("upgrade", vec![]), ("te", vec![])],
+            "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nTE: trailers\r\n".into(),
+            vec![("upgrade", vec![]), ("http2-settings", vec![]), ("te", vec![])],
         ),
         (
             "5.20-hop-by-hop",

@@ -15,4 +15,5 @@ mod postgres;
 mod proxy;
 mod reload;
 mod tls;
+mod upgrade;
 mod upstream_tls;

@@ -1,0 +1,233 @@
+//! Upgrades (WebSocket and the like) passed through. An admitted HTTP/1.1 request that
+//! asks to switch protocols ([`headers::is_upgrade`]) goes upstream on a connection of its
+//! own, never the client connection's kept one nor the pool's. When the upstream answers
+//! 101 with a protocol the client offered, both connections are handed over and a task
+//! copies bytes both ways until either side closes, or until no byte has moved either way
+//! for the route's `response_timeout`. Any other answer goes back as an ordinary response.
+//!
+//! The request was judged before it came here; what follows the switch is not HTTP, and
+//! is not judged. That is why [`headers::is_upgrade`] refuses protocols that carry HTTP
+//! requests (h2c, TLS): those would reach the upstream unjudged.
+
+use std::any::Any;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use super::upstream::{Connector, HttpTarget};
+use super::{headers, Body, BoxError, ProxyError};
+
+/// Something to keep alive for as long as an upgraded connection lives, such as the
+/// client connection's slot under `server.max_connections`: the server puts it in the
+/// request's extensions, and the tunnel holds it until it ends.
+#[derive(Clone)]
+pub struct Hold(pub Arc<dyn Any + Send + Sync>);
+
+/// Sends an upgrade request (in origin form, headers prepared) on a new connection to
+/// `target`; on a 101 that names a protocol the client offered, answers 101 and joins the
+/// client's connection (`client`) to the upstream's in a task of its own.
+pub(super) async fn forward(
+    connector: &Connector,
+    target: &HttpTarget,
+    req: Request<Body>,
+    client: OnUpgrade,
+    hold: Option<Hold>,
+) -> Result<Response<Body>, ProxyError> {
+    let offered: Vec<HeaderValue> = req.headers().get_all(header::UPGRADE).iter().cloned().collect();
+    let sent = async {
+        let io = connector
+            .open(target.tls, &target.authority)
+            .await
+            .map_err(|_| ProxyError::UpstreamUnreachable)?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io))
+            .await
+            .map_err(|e| failed(target, &e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "Upstream connection ended with an error");
+            }
+        });
+        sender.send_request(req).await.map_err(|e| failed(target, &e))
+    };
+    let mut response = match tokio::time::timeout(target.response_timeout, sent).await {
+        Err(_) => return Err(ProxyError::UpstreamTimeout(target.response_timeout)),
+        Ok(r) => r?,
+    };
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The client's connection goes on as HTTP; this one closes when the body is read.
+        let (mut parts, body) = response.into_parts();
+        headers::prepare_response(&mut parts.headers);
+        return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync()));
+    }
+    if !headers::upgrade_accepted(&offered, response.headers()) {
+        tracing::warn!(upstream = %target.authority, "Upstream switched to a protocol the client did not offer");
+        return Err(ProxyError::UpstreamFailed);
+    }
+    let upstream = hyper::upgrade::on(&mut response);
+    let idle = target.response_timeout;
+    let authority = target.authority.clone();
+    tokio::spawn(async move {
+        // Each side is handed over once its 101 has passed; neither may take longer
+        // than the idle limit to get there.
+        let joined = tokio::time::timeout(idle, async { tokio::try_join!(client, upstream) }).await;
+        match joined {
+            Ok(Ok((client, upstream))) => tunnel(TokioIo::new(client), TokioIo::new(upstream), idle).await,
+            Ok(Err(e)) => tracing::debug!(upstream = %authority, error = %e, "Upgrade not completed"),
+            Err(_) => tracing::debug!(upstream = %authority, "Upgrade not completed in time"),
+        }
+        drop(hold);
+    });
+    let (mut parts, _) = response.into_parts();
+    headers::prepare_upgrade_response(&mut parts.headers);
+    let empty = Empty::new().map_err(|never| match never {}).boxed_unsync();
+    Ok(Response::from_parts(parts, empty))
+}
+
+fn failed(target: &HttpTarget, e: &hyper::Error) -> ProxyError {
+    tracing::warn!(upstream = %target.authority, error = %e, "Upstream failed");
+    ProxyError::UpstreamFailed
+}
+
+/// Copies bytes both ways until both directions have ended, either side fails, or nothing
+/// has been read from either side for `idle`.
+async fn tunnel<C, U>(client: C, upstream: U, idle: Duration)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut client = Active::new(client, started, last.clone());
+    let mut upstream = Active::new(upstream, started, last.clone());
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    let mut copy = std::pin::pin!(copy);
+    loop {
+        let deadline = started + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+        tokio::select! {
+            done = &mut copy => {
+                match done {
+                    Ok((up, down)) => tracing::debug!(bytes.up = up, bytes.down = down, "Upgraded connection ended"),
+                    Err(e) => tracing::debug!(error = %e, "Upgraded connection ended with an error"),
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let quiet_since = started + Duration::from_millis(last.load(Ordering::Relaxed));
+                if quiet_since.elapsed() >= idle {
+                    tracing::debug!(idle_ms = idle.as_millis() as u64, "Upgraded connection idle; closed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A connection that notes, as milliseconds since `started`, when it last gave bytes.
+struct Active<IO> {
+    io: IO,
+    started: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl<IO> Active<IO> {
+    fn new(io: IO, started: Instant, last: Arc<AtomicU64>) -> Self {
+        Active { io, started, last }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Active<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let ms = self.started.elapsed().as_millis() as u64;
+            self.last.store(ms, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Active<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_on_either_side_keep_the_time_of_the_last() {
+        let started = Instant::now();
+        let last = Arc::new(AtomicU64::new(0));
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut a = Active::new(a, started, last.clone());
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        b.write_all(b"x").await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(a.read(&mut buf).await.unwrap(), 1);
+        assert_eq!(last.load(Ordering::Relaxed), 1500);
+        // Writing is not activity: a peer that only takes bytes does not hold a tunnel.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        a.write_all(b"y").await.unwrap();
+        assert_eq!(last.load(Ordering::Relaxed), 1500);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_copies_both_ways_and_closes_when_quiet() {
+        let (client, mut client_peer) = tokio::io::duplex(64);
+        let (upstream, mut upstream_peer) = tokio::io::duplex(64);
+        let idle = Duration::from_secs(10);
+        let task = tokio::spawn(tunnel(client, upstream, idle));
+        let mut buf = [0u8; 8];
+        for _ in 0..3 {
+            // Traffic every 8 s keeps it open past the 10 s limit.
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            client_peer.write_all(b"ping").await.unwrap();
+            upstream_peer.read_exact(&mut buf[..4]).await.unwrap();
+            assert_eq!(&buf[..4], b"ping");
+            upstream_peer.write_all(b"pong").await.unwrap();
+            client_peer.read_exact(&mut buf[..4]).await.unwrap();
+            assert_eq!(&buf[..4], b"pong");
+        }
+        assert!(!task.is_finished());
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(task.is_finished());
+        // Both peers see the tunnel close.
+        assert_eq!(client_peer.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(upstream_peer.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_ends_when_both_sides_close() {
+        let (client, mut client_peer) = tokio::io::duplex(64);
+        let (upstream, mut upstream_peer) = tokio::io::duplex(64);
+        let task = tokio::spawn(tunnel(client, upstream, Duration::from_secs(3600)));
+        client_peer.write_all(b"bye").await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        upstream_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye");
+        upstream_peer.shutdown().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    }
+}
