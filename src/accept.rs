@@ -151,6 +151,8 @@ async fn serve(
         return;
     }
     let config = &shared.config;
+    // The connection's place in the limits; a WebSocket tunnel it turns into keeps it.
+    let place: Place = Arc::new((slot, per_ip.flatten()));
     let activity = Arc::new(Activity::default());
     let tcp = Metered {
         io: tcp,
@@ -158,7 +160,7 @@ async fn serve(
     };
     match &shared.tls {
         None => {
-            let conn = serve_http1(tcp, peer, &proxy, config, &activity);
+            let conn = serve_http1(tcp, peer, false, &proxy, config, &activity, &place);
             drive(conn, &activity, config.idle_timeout, &mut stop).await;
         }
         Some(slot) => {
@@ -175,16 +177,18 @@ async fn serve(
                 Ok(Ok(tls)) => tls,
             };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                let conn = serve_http2(tls, peer, &proxy, config, &activity);
+                let conn = serve_http2(tls, peer, &proxy, config, &activity, &place);
                 drive(conn, &activity, config.idle_timeout, &mut stop).await;
             } else {
-                let conn = serve_http1(tls, peer, &proxy, config, &activity);
+                let conn = serve_http1(tls, peer, true, &proxy, config, &activity, &place);
                 drive(conn, &activity, config.idle_timeout, &mut stop).await;
             }
         }
     }
-    drop(slot);
 }
+
+/// A connection's permit and its address's count, released when the last holder drops.
+type Place = Arc<(OwnedSemaphorePermit, Option<AddressGuard>)>;
 
 /// The service every request on a connection goes through: it counts the request in
 /// flight while the proxy works on it.
@@ -192,6 +196,7 @@ fn service(
     proxy: &Arc<Proxy>,
     conn: proxy::Connection,
     activity: &Arc<Activity>,
+    place: &Place,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<proxy::Body>,
@@ -201,7 +206,12 @@ fn service(
     let conn = Arc::new(conn);
     let proxy = proxy.clone();
     let activity = activity.clone();
-    service_fn(move |req| {
+    let place = place.clone();
+    service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        // Only a request that may turn into a tunnel carries the connection's place.
+        if req.headers().contains_key(http::header::UPGRADE) {
+            req.extensions_mut().insert(proxy::upgrade::Hold(place.clone()));
+        }
         let proxy = proxy.clone();
         let conn = conn.clone();
         let busy = InFlight::new(&activity);
@@ -213,7 +223,15 @@ fn service(
     })
 }
 
-fn serve_http1<IO>(io: IO, peer: SocketAddr, proxy: &Arc<Proxy>, config: &Config, activity: &Arc<Activity>) -> impl Drain
+fn serve_http1<IO>(
+    io: IO,
+    peer: SocketAddr,
+    tls: bool,
+    proxy: &Arc<Proxy>,
+    config: &Config,
+    activity: &Arc<Activity>,
+    place: &Place,
+) -> impl Drain
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -222,17 +240,18 @@ where
         peer,
         framing: Some(framing.clone()),
         upstream: Default::default(),
+        tls,
     };
     http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes)
         .keep_alive(true)
-        .serve_connection(TokioIo::new(Watched::new(io, framing)), service(proxy, conn, activity))
+        .serve_connection(TokioIo::new(Watched::new(io, framing)), service(proxy, conn, activity, place))
         .with_upgrades()
 }
 
-fn serve_http2<IO>(io: IO, peer: SocketAddr, proxy: &Arc<Proxy>, config: &Config, activity: &Arc<Activity>) -> impl Drain
+fn serve_http2<IO>(io: IO, peer: SocketAddr, proxy: &Arc<Proxy>, config: &Config, activity: &Arc<Activity>, place: &Place) -> impl Drain
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -242,6 +261,7 @@ where
         peer,
         framing: None,
         upstream: Default::default(),
+        tls: true,
     };
     let h = &config.http2;
     http2::Builder::new(TokioExecutor::new())
@@ -252,7 +272,7 @@ where
         .max_local_error_reset_streams(h.max_local_error_resets)
         .keep_alive_interval(h.keep_alive_interval)
         .keep_alive_timeout(h.keep_alive_timeout)
-        .serve_connection(TokioIo::new(io), service(proxy, conn, activity))
+        .serve_connection(TokioIo::new(io), service(proxy, conn, activity, place))
 }
 
 /// A served connection that can be asked to finish what it is doing and close.

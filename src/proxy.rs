@@ -65,6 +65,8 @@ pub struct Connection {
     pub framing: Option<framing::FramingWatch>,
     /// The HTTP upstream connection this client connection keeps between its requests.
     pub upstream: upstream::Sticky,
+    /// Whether the client came over TLS.
+    pub tls: bool,
 }
 
 /// Why a request was not forwarded, or failed upstream. [`Proxy::handle`] maps each to
@@ -354,15 +356,25 @@ impl Proxy {
         // A client connection that stays open keeps its own upstream connection; one that
         // ends with this request borrows from the worker's pool.
         let keeps = parts.version == http::Version::HTTP_11 && !headers::asks_to_close(&parts.headers);
+        // HTTP/2 names the host in the request target only; the upstream is told it as usual.
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(host) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
         // The upstream is told the client's address, through trusted proxies.
+        headers::prepare_upstream(&mut parts.headers, &permit, client, conn.tls);
         let client = SocketAddr::new(client, conn.peer.port());
-        headers::prepare_upstream(&mut parts.headers, &permit, client);
         let forwarded = match &found.route.target {
             Upstream::Http(target) => {
                 let sticky = keeps.then_some(&conn.upstream);
                 self.http.forward(target, parts, body, &path, &permit, sticky).await
             }
-            Upstream::GitHttpBackend(root) => self.cgi.run(root, parts, body, &path, &permit, client).await,
+            Upstream::GitHttpBackend(root) => {
+                // git http-backend switches to nothing.
+                headers::drop_upgrade(&mut parts.headers);
+                self.cgi.run(root, parts, body, &path, &permit, client).await
+            }
         };
         match forwarded {
             Err(_) if alarm.is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed)) => Err(rate::BodyTooSlow {

@@ -5,7 +5,7 @@
 //! upgrade ([`is_upgrade`]): its `Upgrade` header and `Connection: upgrade` go through,
 //! both ways, and nothing else that `Connection` names.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -120,8 +120,9 @@ pub fn upgrade_accepted(offered: &[HeaderValue], response: &HeaderMap) -> bool {
     }
 }
 
-/// Rewrites a client's request headers for the upstream.
-pub fn prepare_upstream(headers: &mut HeaderMap, permit: &Permit, peer: SocketAddr) {
+/// Rewrites a client's request headers for the upstream, which is told the client's
+/// address and whether it came over TLS.
+pub fn prepare_upstream(headers: &mut HeaderMap, permit: &Permit, client: IpAddr, https: bool) {
     let upgrade = is_upgrade(headers);
     for name in connection_listed(headers) {
         if !(upgrade && name == header::UPGRADE) {
@@ -141,9 +142,10 @@ pub fn prepare_upstream(headers: &mut HeaderMap, permit: &Permit, peer: SocketAd
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-for"),
-        HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a header value"),
+        HeaderValue::from_str(&client.to_string()).expect("an IP address is a header value"),
     );
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+    let proto = if https { "https" } else { "http" };
+    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(proto));
     if let Some(host) = headers.get(header::HOST).cloned() {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
@@ -286,7 +288,7 @@ mod tests {
             ("te", "trailers"),
             ("authorization", "Bearer x"),
         ]);
-        prepare_upstream(&mut h, &permit(), "10.0.0.1:5".parse().unwrap());
+        prepare_upstream(&mut h, &permit(), "10.0.0.1".parse().unwrap(), false);
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["x-patgate-user"], "alice");
@@ -304,7 +306,7 @@ mod tests {
             &[("upgrade", "websocket")][..],
         ] {
             let mut h = map(pairs);
-            prepare_upstream(&mut h, &permit(), "10.0.0.1:5".parse().unwrap());
+            prepare_upstream(&mut h, &permit(), "10.0.0.1".parse().unwrap(), false);
             for gone in ["connection", "upgrade", "http2-settings"] {
                 assert!(!h.contains_key(gone), "{gone} in {pairs:?}");
             }

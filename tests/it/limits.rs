@@ -73,7 +73,10 @@ fn x_forwarded_for_names_the_client_only_from_a_trusted_proxy() {
     let upstream = spawn_upstream(false);
     let p = TestPatgate::start_with_server(
         &format!("trusted_proxies = [\"{A}\"]"),
-        &format!("[brute_force]\nmax_failures = 3\nblock = \"1m\"\n{}", agents_route(upstream.addr, "5s")),
+        &format!(
+            "[brute_force]\nmax_failures = 3\nblock = \"1m\"\n{}",
+            agents_route(upstream.addr, "5s")
+        ),
     );
     let good = p.mint_live("agentpools:manage", "acme");
     let mallory = "X-Forwarded-For: 203.0.113.66\r\n";

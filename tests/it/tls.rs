@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::certs::{Leaf, TestCa};
-use crate::support::{basic, git, git_env, TestPatgate};
+use crate::support::{basic, git, git_env, spawn_upstream, TestPatgate};
 
 /// patgate with TLS on its proxy listener from `leaf`, plus `extra` TOML.
 fn start_tls(leaf: &Leaf, extra: &str) -> (TestPatgate, tempfile::TempDir) {
@@ -279,4 +279,52 @@ fn the_admin_listener_asks_for_client_certificates_from_its_ca() {
             "{stranger:?}"
         );
     });
+}
+
+#[test]
+fn the_upstream_is_told_https_the_client_and_the_host_of_an_http2_request() {
+    let ca = TestCa::new("patgate test CA");
+    let up = spawn_upstream(false);
+    let (p, _certs) = start_tls(
+        &ca.server("localhost"),
+        &format!(
+            "[[routes]]\npath = \"/{{org}}/_apis/distributedtask/**\"\nupstream = \"http://{}\"\nrules = [ {{ scope = \"agentpools:read\" }} ]\n",
+            up.addr
+        ),
+    );
+    let t = p.mint("agentpools:read", "acme", "1d");
+    wait_until_admitted(&p, &t.token);
+    let addr = p.addr;
+    rt().block_on(async move {
+        for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+            let tls = connect(addr, ca.client_config(&[alpn], None)).await.unwrap();
+            let req = hyper::Request::get(format!("https://localhost:{}/acme/_apis/distributedtask/pools", addr.port()))
+                .header("authorization", basic("x", &t.token))
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let status = if alpn == b"h2" {
+                let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                send.send_request(req).await.unwrap().status()
+            } else {
+                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+                tokio::spawn(conn);
+                let (mut parts, body) = req.into_parts();
+                parts.uri = "/acme/_apis/distributedtask/pools".parse().unwrap();
+                parts.headers.insert("host", format!("localhost:{}", addr.port()).parse().unwrap());
+                send.send_request(hyper::Request::from_parts(parts, body)).await.unwrap().status()
+            };
+            assert_eq!(status, 200);
+        }
+    });
+    let seen = up.seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    for s in seen.iter() {
+        assert_eq!(s.header("x-forwarded-proto"), vec!["https".to_string()]);
+        assert_eq!(s.header("x-forwarded-host"), vec![format!("localhost:{}", p.addr.port())]);
+        assert_eq!(s.header("x-forwarded-for"), vec!["127.0.0.1".to_string()]);
+        assert_eq!(s.header("host"), vec![up.addr.to_string()]);
+    }
 }

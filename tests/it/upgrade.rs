@@ -284,3 +284,28 @@ fn a_quiet_tunnel_is_closed_after_the_routes_response_timeout() {
     let quiet = started.elapsed();
     assert!(quiet >= Duration::from_millis(900) && quiet < Duration::from_secs(10), "{quiet:?}");
 }
+
+#[test]
+fn a_tunnel_keeps_its_place_in_the_connection_limits() {
+    let up = spawn_ws_upstream(Mode::Echo);
+    let p = TestPatgate::start_with_server("max_connections_per_ip = 2", &ws_route(&up, ""));
+    let t = p.mint_live("agentpools:read", "acme");
+    let mut tunnel = connect(&p);
+    tunnel.write_all(upgrade_request(Some(&t.token), "websocket").as_bytes()).unwrap();
+    let (head, rest) = read_head(&mut tunnel).expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert_eq!(read_n(&mut tunnel, rest, 8), b"welcome;");
+    // The tunnel is one of the address's two connections: one more is served, a third is not.
+    let mut second = connect(&p);
+    second.write_all(b"GET /acme/x.git/info/refs HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = [0u8; 12];
+    second.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 401");
+    let mut third = connect(&p);
+    let mut out = String::new();
+    let _ = third.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    // The tunnel still works.
+    tunnel.write_all(b"ping").unwrap();
+    assert_eq!(read_n(&mut tunnel, Vec::new(), 4), b"ping");
+}
