@@ -328,3 +328,38 @@ fn the_upstream_is_told_https_the_client_and_the_host_of_an_http2_request() {
         assert_eq!(s.header("host"), vec![up.addr.to_string()]);
     }
 }
+
+#[test]
+fn sigterm_lets_an_http2_stream_in_flight_finish_then_exits_zero() {
+    let ca = TestCa::new("patgate test CA");
+    let upstream = slow_upstream(20, Duration::from_millis(50));
+    let (mut p, _certs) = start_tls(&ca.server("localhost"), &agents_route(upstream));
+    let t = p.mint("agentpools:read", "acme", "1d");
+    wait_until_admitted(&p, &t.token);
+    let addr = p.addr;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let client = std::thread::spawn(move || {
+        rt().block_on(async move {
+            let tls = connect(addr, ca.client_config(&[b"h2"], None)).await.unwrap();
+            let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let req = hyper::Request::get(format!("https://localhost:{}/acme/_apis/distributedtask/pools", addr.port()))
+                .header("authorization", basic("x", &t.token))
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let r = send.send_request(req).await.unwrap();
+            tx.send(()).unwrap();
+            let status = r.status();
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        })
+    });
+    rx.recv_timeout(Duration::from_secs(20)).expect("the answer's head");
+    let (status, _) = p.terminate();
+    assert!(status.success(), "{status:?}\n{}", p.log());
+    let (status, body) = client.join().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], &[b'x'; 20][..], "the stream finished whole");
+}
