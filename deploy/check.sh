@@ -98,6 +98,8 @@ if command -v systemd-analyze >/dev/null 2>&1; then
   mkdir -p "$sroot/usr/local/bin" "$sroot/etc/systemd/system" "$sroot/usr/lib/systemd" "$sroot/usr/lib/sysusers.d"
   cp -a /usr/lib/systemd/system "$sroot/usr/lib/systemd/"
   cp "$bin" "$sroot/usr/local/bin/patgate"
+  # ExecReload= runs the shell's kill.
+  mkdir -p "$sroot/usr/bin" && cp "$(readlink -f /bin/sh)" "$sroot/usr/bin/sh" && ln -sfn usr/bin "$sroot/bin"
   cp deploy/patgate.service "$sroot/etc/systemd/system/patgate.service"
   cp deploy/patgate.sysusers "$sroot/usr/lib/sysusers.d/patgate.conf"
   out=$(systemd-analyze verify --root="$sroot" patgate.service 2>&1) ||
@@ -122,7 +124,7 @@ else
 import re, sys
 known = {
     "Unit": {"Description", "Documentation", "After", "Wants", "Requires", "Before"},
-    "Service": set("""Type ExecStartPre ExecStart User Group StateDirectory StateDirectoryMode
+    "Service": set("""Type ExecStartPre ExecStart ExecReload User Group StateDirectory StateDirectoryMode
         WorkingDirectory ReadWritePaths EnvironmentFile Environment UMask Restart RestartSec
         KillSignal TimeoutStopSec LimitNOFILE NoNewPrivileges CapabilityBoundingSet
         AmbientCapabilities ProtectSystem ProtectHome PrivateTmp PrivateDevices DevicePolicy
@@ -217,6 +219,9 @@ git init -q /tmp/w && cd /tmp/w && git -c user.email=a@b -c user.name=a commit -
   git push -q "$url" HEAD:refs/heads/main && echo RESULT push-ok
 git clone -q "$url" /tmp/c && [ "$(git -C /tmp/c rev-parse HEAD)" = "$(git -C /tmp/w rev-parse HEAD)" ] && echo RESULT clone-ok
 git ls-remote "http://x:patg_wrong@127.0.0.1:8080/acme/demo.git" || echo RESULT bad-token-refused
+systemctl reload patgate.service && echo RESULT reload-ok
+sleep 1
+journalctl -u patgate.service --no-pager -o cat | grep -q 'Configuration reloaded' && echo RESULT reloaded
 systemctl show patgate.service -p ActiveState -p NRestarts
 journalctl -u patgate.service --no-pager -o cat | tail -n 20
 EOF
@@ -237,11 +242,11 @@ EOF
   fi
   local log=$out/selftest.log
   for want in 'NoNewPrivs:	1' 'Seccomp:	2' 'CapEff:	0000000000000000' 'NRestarts=0' \
-    'RESULT push-ok' 'RESULT clone-ok' 'RESULT bad-token-refused'; do
+    'RESULT push-ok' 'RESULT clone-ok' 'RESULT bad-token-refused' 'RESULT reload-ok' 'RESULT reloaded'; do
     grep -qxF "$want" "$log" || fail "the unit under systemd: no '$want'. The test's log:"$'\n'"$(cat "$log")"
   done
   [ "$(grep -c '^ActiveState=active' "$log")" = 2 ] || fail "patgate.service was not active throughout:"$'\n'"$(cat "$log")"
-  ok "booted $(. "$rootfs/etc/os-release" && echo "$PRETTY_NAME") with systemd: patgate.service ran sandboxed (seccomp, no capabilities, no new privileges); push, clone and a refused token through git http-backend"
+  ok "booted $(. "$rootfs/etc/os-release" && echo "$PRETTY_NAME") with systemd: patgate.service ran sandboxed (seccomp, no capabilities, no new privileges); push, clone and a refused token through git http-backend; systemctl reload reloaded the config"
 }
 if command -v systemd-analyze >/dev/null 2>&1; then boot_unit; else echo "NOT RUN: no systemd here"; fi
 
