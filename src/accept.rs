@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use http_body_util::BodyExt;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -161,7 +162,7 @@ async fn serve(
     match &shared.tls {
         None => {
             let conn = serve_http1(tcp, peer, false, &proxy, config, &activity, &place);
-            drive(conn, &activity, config.idle_timeout, &mut stop).await;
+            drive(conn, &activity, config.idle_timeout, false, &mut stop).await;
         }
         Some(slot) => {
             let handshake_timeout = config.tls.as_ref().map_or(Duration::from_secs(10), |t| t.handshake_timeout);
@@ -178,10 +179,10 @@ async fn serve(
             };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                 let conn = serve_http2(tls, peer, &proxy, config, &activity, &place);
-                drive(conn, &activity, config.idle_timeout, &mut stop).await;
+                drive(conn, &activity, config.idle_timeout, true, &mut stop).await;
             } else {
                 let conn = serve_http1(tls, peer, true, &proxy, config, &activity, &place);
-                drive(conn, &activity, config.idle_timeout, &mut stop).await;
+                drive(conn, &activity, config.idle_timeout, false, &mut stop).await;
             }
         }
     }
@@ -214,13 +215,58 @@ fn service(
         }
         let proxy = proxy.clone();
         let conn = conn.clone();
+        let activity = activity.clone();
         let busy = InFlight::new(&activity);
         async move {
             let response = proxy.handle(req, &conn).await;
             drop(busy);
+            // HTTP/2 answers count while their bodies are sent: pings alone do not keep a
+            // connection open, answers being sent do.
+            if conn.framing.is_none() {
+                return Ok(response.map(|body| Sending::new(body, &activity).boxed_unsync()));
+            }
             Ok(response)
         }
     })
+}
+
+/// An answer's body being sent on an HTTP/2 connection: counted until sent or dropped.
+struct Sending {
+    body: proxy::Body,
+    activity: Arc<Activity>,
+}
+
+impl Sending {
+    fn new(body: proxy::Body, activity: &Arc<Activity>) -> Self {
+        activity.sending.fetch_add(1, Ordering::Relaxed);
+        Sending {
+            body,
+            activity: activity.clone(),
+        }
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.activity.sending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl http_body::Body for Sending {
+    type Data = bytes::Bytes;
+    type Error = proxy::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 fn serve_http1<IO>(
@@ -310,10 +356,14 @@ where
 /// Runs a connection until it ends. When the server drains, the connection finishes its
 /// requests in flight and closes; when it has had no request in flight and no byte moving
 /// for `idle`, it is dropped (a client that stopped reading its answer counts as idle).
-async fn drive(conn: impl Drain, activity: &Activity, idle: Duration, stop: &mut watch::Receiver<bool>) {
+///
+/// On HTTP/2, where the client may keep bytes moving with pings alone, a connection with
+/// no request in flight and no answer being sent for `idle` also ends (GOAWAY first).
+async fn drive(conn: impl Drain, activity: &Activity, idle: Duration, multiplexed: bool, stop: &mut watch::Receiver<bool>) {
     let mut conn = std::pin::pin!(conn);
     let tick = (idle / 4).max(Duration::from_millis(50));
     let mut still = Duration::ZERO;
+    let mut unused = Duration::ZERO;
     let mut draining = *stop.borrow();
     if draining {
         conn.as_mut().drain();
@@ -331,13 +381,25 @@ async fn drive(conn: impl Drain, activity: &Activity, idle: Duration, stop: &mut
                 conn.as_mut().drain();
             }
             _ = tokio::time::sleep(tick) => {
-                if activity.moved.swap(false, Ordering::Relaxed) || activity.in_flight.load(Ordering::Relaxed) > 0 {
+                let waiting = activity.in_flight.load(Ordering::Relaxed) > 0;
+                let used = activity.used.swap(false, Ordering::Relaxed);
+                if activity.moved.swap(false, Ordering::Relaxed) || waiting {
                     still = Duration::ZERO;
                 } else {
                     still += tick;
                     if still >= idle {
                         tracing::debug!("Idle connection closed");
                         return;
+                    }
+                }
+                if waiting || used || activity.sending.load(Ordering::Relaxed) > 0 {
+                    unused = Duration::ZERO;
+                } else {
+                    unused += tick;
+                    if multiplexed && unused >= idle && !draining {
+                        tracing::debug!("Unused HTTP/2 connection closed");
+                        draining = true;
+                        conn.as_mut().drain();
                     }
                 }
             }
@@ -350,7 +412,12 @@ async fn drive(conn: impl Drain, activity: &Activity, idle: Duration, stop: &mut
 #[derive(Debug, Default)]
 struct Activity {
     moved: AtomicBool,
+    /// Requests whose answer is not ready yet (waiting on the upstream is not idling).
     in_flight: AtomicUsize,
+    /// Whether a request started since the watchdog last looked.
+    used: AtomicBool,
+    /// HTTP/2 answers whose bodies are being sent.
+    sending: AtomicUsize,
 }
 
 /// Counts a request in flight for as long as it lives.
@@ -359,6 +426,7 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn new(activity: &Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.used.store(true, Ordering::Relaxed);
         InFlight(activity.clone())
     }
 }

@@ -202,6 +202,14 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ),
         ("server.idle_timeout", old.accept.idle_timeout != new.accept.idle_timeout),
         ("server.tls", old.accept.tls.is_some() != new.accept.tls.is_some()),
+        (
+            "server.tls.handshake_timeout",
+            handshake(&old.accept.tls) != handshake(&new.accept.tls),
+        ),
+        ("server.trusted_proxies", o.trusted_proxies != n.trusted_proxies),
+        ("server.body_min_rate", o.body_rate.bytes_per_sec != n.body_rate.bytes_per_sec),
+        ("server.body_rate_grace", o.body_rate.grace != n.body_rate.grace),
+        ("brute_force", o.brute_force != n.brute_force),
         ("http2", old.accept.http2 != new.accept.http2),
         ("upstream", o.upstream != n.upstream),
         ("git", o.git != n.git),
@@ -209,9 +217,28 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("admin.listen", old.admin.listen != new.admin.listen),
         ("admin.enabled", old.admin.enabled != new.admin.enabled),
         ("admin.tls", old.admin.tls.is_some() != new.admin.tls.is_some()),
+        (
+            "admin.tls.handshake_timeout",
+            handshake(&old.admin.tls) != handshake(&new.admin.tls),
+        ),
+        ("admin.max_body_bytes", old.admin.max_body_bytes != new.admin.max_body_bytes),
+        ("admin.max_wait", old.admin.max_wait != new.admin.max_wait),
+        (
+            "admin.leak_reports_per_minute",
+            old.admin.leak_reports_per_minute != new.admin.leak_reports_per_minute,
+        ),
+        (
+            "admin.max_secrets_per_report",
+            old.admin.max_secrets_per_report != new.admin.max_secrets_per_report,
+        ),
+        ("admin.max_connections", old.admin.max_connections != new.admin.max_connections),
         ("log", old.log != new.log),
     ];
     checks.into_iter().filter(|(_, changed)| *changed).map(|(k, _)| k).collect()
+}
+
+fn handshake(tls: &Option<crate::tls::ListenerTls>) -> Option<std::time::Duration> {
+    tls.as_ref().map(|t| t.handshake_timeout)
 }
 
 /// Binds the proxy's listening socket once and hands each of `n` workers a handle on it.

@@ -177,6 +177,12 @@ impl Permit {
     pub fn owner(&self) -> &str {
         &self.token.owner
     }
+
+    /// Whether the token is still live in `tokens` at `now` (neither revoked, regenerated
+    /// nor expired since the request was admitted).
+    pub fn still_live(&self, tokens: &TokenCache, now: i64) -> bool {
+        tokens.still_admits(&self.token, now)
+    }
 }
 
 impl fmt::Debug for Permit {

@@ -99,6 +99,9 @@ impl Ctx<'_> {
         if d.is_zero() {
             return Err(self.err(key, "must be more than zero"));
         }
+        if d > Duration::from_secs(100 * 365 * 86400) {
+            return Err(self.err(key, "must be at most 100 years"));
+        }
         Ok(d)
     }
 
@@ -612,6 +615,10 @@ mod tests {
             (
                 "[brute_force]\nblock = \"forever\"\n",
                 "patgate.toml: brute_force.block: `forever` is not a duration",
+            ),
+            (
+                "[upstream]\nresponse_timeout = \"300000000000y\"\n",
+                "patgate.toml: upstream.response_timeout: must be at most 100 years",
             ),
             (
                 "[brute_force]\nmax_tracked = 0\n",

@@ -358,7 +358,12 @@ impl Proxy {
         let keeps = parts.version == http::Version::HTTP_11 && !headers::asks_to_close(&parts.headers);
         // HTTP/2 names the host in the request target only; the upstream is told it as usual.
         if !parts.headers.contains_key(header::HOST) {
-            if let Some(host) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            // Host and port only: userinfo in `:authority` goes nowhere.
+            let host = parts.uri.authority().map(|a| match a.port() {
+                Some(port) => format!("{}:{port}", a.host()),
+                None => a.host().to_owned(),
+            });
+            if let Some(host) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
                 parts.headers.insert(header::HOST, host);
             }
         }
@@ -367,6 +372,12 @@ impl Proxy {
         let client = SocketAddr::new(client, conn.peer.port());
         let forwarded = match &found.route.target {
             Upstream::Http(target) => {
+                if headers::is_upgrade(&parts.headers) {
+                    // A tunnel lives on after this answer: it ends when the token does.
+                    let (tokens, permit) = (self.tokens.clone(), permit.clone());
+                    let standing = move || permit.still_live(&tokens, crate::store::now());
+                    parts.extensions.insert(upgrade::Standing(Arc::new(standing)));
+                }
                 let sticky = keeps.then_some(&conn.upstream);
                 self.http.forward(target, parts, body, &path, &permit, sticky).await
             }

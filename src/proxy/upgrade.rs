@@ -32,6 +32,15 @@ use super::{headers, Body, BoxError, ProxyError};
 #[derive(Clone)]
 pub struct Hold(pub Arc<dyn Any + Send + Sync>);
 
+/// Whether the credential that admitted an upgrade still stands (not revoked, regenerated
+/// or expired): the request path puts it in the request's extensions, and the tunnel
+/// asks it every [`RECHECK`] and closes when it no longer does.
+#[derive(Clone)]
+pub struct Standing(pub Arc<dyn Fn() -> bool + Send + Sync>);
+
+/// How often a tunnel asks whether its credential still stands.
+pub const RECHECK: Duration = Duration::from_secs(1);
+
 /// Sends an upgrade request (in origin form, headers prepared) on a new connection to
 /// `target`; on a 101 that names a protocol the client offered, answers 101 and joins the
 /// client's connection (`client`) to the upstream's in a task of its own.
@@ -41,6 +50,7 @@ pub(super) async fn forward(
     req: Request<Body>,
     client: OnUpgrade,
     hold: Option<Hold>,
+    standing: Option<Standing>,
 ) -> Result<Response<Body>, ProxyError> {
     let offered: Vec<HeaderValue> = req.headers().get_all(header::UPGRADE).iter().cloned().collect();
     let sent = async {
@@ -80,7 +90,7 @@ pub(super) async fn forward(
         // than the idle limit to get there.
         let joined = tokio::time::timeout(idle, async { tokio::try_join!(client, upstream) }).await;
         match joined {
-            Ok(Ok((client, upstream))) => tunnel(TokioIo::new(client), TokioIo::new(upstream), idle).await,
+            Ok(Ok((client, upstream))) => tunnel(TokioIo::new(client), TokioIo::new(upstream), idle, standing).await,
             Ok(Err(e)) => tracing::debug!(upstream = %authority, error = %e, "Upgrade not completed"),
             Err(_) => tracing::debug!(upstream = %authority, "Upgrade not completed in time"),
         }
@@ -97,13 +107,16 @@ fn failed(target: &HttpTarget, e: &hyper::Error) -> ProxyError {
     ProxyError::UpstreamFailed
 }
 
-/// Copies bytes both ways until both directions have ended, either side fails, or nothing
-/// has been read from either side for `idle`.
-async fn tunnel<C, U>(client: C, upstream: U, idle: Duration)
+/// Copies bytes both ways until both directions have ended, either side fails, nothing
+/// has been read from either side for `idle`, or the credential no longer stands.
+async fn tunnel<C, U>(client: C, upstream: U, idle: Duration, standing: Option<Standing>)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    // Far enough for any real idle limit, near enough for the clock's arithmetic.
+    let idle = idle.min(Duration::from_secs(100 * 365 * 86400));
+    let mut recheck = tokio::time::interval(RECHECK);
     let started = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let mut client = Active::new(client, started, last.clone());
@@ -119,6 +132,12 @@ where
                     Err(e) => tracing::debug!(error = %e, "Upgraded connection ended with an error"),
                 }
                 return;
+            }
+            _ = recheck.tick(), if standing.is_some() => {
+                if standing.as_ref().is_some_and(|s| !(s.0)()) {
+                    tracing::info!("Token no longer live; upgraded connection closed");
+                    return;
+                }
             }
             _ = tokio::time::sleep_until(deadline) => {
                 let quiet_since = started + Duration::from_millis(last.load(Ordering::Relaxed));
@@ -197,7 +216,7 @@ mod tests {
         let (client, mut client_peer) = tokio::io::duplex(64);
         let (upstream, mut upstream_peer) = tokio::io::duplex(64);
         let idle = Duration::from_secs(10);
-        let task = tokio::spawn(tunnel(client, upstream, idle));
+        let task = tokio::spawn(tunnel(client, upstream, idle, None));
         let mut buf = [0u8; 8];
         for _ in 0..3 {
             // Traffic every 8 s keeps it open past the 10 s limit.
@@ -221,7 +240,7 @@ mod tests {
     async fn a_tunnel_ends_when_both_sides_close() {
         let (client, mut client_peer) = tokio::io::duplex(64);
         let (upstream, mut upstream_peer) = tokio::io::duplex(64);
-        let task = tokio::spawn(tunnel(client, upstream, Duration::from_secs(3600)));
+        let task = tokio::spawn(tunnel(client, upstream, Duration::from_secs(3600), None));
         client_peer.write_all(b"bye").await.unwrap();
         client_peer.shutdown().await.unwrap();
         let mut got = Vec::new();

@@ -508,10 +508,11 @@ impl HttpClient {
         let host = http::HeaderValue::from_str(target.authority.as_str()).map_err(|_| ProxyError::UpstreamFailed)?;
         parts.headers.insert(http::header::HOST, host);
         let hold = parts.extensions.remove::<upgrade::Hold>();
+        let standing = parts.extensions.remove::<upgrade::Standing>();
         let mut req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
         if let Some(client_upgrade) = upgrade {
             *req.uri_mut() = origin_form(req.uri())?;
-            return upgrade::forward(&self.connector, target, req, client_upgrade, hold).await;
+            return upgrade::forward(&self.connector, target, req, client_upgrade, hold, standing).await;
         }
         let sent = async {
             match sticky {

@@ -78,6 +78,13 @@ impl TokenCache {
         self.by_hash.get(hash).map(|e| Arc::clone(e.value()))
     }
 
+    /// Whether `token`, admitted earlier, would still be admitted at `now`: its secret
+    /// still held (not revoked, not regenerated) and not expired. For long-lived uses,
+    /// such as a WebSocket tunnel, that must end when the token does.
+    pub fn still_admits(&self, token: &CachedToken, now: i64) -> bool {
+        now < token.expires_at && self.by_hash.contains_key(&token.hash)
+    }
+
     /// Brings one token up to date with its record at `now`: inserted or replaced when
     /// live, removed when revoked, expired or gone.
     pub fn apply(&self, record: &TokenRecord, now: i64) {

@@ -70,11 +70,16 @@ fn sighup_swaps_routes_and_policy_and_refuses_a_bad_config() {
     // A key that needs a restart is named, and the rest is still put in.
     std::fs::write(
         &p.config,
-        original.replace("shutdown_grace = \"2s\"", "shutdown_grace = \"3s\"\nworkers = 1"),
+        original.replace(
+            "shutdown_grace = \"2s\"",
+            "shutdown_grace = \"3s\"\nworkers = 1\ntrusted_proxies = [\"10.0.0.0/8\"]",
+        ),
     )
     .unwrap();
     let line = p.reload();
     assert!(line.contains("Configuration reloaded") && line.contains("routes=1"), "{line}");
-    assert!(p.log_shows("key=\"server.workers\""), "{}", p.log());
+    for key in ["server.workers", "server.trusted_proxies"] {
+        assert!(p.log_shows(&format!("key=\"{key}\"")), "{key}: {}", p.log());
+    }
     assert_eq!(get(&p, pools, &agent.token), 403);
 }

@@ -17,13 +17,21 @@ use crate::support::{basic, git, git_env, spawn_upstream, TestPatgate};
 
 /// patgate with TLS on its proxy listener from `leaf`, plus `extra` TOML.
 fn start_tls(leaf: &Leaf, extra: &str) -> (TestPatgate, tempfile::TempDir) {
+    start_tls_with(leaf, "", extra)
+}
+
+/// Likewise, with `server` lines in the `[server]` table.
+fn start_tls_with(leaf: &Leaf, server: &str, extra: &str) -> (TestPatgate, tempfile::TempDir) {
     let certs = tempfile::tempdir().unwrap();
     let (cert, key) = leaf.write(certs.path(), "server");
-    let p = TestPatgate::start(&format!(
-        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nhandshake_timeout = \"2s\"\n{extra}",
-        cert.display(),
-        key.display()
-    ));
+    let p = TestPatgate::start_with_server(
+        server,
+        &format!(
+            "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nhandshake_timeout = \"2s\"\n{extra}",
+            cert.display(),
+            key.display()
+        ),
+    );
     assert!(p.log_shows("tls=true"), "{}", p.log());
     (p, certs)
 }
@@ -362,4 +370,34 @@ fn sigterm_lets_an_http2_stream_in_flight_finish_then_exits_zero() {
     let (status, body) = client.join().unwrap();
     assert_eq!(status, 200);
     assert_eq!(&body[..], &[b'x'; 20][..], "the stream finished whole");
+}
+
+#[test]
+fn an_http2_connection_with_nothing_to_do_is_closed_though_the_client_pings() {
+    let ca = TestCa::new("patgate test CA");
+    let (p, _certs) = start_tls_with(&ca.server("localhost"), "idle_timeout = \"1s\"", "");
+    let addr = p.addr;
+    rt().block_on(async move {
+        let tls = connect(addr, ca.client_config(&[b"h2"], None)).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(200))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::get(format!("https://localhost:{}/acme/app.git/info/refs", addr.port()))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        assert_eq!(send.send_request(req).await.unwrap().status(), 401);
+        // Pings every 200 ms keep bytes moving, but no request comes: the server ends it.
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(15), conn)
+            .await
+            .expect("the connection was closed")
+            .unwrap()
+            .ok();
+        assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+    });
 }

@@ -309,3 +309,26 @@ fn a_tunnel_keeps_its_place_in_the_connection_limits() {
     tunnel.write_all(b"ping").unwrap();
     assert_eq!(read_n(&mut tunnel, Vec::new(), 4), b"ping");
 }
+
+#[test]
+fn a_tunnel_ends_when_its_token_is_revoked() {
+    let up = spawn_ws_upstream(Mode::Echo);
+    let p = TestPatgate::start(&ws_route(&up, ""));
+    let t = p.mint_live("agentpools:read", "acme");
+    let mut tunnel = connect(&p);
+    tunnel.write_all(upgrade_request(Some(&t.token), "websocket").as_bytes()).unwrap();
+    let (head, rest) = read_head(&mut tunnel).expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert_eq!(read_n(&mut tunnel, rest, 8), b"welcome;");
+    tunnel.write_all(b"ping").unwrap();
+    assert_eq!(read_n(&mut tunnel, Vec::new(), 4), b"ping");
+    let out = p.cli(&["token", "revoke", &t.id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Within the poll interval and one recheck the tunnel is closed.
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tunnel.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the tunnel still carried {:?}", &buf[..n]);
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(p.log_shows("Token no longer live; upgraded connection closed"), "{}", p.log());
+}
