@@ -121,6 +121,16 @@ fn upgrade_request(auth: Option<&str>, protocol: &str) -> String {
     )
 }
 
+/// A WebSocket tunnel through `p` to an echoing upstream, past its greeting.
+fn open_tunnel(p: &TestPatgate, token: &str) -> TcpStream {
+    let mut tunnel = connect(p);
+    tunnel.write_all(upgrade_request(Some(token), "websocket").as_bytes()).unwrap();
+    let (head, rest) = read_head(&mut tunnel).expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert_eq!(read_n(&mut tunnel, rest, 8), b"welcome;");
+    tunnel
+}
+
 fn connect(p: &TestPatgate) -> TcpStream {
     let s = TcpStream::connect(p.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -290,11 +300,7 @@ fn a_tunnel_keeps_its_place_in_the_connection_limits() {
     let up = spawn_ws_upstream(Mode::Echo);
     let p = TestPatgate::start_with_server("max_connections_per_ip = 2", &ws_route(&up, ""));
     let t = p.mint_live("agentpools:read", "acme");
-    let mut tunnel = connect(&p);
-    tunnel.write_all(upgrade_request(Some(&t.token), "websocket").as_bytes()).unwrap();
-    let (head, rest) = read_head(&mut tunnel).expect("an answer");
-    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-    assert_eq!(read_n(&mut tunnel, rest, 8), b"welcome;");
+    let mut tunnel = open_tunnel(&p, &t.token);
     // The tunnel is one of the address's two connections: one more is served, a third is not.
     let mut second = connect(&p);
     second.write_all(b"GET /acme/x.git/info/refs HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -315,11 +321,7 @@ fn a_tunnel_ends_when_its_token_is_revoked() {
     let up = spawn_ws_upstream(Mode::Echo);
     let p = TestPatgate::start(&ws_route(&up, ""));
     let t = p.mint_live("agentpools:read", "acme");
-    let mut tunnel = connect(&p);
-    tunnel.write_all(upgrade_request(Some(&t.token), "websocket").as_bytes()).unwrap();
-    let (head, rest) = read_head(&mut tunnel).expect("an answer");
-    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-    assert_eq!(read_n(&mut tunnel, rest, 8), b"welcome;");
+    let mut tunnel = open_tunnel(&p, &t.token);
     tunnel.write_all(b"ping").unwrap();
     assert_eq!(read_n(&mut tunnel, Vec::new(), 4), b"ping");
     let out = p.cli(&["token", "revoke", &t.id]);
