@@ -161,7 +161,7 @@ async fn serve(
     };
     match &shared.tls {
         None => {
-            let conn = serve_http1(tcp, peer, false, &proxy, config, &activity, &place);
+            let conn = serve_http1(tcp, peer, false, &stop, &proxy, config, &activity, &place);
             drive(conn, &activity, config.idle_timeout, false, &mut stop).await;
         }
         Some(slot) => {
@@ -178,10 +178,10 @@ async fn serve(
                 Ok(Ok(tls)) => tls,
             };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                let conn = serve_http2(tls, peer, &proxy, config, &activity, &place);
+                let conn = serve_http2(tls, peer, &stop, &proxy, config, &activity, &place);
                 drive(conn, &activity, config.idle_timeout, true, &mut stop).await;
             } else {
-                let conn = serve_http1(tls, peer, true, &proxy, config, &activity, &place);
+                let conn = serve_http1(tls, peer, true, &stop, &proxy, config, &activity, &place);
                 drive(conn, &activity, config.idle_timeout, false, &mut stop).await;
             }
         }
@@ -273,6 +273,7 @@ fn serve_http1<IO>(
     io: IO,
     peer: SocketAddr,
     tls: bool,
+    stop: &watch::Receiver<bool>,
     proxy: &Arc<Proxy>,
     config: &Config,
     activity: &Arc<Activity>,
@@ -287,6 +288,7 @@ where
         framing: Some(framing.clone()),
         upstream: Default::default(),
         tls,
+        stop: stop.clone(),
     };
     http1::Builder::new()
         .timer(TokioTimer::new())
@@ -297,7 +299,15 @@ where
         .with_upgrades()
 }
 
-fn serve_http2<IO>(io: IO, peer: SocketAddr, proxy: &Arc<Proxy>, config: &Config, activity: &Arc<Activity>, place: &Place) -> impl Drain
+fn serve_http2<IO>(
+    io: IO,
+    peer: SocketAddr,
+    stop: &watch::Receiver<bool>,
+    proxy: &Arc<Proxy>,
+    config: &Config,
+    activity: &Arc<Activity>,
+    place: &Place,
+) -> impl Drain
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -308,6 +318,7 @@ where
         framing: None,
         upstream: Default::default(),
         tls: true,
+        stop: stop.clone(),
     };
     let h = &config.http2;
     http2::Builder::new(TokioExecutor::new())

@@ -67,6 +67,8 @@ pub struct Connection {
     pub upstream: upstream::Sticky,
     /// Whether the client came over TLS.
     pub tls: bool,
+    /// Turns true when the server drains.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Why a request was not forwarded, or failed upstream. [`Proxy::handle`] maps each to
@@ -373,9 +375,14 @@ impl Proxy {
         let forwarded = match &found.route.target {
             Upstream::Http(target) => {
                 if headers::is_upgrade(&parts.headers) {
-                    // A tunnel lives on after this answer: it ends when the token does.
-                    let (tokens, permit) = (self.tokens.clone(), permit.clone());
-                    let standing = move || permit.still_live(&tokens, crate::store::now());
+                    // A tunnel lives on after this answer: it ends when the token does, or
+                    // when the server drains.
+                    let (tokens, permit, stop) = (self.tokens.clone(), permit.clone(), conn.stop.clone());
+                    let standing = move || match () {
+                        _ if *stop.borrow() => Err("the server is stopping"),
+                        _ if !permit.still_live(&tokens, crate::store::now()) => Err("its token is no longer live"),
+                        _ => Ok(()),
+                    };
                     parts.extensions.insert(upgrade::Standing(Arc::new(standing)));
                 }
                 let sticky = keeps.then_some(&conn.upstream);

@@ -32,11 +32,11 @@ use super::{headers, Body, BoxError, ProxyError};
 #[derive(Clone)]
 pub struct Hold(pub Arc<dyn Any + Send + Sync>);
 
-/// Whether the credential that admitted an upgrade still stands (not revoked, regenerated
-/// or expired): the request path puts it in the request's extensions, and the tunnel
-/// asks it every [`RECHECK`] and closes when it no longer does.
+/// Whether a tunnel may go on: `Err` names why not (its credential was revoked,
+/// regenerated or expired; the server is stopping). The request path puts it in the
+/// request's extensions, and the tunnel asks it every [`RECHECK`].
 #[derive(Clone)]
-pub struct Standing(pub Arc<dyn Fn() -> bool + Send + Sync>);
+pub struct Standing(pub Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>);
 
 /// How often a tunnel asks whether its credential still stands.
 pub const RECHECK: Duration = Duration::from_secs(1);
@@ -134,8 +134,8 @@ where
                 return;
             }
             _ = recheck.tick(), if standing.is_some() => {
-                if standing.as_ref().is_some_and(|s| !(s.0)()) {
-                    tracing::info!("Token no longer live; upgraded connection closed");
+                if let Some(Err(reason)) = standing.as_ref().map(|s| (s.0)()) {
+                    tracing::info!(reason, "Upgraded connection closed");
                     return;
                 }
             }

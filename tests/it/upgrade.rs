@@ -332,5 +332,20 @@ fn a_tunnel_ends_when_its_token_is_revoked() {
     let n = tunnel.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "the tunnel still carried {:?}", &buf[..n]);
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
-    assert!(p.log_shows("Token no longer live; upgraded connection closed"), "{}", p.log());
+    assert!(p.log_shows("reason=\"its token is no longer live\""), "{}", p.log());
+}
+
+#[test]
+fn a_tunnel_is_closed_when_the_server_drains() {
+    let up = spawn_ws_upstream(Mode::Echo);
+    let mut p = TestPatgate::start_with_env(&ws_route(&up, ""), &[("PATGATE__SERVER__SHUTDOWN_GRACE", "30s")]);
+    let t = p.mint_live("agentpools:read", "acme");
+    let mut tunnel = open_tunnel(&p, &t.token);
+    let (status, took) = p.terminate();
+    assert!(status.success(), "{status:?}\n{}", p.log());
+    // Told within a recheck, not at the end of the 30 s grace.
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert!(p.log().contains("reason=\"the server is stopping\""), "{}", p.log());
+    let mut buf = [0u8; 8];
+    assert_eq!(tunnel.read(&mut buf).unwrap_or(0), 0);
 }
