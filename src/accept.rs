@@ -161,7 +161,7 @@ async fn serve(
     };
     match &shared.tls {
         None => {
-            let conn = serve_http1(tcp, peer, false, &stop, &proxy, config, &activity, &place);
+            let conn = serve_http1(tcp, connection(peer, false, &stop), &proxy, config, &activity, &place);
             drive(conn, &activity, config.idle_timeout, false, &mut stop).await;
         }
         Some(slot) => {
@@ -178,10 +178,10 @@ async fn serve(
                 Ok(Ok(tls)) => tls,
             };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                let conn = serve_http2(tls, peer, &stop, &proxy, config, &activity, &place);
+                let conn = serve_http2(tls, connection(peer, true, &stop), &proxy, config, &activity, &place);
                 drive(conn, &activity, config.idle_timeout, true, &mut stop).await;
             } else {
-                let conn = serve_http1(tls, peer, true, &stop, &proxy, config, &activity, &place);
+                let conn = serve_http1(tls, connection(peer, true, &stop), &proxy, config, &activity, &place);
                 drive(conn, &activity, config.idle_timeout, false, &mut stop).await;
             }
         }
@@ -269,11 +269,20 @@ impl http_body::Body for Sending {
     }
 }
 
+/// What the request path is told of a new connection.
+fn connection(peer: SocketAddr, tls: bool, stop: &watch::Receiver<bool>) -> proxy::Connection {
+    proxy::Connection {
+        peer,
+        framing: None,
+        upstream: Default::default(),
+        tls,
+        stop: stop.clone(),
+    }
+}
+
 fn serve_http1<IO>(
     io: IO,
-    peer: SocketAddr,
-    tls: bool,
-    stop: &watch::Receiver<bool>,
+    mut conn: proxy::Connection,
     proxy: &Arc<Proxy>,
     config: &Config,
     activity: &Arc<Activity>,
@@ -283,13 +292,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let framing = FramingWatch::new(config.max_header_bytes);
-    let conn = proxy::Connection {
-        peer,
-        framing: Some(framing.clone()),
-        upstream: Default::default(),
-        tls,
-        stop: stop.clone(),
-    };
+    conn.framing = Some(framing.clone());
     http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
@@ -299,10 +302,12 @@ where
         .with_upgrades()
 }
 
+/// Serves HTTP/2 on `conn` (whose `framing` stays unset: HTTP/2 frames bodies itself, with
+/// no Content-Length/Transfer-Encoding ambiguity). Streams of one connection run
+/// concurrently; none keeps an upstream connection of its own.
 fn serve_http2<IO>(
     io: IO,
-    peer: SocketAddr,
-    stop: &watch::Receiver<bool>,
+    conn: proxy::Connection,
     proxy: &Arc<Proxy>,
     config: &Config,
     activity: &Arc<Activity>,
@@ -311,15 +316,6 @@ fn serve_http2<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Streams of one connection run concurrently; none keeps an upstream connection of
-    // its own, and HTTP/2 framing has no Content-Length/Transfer-Encoding ambiguity.
-    let conn = proxy::Connection {
-        peer,
-        framing: None,
-        upstream: Default::default(),
-        tls: true,
-        stop: stop.clone(),
-    };
     let h = &config.http2;
     http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
