@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use http_body_util::BodyExt;
 use hyper::server::conn::{http1, http2};
@@ -63,7 +64,7 @@ pub struct Listener {
     slots: Arc<Semaphore>,
     per_ip: Arc<PerAddress>,
     /// Load balancers: many clients share their address, so no per-address limit.
-    trusted: TrustedProxies,
+    trusted: ArcSwap<TrustedProxies>,
     tls: Option<TlsSlot>,
 }
 
@@ -72,7 +73,7 @@ impl Listener {
         let tls = config.tls.as_ref().map(|t| TlsSlot::new(t.config.clone()));
         Listener {
             per_ip: Arc::new(PerAddress::new(config.max_connections_per_ip)),
-            trusted,
+            trusted: ArcSwap::from_pointee(trusted),
             slots: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
             tls,
             config,
@@ -94,6 +95,11 @@ impl Listener {
             }
             None => false,
         }
+    }
+
+    /// Puts in the trusted proxies of a reloaded configuration.
+    pub fn replace_trusted(&self, trusted: TrustedProxies) {
+        self.trusted.store(Arc::new(trusted));
     }
 
     /// Connections open from `ip`'s address or /64 (for tests and metrics).
@@ -140,7 +146,7 @@ async fn serve(
     slot: OwnedSemaphorePermit,
     mut stop: watch::Receiver<bool>,
 ) {
-    let per_ip = match shared.trusted.contains(peer.ip()) {
+    let per_ip = match shared.trusted.load().contains(peer.ip()) {
         true => None,
         false => Some(shared.per_ip.enter(peer.ip())),
     };

@@ -13,7 +13,7 @@ use crate::accept::{self, Listener};
 use crate::admin::{self, AdminState};
 use crate::config::{self, Config};
 use crate::proxy::upstream::Upstream;
-use crate::proxy::{Proxy, Routes};
+use crate::proxy::{Live, Proxy, Shared};
 use crate::store::memory::TokenCache;
 use crate::store::{follow, Store, StoreError};
 
@@ -91,7 +91,7 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     let proxy = Proxy::new(Arc::new(config.proxy.clone()), tokens);
     let mut reload = Reload {
         running: config,
-        routes: proxy.routes().clone(),
+        live: proxy.live().clone(),
         listener: listener.clone(),
         admin: admin_state,
     };
@@ -144,13 +144,13 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     Ok(())
 }
 
-/// What SIGHUP reloads: the routes with their rules, the admin policy, and the listeners'
-/// certificates. Each is replaced whole, in one store, so a request sees the old set or
+/// What SIGHUP reloads: the routes with their rules, the trusted proxies, the body rate
+/// and the brute-force limits, the admin policy, and the listeners' certificates. Each is replaced whole, in one store, so a request sees the old set or
 /// the new one, never a mix. Other keys take effect at the next start; a change to one is
 /// logged. A config that does not load is refused with its error, and the running one stays.
 struct Reload {
     running: Config,
-    routes: Routes,
+    live: Shared,
     listener: Arc<Listener>,
     admin: Option<AdminState>,
 }
@@ -167,7 +167,9 @@ impl Reload {
         for key in restart_needed(&self.running, &new) {
             tracing::warn!(key, "Changed in the file; takes effect at the next start");
         }
-        self.routes.store(Arc::new(new.proxy.routes.clone()));
+        let live = Live::new(&new.proxy, Some(&self.live.load()));
+        self.live.store(Arc::new(live));
+        self.listener.replace_trusted(new.proxy.trusted_proxies.clone());
         if let Some(tls) = &new.accept.tls {
             self.listener.replace_tls(tls);
         }
@@ -180,6 +182,9 @@ impl Reload {
         tracing::info!(routes = new.proxy.routes.iter().count(), config = %new.source.display(), "Configuration reloaded");
         // What is reported next time as needing a restart is measured against what runs.
         self.running.proxy.routes = new.proxy.routes;
+        self.running.proxy.trusted_proxies = new.proxy.trusted_proxies;
+        self.running.proxy.body_rate = new.proxy.body_rate;
+        self.running.proxy.brute_force = new.proxy.brute_force;
         self.running.admin.policy = new.admin.policy;
         self.running.accept.tls = self.running.accept.tls.take().and(new.accept.tls);
         self.running.admin.tls = self.running.admin.tls.take().and(new.admin.tls);
@@ -206,10 +211,6 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
             "server.tls.handshake_timeout",
             handshake(&old.accept.tls) != handshake(&new.accept.tls),
         ),
-        ("server.trusted_proxies", o.trusted_proxies != n.trusted_proxies),
-        ("server.body_min_rate", o.body_rate.bytes_per_sec != n.body_rate.bytes_per_sec),
-        ("server.body_rate_grace", o.body_rate.grace != n.body_rate.grace),
-        ("brute_force", o.brute_force != n.brute_force),
         ("http2", old.accept.http2 != new.accept.http2),
         ("upstream", o.upstream != n.upstream),
         ("git", o.git != n.git),

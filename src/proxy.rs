@@ -141,8 +141,35 @@ impl ProxyError {
     }
 }
 
-/// The routes in force, shared by every worker and replaced whole on reload.
-pub type Routes = Arc<ArcSwap<RouteTable<Upstream>>>;
+/// What a reload replaces, as one: the routes with their rules, and how clients are
+/// told apart and held to their limits. Every worker shares it; a request reads it once.
+pub struct Live {
+    pub routes: RouteTable<Upstream>,
+    pub trusted_proxies: client_addr::TrustedProxies,
+    pub body_rate: rate::MinRate,
+    /// Failed authentications per address; `None` when off.
+    pub lockout: Option<Arc<lockout::Lockout>>,
+}
+
+impl Live {
+    /// The live settings of `config`. The failure counts of `previous` carry over while
+    /// `[brute_force]` stays the same, so a reload neither forgets nor lifts a block.
+    pub fn new(config: &Config, previous: Option<&Live>) -> Live {
+        let kept = previous
+            .and_then(|p| p.lockout.as_ref())
+            .filter(|l| Some(*l.config()) == config.brute_force)
+            .cloned();
+        Live {
+            routes: config.routes.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
+            body_rate: config.body_rate,
+            lockout: kept.or_else(|| config.brute_force.map(|c| Arc::new(lockout::Lockout::new(c)))),
+        }
+    }
+}
+
+/// The live settings, shared by every worker and replaced whole on reload.
+pub type Shared = Arc<ArcSwap<Live>>;
 
 /// The body of every 401, whatever the reason.
 pub const UNAUTHORIZED_BODY: &str = "authentication required: give a valid patgate token";
@@ -153,13 +180,11 @@ pub const CHALLENGE: &str = "Basic realm=\"patgate\"";
 /// The request path: routes, the in-memory tokens, and the upstream clients.
 pub struct Proxy {
     config: Arc<Config>,
-    /// The routes in force: the config's at start, replaced whole by a reload.
-    routes: Routes,
+    /// The routes and client limits in force: the config's at start, replaced by a reload.
+    live: Shared,
     tokens: Arc<TokenCache>,
     http: upstream::HttpClient,
     cgi: Arc<cgi::Runner>,
-    /// Failed authentications per address, shared by every worker.
-    lockout: Option<Arc<lockout::Lockout>>,
 }
 
 /// What the access log says of one request, borrowed or shared: nothing is copied for it.
@@ -228,21 +253,19 @@ impl Proxy {
     pub fn new(config: Arc<Config>, tokens: Arc<TokenCache>) -> Self {
         let http = upstream::HttpClient::new(&config.upstream);
         let cgi = Arc::new(cgi::Runner::new(config.git.clone()));
-        let routes = Arc::new(ArcSwap::from_pointee(config.routes.clone()));
-        let lockout = config.brute_force.map(|c| Arc::new(lockout::Lockout::new(c)));
+        let live = Arc::new(ArcSwap::from_pointee(Live::new(&config, None)));
         Proxy {
             config,
-            routes,
+            live,
             tokens,
             http,
             cgi,
-            lockout,
         }
     }
 
-    /// The routes in force; a reload stores new ones here.
-    pub fn routes(&self) -> &Routes {
-        &self.routes
+    /// The routes and client limits in force; a reload stores new ones here.
+    pub fn live(&self) -> &Shared {
+        &self.live
     }
 
     /// Another proxy for another worker: the same config, tokens and git process limit,
@@ -250,11 +273,10 @@ impl Proxy {
     pub fn for_worker(&self) -> Self {
         Proxy {
             config: self.config.clone(),
-            routes: self.routes.clone(),
+            live: self.live.clone(),
             tokens: self.tokens.clone(),
             http: upstream::HttpClient::new(&self.config.upstream),
             cgi: self.cgi.clone(),
-            lockout: self.lockout.clone(),
         }
     }
 
@@ -269,8 +291,8 @@ impl Proxy {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        // The routes as they are now serve the whole request, whatever a reload does meanwhile.
-        let routes = self.routes.load_full();
+        // The settings as they are now serve the whole request, whatever a reload does meanwhile.
+        let live = self.live.load_full();
         let mut entry = AccessEntry {
             started: Instant::now(),
             method: req.method().clone(),
@@ -281,7 +303,7 @@ impl Proxy {
             log: AccessLog::default(),
             written: false,
         };
-        match self.handle_inner(req, conn, &routes, &mut entry.log).await {
+        match self.handle_inner(req, conn, &live, &mut entry.log).await {
             Ok(r) => {
                 entry.write(r.status(), None);
                 r
@@ -298,7 +320,7 @@ impl Proxy {
         &'a self,
         req: Request<B>,
         conn: &Connection,
-        routes: &'a RouteTable<Upstream>,
+        live: &'a Live,
         log: &mut AccessLog<'a>,
     ) -> Result<Response<Body>, ProxyError>
     where
@@ -320,20 +342,20 @@ impl Proxy {
         // Path.
         let path = rules::normalize(req.uri().path())?;
         // Credential and token, unless this address has failed too often.
-        let client = self.config.trusted_proxies.client_ip(conn.peer.ip(), req.headers());
+        let client = live.trusted_proxies.client_ip(conn.peer.ip(), req.headers());
         log.client = Some(client);
-        if let Some(lockout) = &self.lockout {
+        if let Some(lockout) = &live.lockout {
             lockout.check(client, Instant::now())?;
         }
         let now = crate::store::now();
         let identity = auth::authenticate(req.headers(), &self.tokens, now).inspect_err(|e| {
-            if let Some(lockout) = self.lockout.as_ref().filter(|_| counts_as_failure(e)) {
+            if let Some(lockout) = live.lockout.as_ref().filter(|_| counts_as_failure(e)) {
                 lockout.failed(client, Instant::now());
             }
         })?;
         log.identity = Some(identity.clone());
         // Route and rule.
-        let found = routes.find(&path).ok_or(ProxyError::NoRoute)?;
+        let found = live.routes.find(&path).ok_or(ProxyError::NoRoute)?;
         log.route = Some(found.route.pattern.as_str());
         let scope = found
             .route
@@ -351,7 +373,7 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         // A body that arrives too slowly is cut; the alarm tells this 408 from an upstream failure.
         let alarm = (!body.is_end_stream()).then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
-        let mut body = rate::RateLimited::new(body, self.config.body_rate);
+        let mut body = rate::RateLimited::new(body, live.body_rate);
         if let Some(a) = &alarm {
             body = body.with_alarm(a.clone());
         }
@@ -396,7 +418,7 @@ impl Proxy {
         };
         match forwarded {
             Err(_) if alarm.is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed)) => Err(rate::BodyTooSlow {
-                bytes_per_sec: self.config.body_rate.bytes_per_sec,
+                bytes_per_sec: live.body_rate.bytes_per_sec,
             }
             .into()),
             other => other,

@@ -97,6 +97,16 @@ fn x_forwarded_for_names_the_client_only_from_a_trusted_proxy() {
     }
     assert_eq!(get(&p, B, &good.token, alice).status, 429);
     assert_eq!(get(&p, A, &good.token, alice).status, 200);
+
+    // A proxy taken off the list by a reload is trusted no more, at once.
+    let config = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(&p.config, config.replace(&format!("trusted_proxies = [\"{A}\"]"), "")).unwrap();
+    assert!(p.reload().contains("Configuration reloaded"));
+    assert_eq!(get(&p, A, &good.token, alice).status, 200);
+    let seen = upstream.seen.lock().unwrap().last().unwrap().header("x-forwarded-for");
+    assert_eq!(seen, vec![A.to_string()], "the peer is the client again");
+    // The blocks made before the reload stand ([brute_force] did not change).
+    assert_eq!(get(&p, B, &good.token, "").status, 429);
 }
 
 /// Reads until the peer closes or `limit` passes; the bytes and whether it closed.
