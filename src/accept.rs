@@ -184,7 +184,7 @@ async fn serve(
                 Ok(Ok(tls)) => tls,
             };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                let conn = serve_http2(tls, connection(peer, true, &stop), &proxy, config, &activity, &place);
+                let conn = serve_http2(tls, connection(peer, true, &stop), &proxy, &shared, &activity, &place);
                 drive(conn, &activity, config.idle_timeout, true, &mut stop).await;
             } else {
                 let conn = serve_http1(tls, connection(peer, true, &stop), &proxy, config, &activity, &place);
@@ -198,12 +198,15 @@ async fn serve(
 type Place = Arc<(OwnedSemaphorePermit, Option<AddressGuard>)>;
 
 /// The service every request on a connection goes through: it counts the request in
-/// flight while the proxy works on it.
+/// flight while the proxy works on it. On HTTP/2 (`streams` given), each stream also counts
+/// against its address's connection limit until its answer is sent, as nginx's
+/// `limit_conn` counts them: one connection may not multiply itself past the limit.
 fn service(
     proxy: &Arc<Proxy>,
     conn: proxy::Connection,
     activity: &Arc<Activity>,
     place: &Place,
+    streams: Option<Arc<Listener>>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<proxy::Body>,
@@ -223,13 +226,21 @@ fn service(
         let conn = conn.clone();
         let activity = activity.clone();
         let busy = InFlight::new(&activity);
+        let streams = streams.clone();
         async move {
+            let counted = match &streams {
+                Some(l) if !l.trusted.load().contains(conn.peer.ip()) => match l.per_ip.enter(conn.peer.ip()) {
+                    Some(g) => Some(g),
+                    None => return Ok(proxy.refuse(&req, &conn, proxy::ProxyError::TooManyRequests)),
+                },
+                _ => None,
+            };
             let response = proxy.handle(req, &conn).await;
             drop(busy);
             // HTTP/2 answers count while their bodies are sent: pings alone do not keep a
             // connection open, answers being sent do.
-            if conn.framing.is_none() {
-                return Ok(response.map(|body| Sending::new(body, &activity).boxed_unsync()));
+            if streams.is_some() {
+                return Ok(response.map(|body| Sending::new(body, &activity, counted).boxed_unsync()));
             }
             Ok(response)
         }
@@ -240,14 +251,17 @@ fn service(
 struct Sending {
     body: proxy::Body,
     activity: Arc<Activity>,
+    /// The stream's place under its address's limit.
+    _counted: Option<AddressGuard>,
 }
 
 impl Sending {
-    fn new(body: proxy::Body, activity: &Arc<Activity>) -> Self {
+    fn new(body: proxy::Body, activity: &Arc<Activity>, counted: Option<AddressGuard>) -> Self {
         activity.sending.fetch_add(1, Ordering::Relaxed);
         Sending {
             body,
             activity: activity.clone(),
+            _counted: counted,
         }
     }
 }
@@ -304,7 +318,7 @@ where
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes)
         .keep_alive(true)
-        .serve_connection(TokioIo::new(Watched::new(io, framing)), service(proxy, conn, activity, place))
+        .serve_connection(TokioIo::new(Watched::new(io, framing)), service(proxy, conn, activity, place, None))
         .with_upgrades()
 }
 
@@ -315,13 +329,14 @@ fn serve_http2<IO>(
     io: IO,
     conn: proxy::Connection,
     proxy: &Arc<Proxy>,
-    config: &Config,
+    shared: &Arc<Listener>,
     activity: &Arc<Activity>,
     place: &Place,
 ) -> impl Drain
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let config = &shared.config;
     let h = &config.http2;
     http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -331,7 +346,7 @@ where
         .max_local_error_reset_streams(h.max_local_error_resets)
         .keep_alive_interval(h.keep_alive_interval)
         .keep_alive_timeout(h.keep_alive_timeout)
-        .serve_connection(TokioIo::new(io), service(proxy, conn, activity, place))
+        .serve_connection(TokioIo::new(io), service(proxy, conn, activity, place, Some(shared.clone())))
 }
 
 /// A served connection that can be asked to finish what it is doing and close.

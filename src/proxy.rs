@@ -105,6 +105,8 @@ pub enum ProxyError {
     Blocked(#[from] lockout::Blocked),
     #[error(transparent)]
     BodyTooSlow(#[from] rate::BodyTooSlow),
+    #[error("too many requests in flight from this address")]
+    TooManyRequests,
 }
 
 impl ProxyError {
@@ -129,6 +131,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Blocked(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BodyTooSlow(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::TooManyRequests => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -314,6 +317,23 @@ impl Proxy {
                 r
             }
         }
+    }
+
+    /// Answers a request that the listener's limits refuse before the pipeline runs,
+    /// logged as any other.
+    pub fn refuse<B>(&self, req: &Request<B>, conn: &Connection, e: ProxyError) -> Response<Body> {
+        let mut entry = AccessEntry {
+            started: Instant::now(),
+            method: req.method().clone(),
+            version: req.version(),
+            uri: req.uri().clone(),
+            peer: conn.peer.ip(),
+            log: AccessLog::default(),
+            written: false,
+        };
+        let r = error_response(&e);
+        entry.write(r.status(), Some(&e));
+        r
     }
 
     async fn handle_inner<'a, B>(
@@ -503,6 +523,7 @@ mod tests {
                 ProxyError::BodyTooSlow(rate::BodyTooSlow { bytes_per_sec: 1024 }),
                 S::REQUEST_TIMEOUT,
             ),
+            (ProxyError::TooManyRequests, S::SERVICE_UNAVAILABLE),
         ];
         for (e, want) in cases {
             let r = error_response(&e);

@@ -401,3 +401,60 @@ fn an_http2_connection_with_nothing_to_do_is_closed_though_the_client_pings() {
         assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
     });
 }
+
+#[test]
+fn http2_streams_count_against_the_address_limit_as_connections_do() {
+    let ca = TestCa::new("patgate test CA");
+    let hanging = spawn_upstream(true);
+    let (p, _certs) = start_tls_with(
+        &ca.server("localhost"),
+        "max_connections_per_ip = 3",
+        &format!(
+            "[[routes]]\npath = \"/{{org}}/_apis/distributedtask/**\"\nupstream = \"http://{}\"\nrules = [ {{ scope = \"agentpools:read\" }} ]\nresponse_timeout = \"3s\"\n",
+            hanging.addr
+        ),
+    );
+    let t = p.mint("agentpools:read", "acme", "1d");
+    wait_until_admitted(&p, &t.token);
+    let addr = p.addr;
+    let seen = hanging.seen.clone();
+    rt().block_on(async move {
+        let tls = connect(addr, ca.client_config(&[b"h2"], None)).await.unwrap();
+        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let get = || {
+            hyper::Request::get(format!("https://localhost:{}/acme/_apis/distributedtask/pools", addr.port()))
+                .header("authorization", basic("x", &t.token))
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap()
+        };
+        // The connection is one; two streams waiting on the upstream make three.
+        let mut waiting = Vec::new();
+        for _ in 0..2 {
+            let mut s = send.clone();
+            let req = get();
+            waiting.push(tokio::spawn(async move { s.send_request(req).await.unwrap().status() }));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.lock().unwrap().len() < 2 {
+            assert!(Instant::now() < deadline, "the two streams never reached the upstream");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let r = send.clone().send_request(get()).await.unwrap();
+        assert_eq!(r.status(), 503);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"too many requests in flight from this address\n");
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), 504);
+        }
+        // Their places are given back with their answers.
+        assert_eq!(send.clone().send_request(get()).await.unwrap().status(), 504);
+    });
+    assert_eq!(
+        hanging.seen.lock().unwrap().len(),
+        3,
+        "the refused stream never reached the upstream"
+    );
+}
