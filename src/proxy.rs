@@ -433,7 +433,7 @@ impl Proxy {
             Upstream::GitHttpBackend(root) => {
                 // git http-backend switches to nothing.
                 headers::drop_upgrade(&mut parts.headers);
-                self.cgi.run(root, parts, body, &path, &permit, client).await
+                Box::pin(self.cgi.run(root, parts, body, &path, &permit, client)).await
             }
         };
         match forwarded {

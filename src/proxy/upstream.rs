@@ -444,17 +444,17 @@ impl HttpClient {
         };
         let (mut sender, reused) = match sticky.take(target) {
             Some(s) => (s, true),
-            None => (self.connect(target).await?, false),
+            None => (Box::pin(self.connect(target)).await?, false),
         };
         if sender.ready().await.is_err() {
-            sender = self.connect(target).await?;
+            sender = Box::pin(self.connect(target)).await?;
             sender.ready().await.map_err(|e| failed(&e))?;
         }
         let response = match sender.try_send_request(req).await {
             Ok(r) => r,
             Err(mut e) if reused => match e.take_message() {
                 Some(req) => {
-                    sender = self.connect(target).await?;
+                    sender = Box::pin(self.connect(target)).await?;
                     sender.ready().await.map_err(|e| failed(&e))?;
                     sender.send_request(req).await.map_err(|e| failed(&e))?
                 }
@@ -512,7 +512,7 @@ impl HttpClient {
         let mut req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
         if let Some(client_upgrade) = upgrade {
             *req.uri_mut() = origin_form(req.uri())?;
-            return upgrade::forward(&self.connector, target, req, client_upgrade, hold, standing).await;
+            return Box::pin(upgrade::forward(&self.connector, target, req, client_upgrade, hold, standing)).await;
         }
         let sent = async {
             match sticky {
