@@ -38,7 +38,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -53,6 +53,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::proxy::lockout::Lockout;
 use crate::store::memory::TokenCache;
 use crate::store::{follow, Store};
 use crate::tls::TlsSlot;
@@ -129,6 +130,9 @@ struct Shared {
     policy: ArcSwap<Policy>,
     /// The listener's TLS configuration, when it terminates TLS.
     tls: Option<TlsSlot>,
+    /// Failed authentications per address, the same table as the proxy's (set by the
+    /// server, and again on reload); none when `[brute_force]` is off.
+    lockout: ArcSwapOption<Lockout>,
     store: Store,
     tokens: Arc<TokenCache>,
     leaks: leaked::Limiter,
@@ -148,6 +152,7 @@ impl AdminState {
         AdminState(Arc::new(Shared {
             policy: ArcSwap::from_pointee(config.policy.clone()),
             tls: config.tls.as_ref().map(|t| TlsSlot::new(t.config.clone())),
+            lockout: ArcSwapOption::empty(),
             config,
             store,
             tokens,
@@ -177,6 +182,16 @@ impl AdminState {
             }
             None => false,
         }
+    }
+
+    /// Counts failed authentications in `lockout` from now on (the proxy's table).
+    pub fn replace_lockout(&self, lockout: Option<Arc<Lockout>>) {
+        self.0.lockout.store(lockout);
+    }
+
+    /// The failure table in force.
+    pub fn lockout(&self) -> Option<Arc<Lockout>> {
+        self.0.lockout.load_full()
     }
 
     /// Puts in a reloaded policy for requests from now on.

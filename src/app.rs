@@ -89,6 +89,10 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
         config.proxy.trusted_proxies.clone(),
     ));
     let proxy = Proxy::new(Arc::new(config.proxy.clone()), tokens);
+    // One table of failed authentications for both listeners.
+    if let Some(admin) = &admin_state {
+        admin.replace_lockout(proxy.live().load().lockout.clone());
+    }
     let mut reload = Reload {
         running: config,
         live: proxy.live().clone(),
@@ -168,6 +172,9 @@ impl Reload {
             tracing::warn!(key, "Changed in the file; takes effect at the next start");
         }
         let live = Live::new(&new.proxy, Some(&self.live.load()));
+        if let Some(admin) = &self.admin {
+            admin.replace_lockout(live.lockout.clone());
+        }
         self.live.store(Arc::new(live));
         self.listener.replace_trusted(new.proxy.trusted_proxies.clone());
         if let Some(tls) = &new.accept.tls {

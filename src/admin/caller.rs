@@ -7,7 +7,10 @@
 
 use std::sync::{Arc, LazyLock, OnceLock};
 
-use axum::extract::FromRequestParts;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use http::request::Parts;
 
 use super::error::AdminError;
@@ -101,7 +104,18 @@ impl FromRequestParts<AdminState> for Caller {
     type Rejection = AdminError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, AdminError> {
-        let identity = auth::authenticate(&parts.headers, state.tokens(), crate::store::now())?;
+        // Wrong secrets count against the address, in the proxy's table: one budget for both.
+        let lockout = state.lockout();
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let counted = lockout.as_ref().zip(peer);
+        if let Some((lockout, ip)) = counted {
+            lockout.check(ip, Instant::now())?;
+        }
+        let identity = auth::authenticate(&parts.headers, state.tokens(), crate::store::now()).inspect_err(|e| {
+            if let (Some((lockout, ip)), false) = (counted, matches!(e, AuthError::Missing)) {
+                lockout.failed(ip, Instant::now());
+            }
+        })?;
         if let Some(slot) = parts.extensions.get::<LogSlot>() {
             let _ = slot.0.set(identity.token_id().to_owned());
         }

@@ -57,6 +57,9 @@ pub enum AdminError {
     MethodNotAllowed,
     #[error("too many leak reports from this address; retry in {}s", .retry_after.as_secs().max(1))]
     RateLimited { retry_after: Duration },
+    /// The address failed to authenticate too often (`[brute_force]`, shared with the proxy).
+    #[error(transparent)]
+    Blocked(#[from] crate::proxy::lockout::Blocked),
     /// Every slot for waiting on the event feed is taken.
     #[error("too many event feed requests are waiting; retry in {}s", .retry_after.as_secs().max(1))]
     TooManyWaiting { retry_after: Duration },
@@ -92,7 +95,7 @@ impl AdminError {
             AdminError::FromWebPage => S::FORBIDDEN,
             AdminError::NoEndpoint => S::NOT_FOUND,
             AdminError::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
-            AdminError::RateLimited { .. } | AdminError::TooManyWaiting { .. } => S::TOO_MANY_REQUESTS,
+            AdminError::RateLimited { .. } | AdminError::TooManyWaiting { .. } | AdminError::Blocked(_) => S::TOO_MANY_REQUESTS,
             AdminError::Store(e) => match e {
                 StoreError::NotFound(_) => S::NOT_FOUND,
                 StoreError::NotLive { .. } => S::CONFLICT,
@@ -141,6 +144,9 @@ impl IntoResponse for AdminError {
         }
         if let AdminError::RateLimited { retry_after } | AdminError::TooManyWaiting { retry_after } = &self {
             h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+        }
+        if let AdminError::Blocked(b) = &self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(b.retry_after_secs()));
         }
         if status == StatusCode::REQUEST_TIMEOUT {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -216,3 +216,28 @@ fn a_body_slower_than_the_minimum_rate_is_cut_with_408_and_one_that_flows_is_not
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
     assert_eq!(upstream.seen.lock().unwrap().last().unwrap().body_len, 20_000);
 }
+
+#[test]
+fn failures_on_the_admin_api_and_the_proxy_count_in_one_table() {
+    let upstream = spawn_upstream(false);
+    let p = TestPatgate::start(&format!(
+        "[brute_force]\nmax_failures = 3\nblock = \"1m\"\n{}",
+        agents_route(upstream.addr, "5s")
+    ));
+    let good = p.mint_live("agentpools:manage,tokens:read", "acme");
+    let admin = |from: &str, token: &str| {
+        let raw = format!("GET /admin/v1/tokens HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+        http_on(connect_from(ip(from), p.admin_addr()), raw.as_bytes())
+    };
+    // Two wrong secrets on the admin API and one on the proxy block the address on both.
+    assert_eq!(admin(C, "patg_wrong").status, 401);
+    assert_eq!(admin(C, "not-a-token").status, 401);
+    assert_eq!(get(&p, C, "wrong", "").status, 401);
+    assert_eq!(get(&p, C, &good.token, "").status, 429);
+    let r = admin(C, &good.token);
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.header("retry-after").is_some(), "{}", r.head);
+    // Another address is served on both.
+    assert_eq!(get(&p, D, &good.token, "").status, 200);
+    assert_eq!(admin(D, &good.token).status, 200);
+}

@@ -244,12 +244,14 @@ impl TestPatgate {
 
     /// Mints a token with a lifespan and waits until the running server admits it.
     pub fn mint_live_for(&self, scopes: &str, orgs: &str, expires_in: &str) -> Minted {
+        // Asked through the admin API's readiness (how many tokens it holds) where there is
+        // one: a probe with the new token, failing until it is loaded, would count against
+        // this address's failed authentications.
+        let before = self.admin.map(|_| self.loaded_tokens());
         let m = self.mint(scopes, orgs, expires_in);
         let deadline = Instant::now() + Duration::from_secs(5);
-        // Asked through the admin API where there is one: a probe of the proxy that fails
-        // would count against this address's failed authentications.
-        if self.admin.is_some() {
-            while !self.admin_sees(&m.token) {
+        if let Some(before) = before {
+            while self.loaded_tokens() <= before {
                 assert!(Instant::now() < deadline, "token never became live");
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -273,9 +275,10 @@ impl TestPatgate {
 
     /// Mints a token for `owner` with the CLI and waits until the admin API admits it.
     pub fn mint_caller(&self, owner: &str, scopes: &str) -> Minted {
+        let before = self.loaded_tokens();
         let m = self.mint_for(owner, scopes, "*", "1h");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.admin_sees(&m.token) {
+        while self.loaded_tokens() <= before {
             assert!(Instant::now() < deadline, "token never became live");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -299,6 +302,12 @@ impl TestPatgate {
         }
         head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
         self.api_raw(format!("{head}{body}").as_bytes())
+    }
+
+    /// How many live tokens the running server holds (its admin API's readiness answer).
+    pub fn loaded_tokens(&self) -> u64 {
+        let r = self.api("GET", "/admin/v1/ready", None, None);
+        r.json["tokens"].as_u64().unwrap_or_else(|| panic!("no token count in {}", r.json))
     }
 
     /// True once the running server holds `token` in memory: its admin API no longer
