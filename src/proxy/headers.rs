@@ -69,14 +69,13 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// Protocols that carry HTTP requests of their own: after a switch to one of them, the
-/// upstream would read requests that patgate never judged.
-const CARRIES_HTTP: &[&str] = &["h2c", "h2", "http", "tls"];
+/// The protocols an upgrade may switch to. Only these: others (`h2c`, `HTTP/2.0`,
+/// `TLS/1.2`, `SPDY/3.1`, ...) could carry requests of their own that patgate never judged.
+const PASSED_ON: &[&str] = &["websocket"];
 
 /// True when a request asks to switch protocols in a way patgate passes on: `Connection`
-/// lists `upgrade`, and `Upgrade` names protocols none of which carries HTTP (`h2c`,
-/// `HTTP/2.0`, `TLS/1.2`, ...). Whether it may is up to the version (HTTP/1.1 only) and the
-/// server, which the forwarder checks.
+/// lists `upgrade`, and every protocol `Upgrade` names is one of [`PASSED_ON`]. Whether it
+/// may is up to the version (HTTP/1.1 only) and the server, which the forwarder checks.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     let asked = headers
         .get_all(header::CONNECTION)
@@ -85,12 +84,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
     let offered = upgrade_protocols(headers.get_all(header::UPGRADE).iter());
-    asked
-        && !offered.is_empty()
-        && offered.iter().all(|p| {
-            let name = p.split('/').next().unwrap_or_default();
-            !name.is_empty() && !CARRIES_HTTP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        })
+    asked && !offered.is_empty() && offered.iter().all(|p| PASSED_ON.iter().any(|ok| p.eq_ignore_ascii_case(ok)))
 }
 
 /// The protocols named by `Upgrade` values, or none when a value is unreadable.
@@ -253,7 +247,6 @@ mod tests {
         let yes: &[&[(&str, &str)]] = &[
             &[("connection", "Upgrade"), ("upgrade", "websocket")],
             &[("connection", "keep-alive, upgrade"), ("upgrade", "WebSocket")],
-            &[("connection", "upgrade"), ("upgrade", "websocket, foo/2")],
         ];
         for h in yes {
             assert!(is_upgrade(&map(h)), "{h:?}");
@@ -270,6 +263,10 @@ mod tests {
             &[("connection", "upgrade"), ("upgrade", "TLS/1.2, HTTP/1.1")],
             &[("connection", "upgrade"), ("upgrade", "H2")],
             &[("connection", "upgrade"), ("upgrade", "/1")],
+            // Only WebSocket is passed on: nothing else is known not to carry requests.
+            &[("connection", "upgrade"), ("upgrade", "websocket, foo/2")],
+            &[("connection", "upgrade"), ("upgrade", "SPDY/3.1")],
+            &[("connection", "upgrade"), ("upgrade", "HTTPS/1.1")],
         ];
         for h in no {
             assert!(!is_upgrade(&map(h)), "{h:?}");
