@@ -74,8 +74,9 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 const PASSED_ON: &[&str] = &["websocket"];
 
 /// True when a request asks to switch protocols in a way patgate passes on: `Connection`
-/// lists `upgrade`, and every protocol `Upgrade` names is one of [`PASSED_ON`]. Whether it
-/// may is up to the version (HTTP/1.1 only) and the server, which the forwarder checks.
+/// lists `upgrade`, and every protocol `Upgrade` names may be passed on (`websocket`).
+/// Whether it may is up to the version (HTTP/1.1 only) and the server, which the forwarder
+/// checks.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     let asked = headers
         .get_all(header::CONNECTION)
