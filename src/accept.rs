@@ -199,8 +199,8 @@ type Place = Arc<(OwnedSemaphorePermit, Option<AddressGuard>)>;
 
 /// The service every request on a connection goes through: it counts the request in
 /// flight while the proxy works on it. On HTTP/2 (`streams` given), each stream also counts
-/// against its address's connection limit until its answer is sent, as nginx's
-/// `limit_conn` counts them: one connection may not multiply itself past the limit.
+/// against `server.max_connections` and its address's limit until its answer is sent, as
+/// nginx's `limit_conn` counts them: one connection may not multiply itself past either.
 fn service(
     proxy: &Arc<Proxy>,
     conn: proxy::Connection,
@@ -229,11 +229,21 @@ fn service(
         let streams = streams.clone();
         async move {
             let counted = match &streams {
-                Some(l) if !l.trusted.load().contains(conn.peer.ip()) => match l.per_ip.enter(conn.peer.ip()) {
-                    Some(g) => Some(g),
-                    None => return Ok(proxy.refuse(&req, &conn, proxy::ProxyError::TooManyRequests)),
-                },
-                _ => None,
+                None => None,
+                Some(l) => {
+                    // A place in all (server.max_connections), then one under the address.
+                    let Ok(slot) = l.slots.clone().try_acquire_owned() else {
+                        return Ok(proxy.refuse(&req, &conn, proxy::ProxyError::Busy));
+                    };
+                    let address = match l.trusted.load().contains(conn.peer.ip()) {
+                        true => None,
+                        false => match l.per_ip.enter(conn.peer.ip()) {
+                            Some(g) => Some(g),
+                            None => return Ok(proxy.refuse(&req, &conn, proxy::ProxyError::TooManyRequests)),
+                        },
+                    };
+                    Some((slot, address))
+                }
             };
             let response = proxy.handle(req, &conn).await;
             drop(busy);
@@ -251,12 +261,12 @@ fn service(
 struct Sending {
     body: proxy::Body,
     activity: Arc<Activity>,
-    /// The stream's place under its address's limit.
-    _counted: Option<AddressGuard>,
+    /// The stream's place under the limits.
+    _counted: Option<(OwnedSemaphorePermit, Option<AddressGuard>)>,
 }
 
 impl Sending {
-    fn new(body: proxy::Body, activity: &Arc<Activity>, counted: Option<AddressGuard>) -> Self {
+    fn new(body: proxy::Body, activity: &Arc<Activity>, counted: Option<(OwnedSemaphorePermit, Option<AddressGuard>)>) -> Self {
         activity.sending.fetch_add(1, Ordering::Relaxed);
         Sending {
             body,

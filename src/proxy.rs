@@ -107,6 +107,8 @@ pub enum ProxyError {
     BodyTooSlow(#[from] rate::BodyTooSlow),
     #[error("too many requests in flight from this address")]
     TooManyRequests,
+    #[error("too many requests in flight; retry later")]
+    Busy,
 }
 
 impl ProxyError {
@@ -131,7 +133,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Blocked(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BodyTooSlow(_) => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::TooManyRequests => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::TooManyRequests | ProxyError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -524,6 +526,7 @@ mod tests {
                 S::REQUEST_TIMEOUT,
             ),
             (ProxyError::TooManyRequests, S::SERVICE_UNAVAILABLE),
+            (ProxyError::Busy, S::SERVICE_UNAVAILABLE),
         ];
         for (e, want) in cases {
             let r = error_response(&e);

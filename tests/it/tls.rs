@@ -458,3 +458,51 @@ fn http2_streams_count_against_the_address_limit_as_connections_do() {
         "the refused stream never reached the upstream"
     );
 }
+
+#[test]
+fn http2_streams_count_against_max_connections_too() {
+    let ca = TestCa::new("patgate test CA");
+    let hanging = spawn_upstream(true);
+    let (p, _certs) = start_tls_with(
+        &ca.server("localhost"),
+        // One worker: its accept loop holds a place while it waits for the next connection.
+        "max_connections = 3\nworkers = 1",
+        &format!(
+            "[[routes]]\npath = \"/{{org}}/_apis/distributedtask/**\"\nupstream = \"http://{}\"\nrules = [ {{ scope = \"agentpools:read\" }} ]\nresponse_timeout = \"2s\"\n",
+            hanging.addr
+        ),
+    );
+    let t = p.mint("agentpools:read", "acme", "1d");
+    wait_until_admitted(&p, &t.token);
+    let addr = p.addr;
+    let seen = hanging.seen.clone();
+    rt().block_on(async move {
+        let tls = connect(addr, ca.client_config(&[b"h2"], None)).await.unwrap();
+        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let get = || {
+            hyper::Request::get(format!("https://localhost:{}/acme/_apis/distributedtask/pools", addr.port()))
+                .header("authorization", basic("x", &t.token))
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap()
+        };
+        // The connection, the waiting accept loop and a stream waiting on the upstream take
+        // the three places.
+        let mut s = send.clone();
+        let req = get();
+        let waiting = tokio::spawn(async move { s.send_request(req).await.unwrap().status() });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the stream never reached the upstream");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let r = send.clone().send_request(get()).await.unwrap();
+        assert_eq!(r.status(), 503);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"too many requests in flight; retry later\n");
+        assert_eq!(waiting.await.unwrap(), 504);
+    });
+    assert_eq!(hanging.seen.lock().unwrap().len(), 1);
+}
