@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::proxy::client_addr::TrustedProxies;
+use crate::proxy::client_addr::{client_key, TrustedProxies};
 use crate::proxy::framing::{FramingWatch, Watched};
 use crate::proxy::{self, Proxy};
 use crate::tls::{ListenerTls, TlsSlot};
@@ -543,7 +543,7 @@ impl PerAddress {
 
     /// Counts one more connection from `ip`, or None when its address is at the limit.
     fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<AddressGuard> {
-        let key = address_key(ip);
+        let key = client_key(ip);
         let mut n = self.open.entry(key).or_insert(0);
         if *n >= self.max {
             return None;
@@ -554,22 +554,7 @@ impl PerAddress {
     }
 
     fn count(&self, ip: IpAddr) -> usize {
-        self.open.get(&address_key(ip)).map_or(0, |n| *n)
-    }
-}
-
-/// The key an address is counted under: IPv4 as it is (also when IPv4-mapped), IPv6 by
-/// its /64, which one client gets as cheaply as one address.
-pub fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
+        self.open.get(&client_key(ip)).map_or(0, |n| *n)
     }
 }
 
@@ -621,6 +606,6 @@ mod tests {
         assert!(t.enter("2001:db8:1:2::77".parse().unwrap()).is_none());
         assert!(t.enter("2001:db8:1:3::1".parse().unwrap()).is_some());
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(address_key(mapped), a);
+        assert_eq!(client_key(mapped), a);
     }
 }

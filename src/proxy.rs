@@ -218,9 +218,33 @@ struct AccessEntry<'a> {
 const CLIENT_CLOSED: u16 = 499;
 
 impl AccessEntry<'_> {
-    fn write(&mut self, status: StatusCode, reason: Option<&ProxyError>) {
+    fn begin<B>(req: &Request<B>, conn: &Connection) -> Self {
+        AccessEntry {
+            started: Instant::now(),
+            method: req.method().clone(),
+            version: req.version(),
+            // A cheap clone: the URI shares the connection's read buffer.
+            uri: req.uri().clone(),
+            peer: conn.peer.ip(),
+            log: AccessLog::default(),
+            written: false,
+        }
+    }
+
+    /// The answer for `result`, logged: the response, or the error's answer.
+    fn finish(mut self, result: Result<Response<Body>, ProxyError>) -> Response<Body> {
         self.written = true;
-        self.emit(status.as_u16(), reason.map(|e| e as &dyn std::fmt::Display));
+        match result {
+            Ok(r) => {
+                self.emit(r.status().as_u16(), None);
+                r
+            }
+            Err(e) => {
+                let r = error_response(&e);
+                self.emit(r.status().as_u16(), Some(&e));
+                r
+            }
+        }
     }
 
     fn emit(&self, status: u16, reason: Option<&dyn std::fmt::Display>) {
@@ -298,44 +322,15 @@ impl Proxy {
     {
         // The settings as they are now serve the whole request, whatever a reload does meanwhile.
         let live = self.live.load_full();
-        let mut entry = AccessEntry {
-            started: Instant::now(),
-            method: req.method().clone(),
-            version: req.version(),
-            // A cheap clone: the URI shares the connection's read buffer.
-            uri: req.uri().clone(),
-            peer: conn.peer.ip(),
-            log: AccessLog::default(),
-            written: false,
-        };
-        match self.handle_inner(req, conn, &live, &mut entry.log).await {
-            Ok(r) => {
-                entry.write(r.status(), None);
-                r
-            }
-            Err(e) => {
-                let r = error_response(&e);
-                entry.write(r.status(), Some(&e));
-                r
-            }
-        }
+        let mut entry = AccessEntry::begin(&req, conn);
+        let result = self.handle_inner(req, conn, &live, &mut entry.log).await;
+        entry.finish(result)
     }
 
     /// Answers a request that the listener's limits refuse before the pipeline runs,
     /// logged as any other.
     pub fn refuse<B>(&self, req: &Request<B>, conn: &Connection, e: ProxyError) -> Response<Body> {
-        let mut entry = AccessEntry {
-            started: Instant::now(),
-            method: req.method().clone(),
-            version: req.version(),
-            uri: req.uri().clone(),
-            peer: conn.peer.ip(),
-            log: AccessLog::default(),
-            written: false,
-        };
-        let r = error_response(&e);
-        entry.write(r.status(), Some(&e));
-        r
+        AccessEntry::begin(req, conn).finish(Err(e))
     }
 
     async fn handle_inner<'a, B>(

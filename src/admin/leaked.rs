@@ -20,6 +20,7 @@ use super::request::Body;
 use super::tokens::Revoked;
 use super::AdminState;
 use crate::auth::token::TokenSecret;
+use crate::proxy::client_addr::client_key;
 
 /// The actor recorded for revocations by leak report.
 pub const ACTOR: &str = "leak report";
@@ -46,16 +47,11 @@ impl Limiter {
         if self.limiter.len() > TRACKED {
             self.limiter.retain_recent();
         }
-        let key = match ip {
-            IpAddr::V4(_) => ip,
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
-            },
-        };
-        self.limiter.check_key(&key).map_err(|not_until| AdminError::RateLimited {
-            retry_after: not_until.wait_time_from(self.clock.now()),
-        })
+        self.limiter
+            .check_key(&client_key(ip))
+            .map_err(|not_until| AdminError::RateLimited {
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            })
     }
 }
 

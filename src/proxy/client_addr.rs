@@ -267,6 +267,19 @@ fn trim_ows(mut bytes: &[u8]) -> &[u8] {
     bytes
 }
 
+/// The key one client is counted under, wherever clients are counted (connections, failed
+/// authentications, leak reports): IPv4 as is, IPv4-mapped IPv6 as IPv4, other IPv6 by its
+/// `/64`, which one client gets as cheaply as one address.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use http::HeaderValue;

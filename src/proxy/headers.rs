@@ -78,6 +78,10 @@ const PASSED_ON: &[&str] = &["websocket"];
 /// Whether it may is up to the version (HTTP/1.1 only) and the server, which the forwarder
 /// checks.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    // Asked three times a request (route, forwarder, header rewrite): one lookup for most.
+    if !headers.contains_key(header::UPGRADE) {
+        return false;
+    }
     let asked = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -54,13 +54,15 @@
 //! since the previous sweep, or one second has passed. One thread sweeps at a time; the
 //! others do not wait.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
+
+use super::client_addr::client_key;
 
 /// Lockout settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,18 +198,6 @@ impl Entry {
     }
 }
 
-/// The address failures are counted under: IPv4 as is, IPv4-mapped IPv6 as IPv4, other
-/// IPv6 as its `/64` prefix.
-pub fn lockout_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
-        },
-    }
-}
-
 impl Lockout {
     /// An empty lockout with these settings.
     pub fn new(config: Config) -> Lockout {
@@ -228,7 +218,7 @@ impl Lockout {
     /// `Err(Blocked)` while the address (or its `/64`) is blocked. One map lookup under a
     /// shared shard lock, no allocation; an address with no record costs nothing more.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Blocked> {
-        let Some(entry) = self.entries.get(&lockout_key(ip)) else {
+        let Some(entry) = self.entries.get(&client_key(ip)) else {
             return Ok(());
         };
         match entry.block_left(now, &self.config) {
@@ -240,7 +230,7 @@ impl Lockout {
     /// Counts a failed authentication from `ip`; blocks the address when this failure is the
     /// window's `max_failures`-th, and logs it once.
     pub fn failed(&self, ip: IpAddr, now: Instant) {
-        let key = lockout_key(ip);
+        let key = client_key(ip);
         let blocked = match self.entries.get_mut(&key) {
             Some(mut entry) => entry.fail(now, &self.config),
             None => self.admit(key, now),
@@ -375,6 +365,8 @@ mod tests {
     use std::collections::HashMap;
     use std::net::Ipv4Addr;
     use std::sync::Arc;
+
+    use std::net::Ipv6Addr;
 
     use proptest::prelude::*;
 
@@ -513,10 +505,10 @@ mod tests {
 
     #[test]
     fn keys() {
-        assert_eq!(lockout_key(ip("10.1.2.3")), ip("10.1.2.3"));
-        assert_eq!(lockout_key(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
-        assert_eq!(lockout_key(ip("2001:db8::1:2:3:4")), ip("2001:db8::"));
-        assert_eq!(lockout_key(ip("::1")), ip("::"));
+        assert_eq!(client_key(ip("10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(client_key(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(client_key(ip("2001:db8::1:2:3:4")), ip("2001:db8::"));
+        assert_eq!(client_key(ip("::1")), ip("::"));
     }
 
     #[test]
@@ -758,9 +750,9 @@ mod tests {
                 now += secs(dt);
                 if fail {
                     l.failed(a, now);
-                    m.failed(&c, lockout_key(a), now);
+                    m.failed(&c, client_key(a), now);
                 }
-                prop_assert_eq!(l.check(a, now), m.check(&c, lockout_key(a), now));
+                prop_assert_eq!(l.check(a, now), m.check(&c, client_key(a), now));
             }
         }
 
@@ -783,7 +775,7 @@ mod tests {
             let x = Ipv6Addr::from(a);
             let y = Ipv6Addr::from((a & !u128::from(u64::MAX)) | u128::from(b));
             if x.to_ipv4_mapped().is_none() && y.to_ipv4_mapped().is_none() {
-                prop_assert_eq!(lockout_key(IpAddr::V6(x)), lockout_key(IpAddr::V6(y)));
+                prop_assert_eq!(client_key(IpAddr::V6(x)), client_key(IpAddr::V6(y)));
             }
         }
     }

@@ -59,6 +59,25 @@ async fn connect(
     tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
 }
 
+/// An HTTP/2 client connection to `addr` over TLS (ALPN `h2`, checked), driven in a task.
+async fn h2_client(addr: SocketAddr, ca: &TestCa) -> hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>> {
+    let tls = connect(addr, ca.client_config(&[b"h2"], None)).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// `GET` of the agents' pools with `token`, as an HTTP/2 client sends it.
+fn pools(addr: SocketAddr, token: &str) -> hyper::Request<Empty<bytes::Bytes>> {
+    hyper::Request::get(format!("https://localhost:{}/acme/_apis/distributedtask/pools", addr.port()))
+        .header("authorization", basic("x", token))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap()
+}
+
 #[test]
 fn git_clones_and_pushes_over_https_with_a_test_ca_on_http2_and_http1() {
     let ca = TestCa::new("patgate test CA");
@@ -103,12 +122,7 @@ fn an_http2_client_is_served_through_the_tls_listener() {
     wait_until_admitted(&p, &t.token);
     let addr = p.addr;
     let ca = rt().block_on(async move {
-        let tls = connect(addr, ca.client_config(&[b"h2"], None)).await.unwrap();
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let mut send = h2_client(addr, &ca).await;
         let get = |auth: Option<String>| {
             let mut b = hyper::Request::get(format!(
                 "https://localhost:{}/acme/app.git/info/refs?service=git-upload-pack",
@@ -293,30 +307,17 @@ fn the_admin_listener_asks_for_client_certificates_from_its_ca() {
 fn the_upstream_is_told_https_the_client_and_the_host_of_an_http2_request() {
     let ca = TestCa::new("patgate test CA");
     let up = spawn_upstream(false);
-    let (p, _certs) = start_tls(
-        &ca.server("localhost"),
-        &format!(
-            "[[routes]]\npath = \"/{{org}}/_apis/distributedtask/**\"\nupstream = \"http://{}\"\nrules = [ {{ scope = \"agentpools:read\" }} ]\n",
-            up.addr
-        ),
-    );
+    let (p, _certs) = start_tls(&ca.server("localhost"), &agents_route(up.addr));
     let t = p.mint("agentpools:read", "acme", "1d");
     wait_until_admitted(&p, &t.token);
     let addr = p.addr;
     rt().block_on(async move {
         for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
-            let tls = connect(addr, ca.client_config(&[alpn], None)).await.unwrap();
-            let req = hyper::Request::get(format!("https://localhost:{}/acme/_apis/distributedtask/pools", addr.port()))
-                .header("authorization", basic("x", &t.token))
-                .body(Empty::<bytes::Bytes>::new())
-                .unwrap();
+            let req = pools(addr, &t.token);
             let status = if alpn == b"h2" {
-                let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                send.send_request(req).await.unwrap().status()
+                h2_client(addr, &ca).await.send_request(req).await.unwrap().status()
             } else {
+                let tls = connect(addr, ca.client_config(&[alpn], None)).await.unwrap();
                 let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
                 tokio::spawn(conn);
                 let (mut parts, body) = req.into_parts();
@@ -348,16 +349,7 @@ fn sigterm_lets_an_http2_stream_in_flight_finish_then_exits_zero() {
     let (tx, rx) = std::sync::mpsc::channel();
     let client = std::thread::spawn(move || {
         rt().block_on(async move {
-            let tls = connect(addr, ca.client_config(&[b"h2"], None)).await.unwrap();
-            let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let req = hyper::Request::get(format!("https://localhost:{}/acme/_apis/distributedtask/pools", addr.port()))
-                .header("authorization", basic("x", &t.token))
-                .body(Empty::<bytes::Bytes>::new())
-                .unwrap();
-            let r = send.send_request(req).await.unwrap();
+            let r = h2_client(addr, &ca).await.send_request(pools(addr, &t.token)).await.unwrap();
             tx.send(()).unwrap();
             let status = r.status();
             let body = r.into_body().collect().await.unwrap().to_bytes();
@@ -409,27 +401,15 @@ fn http2_streams_count_against_the_address_limit_as_connections_do() {
     let (p, _certs) = start_tls_with(
         &ca.server("localhost"),
         "max_connections_per_ip = 3",
-        &format!(
-            "[[routes]]\npath = \"/{{org}}/_apis/distributedtask/**\"\nupstream = \"http://{}\"\nrules = [ {{ scope = \"agentpools:read\" }} ]\nresponse_timeout = \"3s\"\n",
-            hanging.addr
-        ),
+        &format!("{}response_timeout = \"3s\"\n", agents_route(hanging.addr)),
     );
     let t = p.mint("agentpools:read", "acme", "1d");
     wait_until_admitted(&p, &t.token);
     let addr = p.addr;
     let seen = hanging.seen.clone();
     rt().block_on(async move {
-        let tls = connect(addr, ca.client_config(&[b"h2"], None)).await.unwrap();
-        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let get = || {
-            hyper::Request::get(format!("https://localhost:{}/acme/_apis/distributedtask/pools", addr.port()))
-                .header("authorization", basic("x", &t.token))
-                .body(Empty::<bytes::Bytes>::new())
-                .unwrap()
-        };
+        let send = h2_client(addr, &ca).await;
+        let get = || pools(addr, &t.token);
         // The connection is one; two streams waiting on the upstream make three.
         let mut waiting = Vec::new();
         for _ in 0..2 {
@@ -467,27 +447,15 @@ fn http2_streams_count_against_max_connections_too() {
         &ca.server("localhost"),
         // One worker: its accept loop holds a place while it waits for the next connection.
         "max_connections = 3\nworkers = 1",
-        &format!(
-            "[[routes]]\npath = \"/{{org}}/_apis/distributedtask/**\"\nupstream = \"http://{}\"\nrules = [ {{ scope = \"agentpools:read\" }} ]\nresponse_timeout = \"2s\"\n",
-            hanging.addr
-        ),
+        &format!("{}response_timeout = \"2s\"\n", agents_route(hanging.addr)),
     );
     let t = p.mint("agentpools:read", "acme", "1d");
     wait_until_admitted(&p, &t.token);
     let addr = p.addr;
     let seen = hanging.seen.clone();
     rt().block_on(async move {
-        let tls = connect(addr, ca.client_config(&[b"h2"], None)).await.unwrap();
-        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let get = || {
-            hyper::Request::get(format!("https://localhost:{}/acme/_apis/distributedtask/pools", addr.port()))
-                .header("authorization", basic("x", &t.token))
-                .body(Empty::<bytes::Bytes>::new())
-                .unwrap()
-        };
+        let send = h2_client(addr, &ca).await;
+        let get = || pools(addr, &t.token);
         // The connection, the waiting accept loop and a stream waiting on the upstream take
         // the three places.
         let mut s = send.clone();
