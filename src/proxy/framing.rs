@@ -116,18 +116,30 @@ impl Tracker {
                         if bytes.is_empty() {
                             return;
                         }
+                        // The usual head arrives whole in one read: it is parsed where it lies.
+                        if let Head::Complete { used, te, cl } = Head::parse(&bytes[..bytes.len().min(self.max_head)]) {
+                            self.note(te, cl);
+                            bytes = &bytes[used..];
+                            continue;
+                        }
                     }
                     let room = self.max_head.saturating_sub(before).max(1);
                     let take = bytes.len().min(room);
                     self.head.extend_from_slice(&bytes[..take]);
-                    match self.parse_head() {
-                        Some(used) => {
+                    match Head::parse(&self.head) {
+                        Head::Complete { used, te, cl } => {
                             let consumed = used - before;
                             self.head.clear();
+                            self.note(te, cl);
                             bytes = &bytes[consumed..];
                         }
-                        None if self.head.len() >= self.max_head => self.phase = Phase::Lost,
-                        None => bytes = &bytes[take..],
+                        Head::Invalid => {
+                            // hyper refuses this head too and closes the connection.
+                            self.phase = Phase::Lost;
+                            return;
+                        }
+                        Head::Partial if self.head.len() >= self.max_head => self.phase = Phase::Lost,
+                        Head::Partial => bytes = &bytes[take..],
                     }
                 }
                 Phase::Fixed(left) => {
@@ -181,19 +193,51 @@ impl Tracker {
         }
     }
 
-    /// Parses the head gathered so far. On a complete head, notes it, sets the body's
-    /// phase and returns the head's length; on a partial one returns None.
-    fn parse_head(&mut self) -> Option<usize> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let used = match req.parse(&self.head) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return None,
-            Err(_) => {
-                // hyper refuses this head too and closes the connection.
-                self.phase = Phase::Lost;
-                return Some(self.head.len());
+    /// Notes a complete head (`te`: it had `Transfer-Encoding`; `cl`: its
+    /// `Content-Length`, if any, and whether it was readable) and sets its body's phase.
+    fn note(&mut self, te: bool, cl: Option<Option<u64>>) {
+        if self.notes.len() >= self.max_notes {
+            self.overflowed = true;
+            self.phase = Phase::Lost;
+            return;
+        }
+        self.notes.push_back(te && cl.is_some());
+        self.phase = if te {
+            Phase::ChunkSize { size: 0, ext: false }
+        } else {
+            match cl {
+                None | Some(Some(0)) => Phase::Head,
+                Some(Some(n)) => Phase::Fixed(n),
+                // Unreadable or conflicting lengths: hyper refuses the request.
+                Some(None) => Phase::Lost,
             }
+        };
+    }
+}
+
+/// A request head, as far as framing goes.
+enum Head {
+    /// `used` bytes long; `te`: it had `Transfer-Encoding`; `cl`: its `Content-Length`,
+    /// if any (None inside when unreadable or conflicting).
+    Complete {
+        used: usize,
+        te: bool,
+        cl: Option<Option<u64>>,
+    },
+    Partial,
+    /// Not a request head: hyper refuses it too.
+    Invalid,
+}
+
+impl Head {
+    fn parse(buf: &[u8]) -> Head {
+        // Uninitialized slots: only the head's own headers are written.
+        let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let used = match req.parse_with_uninit_headers(buf, &mut headers) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Head::Partial,
+            Err(_) => return Head::Invalid,
         };
         let mut te = false;
         let mut cl: Option<Option<u64>> = None;
@@ -208,23 +252,7 @@ impl Tracker {
                 });
             }
         }
-        if self.notes.len() >= self.max_notes {
-            self.overflowed = true;
-            self.phase = Phase::Lost;
-            return Some(used);
-        }
-        self.notes.push_back(te && cl.is_some());
-        self.phase = if te {
-            Phase::ChunkSize { size: 0, ext: false }
-        } else {
-            match cl {
-                None | Some(Some(0)) => Phase::Head,
-                Some(Some(n)) => Phase::Fixed(n),
-                // Unreadable or conflicting lengths: hyper refuses the request.
-                Some(None) => Phase::Lost,
-            }
-        };
-        Some(used)
+        Head::Complete { used, te, cl }
     }
 }
 
