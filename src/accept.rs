@@ -303,6 +303,8 @@ impl http_body::Body for Sending {
 fn connection(peer: SocketAddr, tls: bool, stop: &watch::Receiver<bool>) -> proxy::Connection {
     proxy::Connection {
         peer,
+        peer_ip: proxy::headers::ip_value(peer.ip()),
+        credential: Default::default(),
         framing: None,
         upstream: Default::default(),
         tls,

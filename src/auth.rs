@@ -11,15 +11,16 @@ pub mod scope;
 pub mod token;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use http::HeaderMap;
+use http::{header::AUTHORIZATION, HeaderMap};
 use serde::{Deserialize, Serialize};
 
 use crate::store::memory::{CachedToken, TokenCache};
 use credentials::{Credential, CredentialError};
 use rules::Requirement;
 use scope::Scope;
+use token::TokenHash;
 
 /// The organizations a token covers. In JSON: `"*"` or a list of names.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -196,25 +197,90 @@ impl fmt::Debug for Permit {
 
 /// Finds the live token named by the request's credential. `now` is Unix seconds.
 pub fn authenticate(headers: &HeaderMap, tokens: &TokenCache, now: i64) -> Result<Identity, AuthError> {
-    let secret = match credentials::from_headers(headers)? {
-        Credential::Missing => return Err(AuthError::Missing),
-        Credential::Malformed => return Err(AuthError::Malformed),
-        Credential::Token(secret) => secret,
+    let secret = secret(headers)?;
+    live_token(tokens, &secret.hash(), now, || secret.checksum_ok())
+}
+
+/// As [`authenticate`], for a request on a connection whose last credential is in `last`:
+/// the same `Authorization` value again is not parsed and hashed again. The token is
+/// looked up all the same, so a revocation or an expiry acts on the next request.
+pub fn authenticate_on(headers: &HeaderMap, tokens: &TokenCache, now: i64, last: &LastCredential) -> Result<Identity, AuthError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = match (values.next(), values.next()) {
+        (Some(v), None) => Some(v.as_bytes()),
+        _ => None,
     };
-    let Some(token) = tokens.get(&secret.hash()) else {
-        // Every stored token was minted with a correct checksum, so it is checked only now,
-        // to tell a mistyped token from one never issued (both get the same 401).
-        return Err(if secret.checksum_ok() {
-            AuthError::Unknown
-        } else {
-            AuthError::Malformed
-        });
+    if let Some(hash) = value.and_then(|v| last.recall(v)) {
+        // It named a token once, so its checksum is right: a miss now is a revocation.
+        return live_token(tokens, &hash, now, || true);
+    }
+    let secret = secret(headers)?;
+    let hash = secret.hash();
+    let identity = live_token(tokens, &hash, now, || secret.checksum_ok())?;
+    if let Some(v) = value {
+        last.keep(v, hash);
+    }
+    Ok(identity)
+}
+
+/// The token secret a request's headers carry.
+fn secret(headers: &HeaderMap) -> Result<token::TokenSecret, AuthError> {
+    match credentials::from_headers(headers)? {
+        Credential::Missing => Err(AuthError::Missing),
+        Credential::Malformed => Err(AuthError::Malformed),
+        Credential::Token(secret) => Ok(secret),
+    }
+}
+
+/// The live token with digest `hash`. On a miss, `checksum_ok` tells a mistyped token
+/// from one never issued (both get the same 401).
+fn live_token(tokens: &TokenCache, hash: &TokenHash, now: i64, checksum_ok: impl FnOnce() -> bool) -> Result<Identity, AuthError> {
+    let Some(token) = tokens.get(hash) else {
+        // Every stored token was minted with a correct checksum, so it is checked only now.
+        return Err(if checksum_ok() { AuthError::Unknown } else { AuthError::Malformed });
     };
     if now >= token.expires_at {
         return Err(AuthError::Expired);
     }
     token.touch(now);
     Ok(Identity(token))
+}
+
+/// The last `Authorization` value that named a live token on one connection, with the
+/// token's digest. Clients send the same value with every request of a connection.
+/// Values are compared whole and in constant time; values over [`LastCredential::MAX_LEN`]
+/// bytes are not kept.
+#[derive(Default)]
+pub struct LastCredential(Mutex<Option<(Box<[u8]>, TokenHash)>>);
+
+impl LastCredential {
+    /// The longest value kept: a Basic pair of a long user name and a token fits.
+    pub const MAX_LEN: usize = 512;
+
+    fn recall(&self, value: &[u8]) -> Option<TokenHash> {
+        let last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match last.as_ref() {
+            Some((kept, hash)) if equal_in_constant_time(kept, value) => Some(*hash),
+            _ => None,
+        }
+    }
+
+    fn keep(&self, value: &[u8], hash: TokenHash) {
+        if value.len() <= Self::MAX_LEN {
+            *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((value.into(), hash));
+        }
+    }
+}
+
+impl fmt::Debug for LastCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LastCredential(<redacted>)")
+    }
+}
+
+/// Whether `a` and `b` are equal, in a time that depends on their lengths only.
+fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && std::hint::black_box(a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y))) == 0
 }
 
 /// Checks that the token allows what the route's rule requires.
@@ -235,7 +301,7 @@ pub fn authorize(identity: Identity, need: Requirement<'_>) -> Result<Permit, Au
 mod tests {
     use super::*;
     use crate::store::TokenRecord;
-    use http::header::AUTHORIZATION;
+    use base64::Engine;
     use scope::ScopeSet;
     use token::TokenSecret;
 
@@ -310,6 +376,57 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(AUTHORIZATION, format!("Bearer {typo}").parse().unwrap());
         assert_eq!(authenticate(&h, &cache, 0).err(), Some(AuthError::Malformed));
+    }
+
+    #[test]
+    fn a_connection_remembers_its_credential_and_still_sees_revocation() {
+        let s = TokenSecret::generate();
+        let cache = TokenCache::default();
+        let mut rec = record(&s, &["full"], Orgs::All, 100);
+        cache.apply(&rec, 0);
+        let last = LastCredential::default();
+        let h = bearer(&s);
+        assert!(authenticate_on(&h, &cache, 10, &last).is_ok());
+        assert!(last.recall(h[AUTHORIZATION].as_bytes()).is_some());
+        // Again from the remembered digest; then expiry and revocation act as ever.
+        assert!(authenticate_on(&h, &cache, 11, &last).is_ok());
+        assert_eq!(authenticate_on(&h, &cache, 100, &last).err(), Some(AuthError::Expired));
+        rec.revoked_at = Some(20);
+        cache.apply(&rec, 0);
+        assert_eq!(authenticate_on(&h, &cache, 21, &last).err(), Some(AuthError::Unknown));
+        // Another value is parsed and judged on its own, and replaces nothing when refused.
+        let other = TokenSecret::generate();
+        assert_eq!(authenticate_on(&bearer(&other), &cache, 21, &last).err(), Some(AuthError::Unknown));
+        assert!(last.recall(h[AUTHORIZATION].as_bytes()).is_some());
+        assert!(last.recall(bearer(&other)[AUTHORIZATION].as_bytes()).is_none());
+        // A value that differs in one byte, or only in length, is not the one remembered.
+        let v = h[AUTHORIZATION].as_bytes();
+        let mut changed = v.to_vec();
+        *changed.last_mut().unwrap() ^= 1;
+        assert!(last.recall(&changed).is_none());
+        assert!(last.recall(&v[..v.len() - 1]).is_none());
+        // Two values are refused as before, whatever is remembered.
+        let mut two = h.clone();
+        two.append(AUTHORIZATION, h[AUTHORIZATION].clone());
+        assert!(matches!(authenticate_on(&two, &cache, 21, &last), Err(AuthError::Credential(_))));
+        assert_eq!(
+            authenticate_on(&HeaderMap::new(), &cache, 21, &last).err(),
+            Some(AuthError::Missing)
+        );
+    }
+
+    #[test]
+    fn long_values_are_not_remembered() {
+        let s = TokenSecret::generate();
+        let cache = TokenCache::default();
+        cache.apply(&record(&s, &["full"], Orgs::All, 100), 0);
+        let last = LastCredential::default();
+        let user = "u".repeat(LastCredential::MAX_LEN);
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", s.expose()));
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, format!("Basic {basic}").parse().unwrap());
+        assert!(authenticate_on(&h, &cache, 10, &last).is_ok());
+        assert!(last.recall(h[AUTHORIZATION].as_bytes()).is_none());
     }
 
     #[test]

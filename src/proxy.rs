@@ -60,6 +60,10 @@ pub struct Config {
 #[derive(Debug)]
 pub struct Connection {
     pub peer: SocketAddr,
+    /// The peer's address as a header value, made once for every request that names it.
+    pub peer_ip: HeaderValue,
+    /// The credential its last admitted request carried.
+    pub credential: auth::LastCredential,
     /// Notes, per request head, whether it had Content-Length next to Transfer-Encoding
     /// (HTTP/1 only: HTTP/2 frames bodies itself).
     pub framing: Option<framing::FramingWatch>,
@@ -365,7 +369,7 @@ impl Proxy {
             lockout.check(client, Instant::now())?;
         }
         let now = crate::store::now();
-        let identity = auth::authenticate(req.headers(), &self.tokens, now).inspect_err(|e| {
+        let identity = auth::authenticate_on(req.headers(), &self.tokens, now, &conn.credential).inspect_err(|e| {
             if let Some(lockout) = live.lockout.as_ref().filter(|_| counts_as_failure(e)) {
                 lockout.failed(client, Instant::now());
             }
@@ -409,7 +413,11 @@ impl Proxy {
             }
         }
         // The upstream is told the client's address, through trusted proxies.
-        headers::prepare_upstream(&mut parts.headers, &permit, client, conn.tls);
+        let client_value = match client == conn.peer.ip() {
+            true => conn.peer_ip.clone(),
+            false => headers::ip_value(client),
+        };
+        headers::prepare_upstream(&mut parts.headers, &permit, client_value, conn.tls);
         let client = SocketAddr::new(client, conn.peer.port());
         let forwarded = match &found.route.target {
             Upstream::Http(target) => {

@@ -16,14 +16,14 @@ pub const X_PATGATE_USER: HeaderName = HeaderName::from_static("x-patgate-user")
 /// The token's public id, as sent upstream.
 pub const X_PATGATE_TOKEN_ID: HeaderName = HeaderName::from_static("x-patgate-token-id");
 
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Headers a client may not set for the upstream: patgate alone speaks for identity and
@@ -48,7 +48,7 @@ const SPOOFABLE: &[&str] = &[
 
 fn is_removed_from_request(name: &HeaderName) -> bool {
     let n = name.as_str();
-    HOP_BY_HOP.contains(&n)
+    HOP_BY_HOP.contains(name)
         || SPOOFABLE.contains(&n)
         || n.starts_with("x-patgate-")
         || n.starts_with("x-forwarded-")
@@ -119,34 +119,49 @@ pub fn upgrade_accepted(offered: &[HeaderValue], response: &HeaderMap) -> bool {
     }
 }
 
-/// Rewrites a client's request headers for the upstream, which is told the client's
-/// address and whether it came over TLS.
-pub fn prepare_upstream(headers: &mut HeaderMap, permit: &Permit, client: IpAddr, https: bool) {
-    let upgrade = is_upgrade(headers);
-    for name in connection_listed(headers) {
-        if !(upgrade && name == header::UPGRADE) {
-            headers.remove(&name);
-        }
-    }
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_removed_from_request(n) && !(upgrade && *n == header::UPGRADE))
-        .cloned()
-        .collect();
-    for name in doomed {
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// An address as a header value (`X-Forwarded-For`).
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a header value")
+}
+
+/// Removes every header `doomed` picks, with one pass to find them. The usual request
+/// loses one (its credential), the usual response none or one (`Connection`).
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let mut names = headers.keys().filter(|n| doomed(n));
+    let Some(first) = names.next().cloned() else { return };
+    let rest: Vec<HeaderName> = names.cloned().collect();
+    headers.remove(&first);
+    for name in rest {
         headers.remove(&name);
     }
+}
+
+/// Rewrites a client's request headers for the upstream, which is told the client's
+/// address (`client`, from [`ip_value`]) and whether it came over TLS.
+pub fn prepare_upstream(headers: &mut HeaderMap, permit: &Permit, client: HeaderValue, https: bool) {
+    let upgrade = is_upgrade(headers);
+    if headers.contains_key(header::CONNECTION) {
+        for name in connection_listed(headers) {
+            if !(upgrade && name == header::UPGRADE) {
+                headers.remove(&name);
+            }
+        }
+    }
+    remove_where(headers, |n| is_removed_from_request(n) && !(upgrade && *n == header::UPGRADE));
+    // Five to add, in one growth of the table at most.
+    headers.reserve(6);
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-for"),
-        HeaderValue::from_str(&client.to_string()).expect("an IP address is a header value"),
-    );
+    headers.insert(X_FORWARDED_FOR, client);
     let proto = if https { "https" } else { "http" };
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(proto));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
     if let Ok(v) = HeaderValue::from_bytes(permit.owner().as_bytes()) {
         headers.insert(X_PATGATE_USER, v);
@@ -158,12 +173,12 @@ pub fn prepare_upstream(headers: &mut HeaderMap, permit: &Permit, client: IpAddr
 
 /// Removes hop-by-hop headers from an upstream's response.
 pub fn prepare_response(headers: &mut HeaderMap) {
-    for name in connection_listed(headers) {
-        headers.remove(&name);
+    if headers.contains_key(header::CONNECTION) {
+        for name in connection_listed(headers) {
+            headers.remove(&name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
-    }
+    remove_where(headers, |n| HOP_BY_HOP.contains(n));
 }
 
 /// Removes hop-by-hop headers from an upstream's 101 answer to an upgrade, except its
@@ -174,11 +189,7 @@ pub fn prepare_upgrade_response(headers: &mut HeaderMap) {
             headers.remove(&name);
         }
     }
-    for name in HOP_BY_HOP {
-        if *name != "upgrade" {
-            headers.remove(*name);
-        }
-    }
+    remove_where(headers, |n| HOP_BY_HOP.contains(n) && n != header::UPGRADE);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
@@ -290,7 +301,7 @@ mod tests {
             ("te", "trailers"),
             ("authorization", "Bearer x"),
         ]);
-        prepare_upstream(&mut h, &permit(), "10.0.0.1".parse().unwrap(), false);
+        prepare_upstream(&mut h, &permit(), ip_value("10.0.0.1".parse().unwrap()), false);
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["x-patgate-user"], "alice");
@@ -308,7 +319,7 @@ mod tests {
             &[("upgrade", "websocket")][..],
         ] {
             let mut h = map(pairs);
-            prepare_upstream(&mut h, &permit(), "10.0.0.1".parse().unwrap(), false);
+            prepare_upstream(&mut h, &permit(), ip_value("10.0.0.1".parse().unwrap()), false);
             for gone in ["connection", "upgrade", "http2-settings"] {
                 assert!(!h.contains_key(gone), "{gone} in {pairs:?}");
             }

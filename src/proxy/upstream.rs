@@ -144,6 +144,8 @@ pub struct HttpTarget {
     /// `https://`: reached over TLS and verified.
     pub tls: bool,
     pub authority: Authority,
+    /// The `Host` the upstream is sent: its authority, made once.
+    pub host: http::HeaderValue,
     pub prefix: String,
     pub response_timeout: Duration,
 }
@@ -188,9 +190,11 @@ impl Upstream {
             return Err("may not have a query".into());
         }
         let prefix = uri.path().trim_end_matches('/').to_owned();
+        let host = http::HeaderValue::from_str(authority.as_str()).map_err(|_| "has a host that is not a header value".to_string())?;
         Ok(Upstream::Http(HttpTarget {
             tls,
             authority,
+            host,
             prefix,
             response_timeout,
         }))
@@ -207,19 +211,20 @@ fn bare_host(authority: &Authority) -> &str {
 /// requests on one connection come one after another, so one upstream connection serves
 /// them all, with no pool to consult. It closes when the client connection does.
 #[derive(Default)]
-pub struct Sticky(Mutex<Option<(Scheme, Authority, SendRequest<Body>)>>);
+pub struct Sticky(Mutex<Option<(bool, http::HeaderValue, SendRequest<Body>)>>);
 
 impl Sticky {
     fn take(&self, target: &HttpTarget) -> Option<SendRequest<Body>> {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match slot.take() {
-            Some((scheme, a, s)) if scheme == target.scheme() && a == target.authority && !s.is_closed() => Some(s),
+            // The same scheme and authority, byte for byte.
+            Some((tls, host, s)) if tls == target.tls && host == target.host && !s.is_closed() => Some(s),
             _ => None,
         }
     }
 
     fn put(&self, target: &HttpTarget, sender: SendRequest<Body>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((target.scheme(), target.authority.clone(), sender));
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((target.tls, target.host.clone(), sender));
     }
 }
 
@@ -435,9 +440,7 @@ impl HttpClient {
     /// Sends on the client connection's own upstream connection, opening it when there is
     /// none. A request that a reused connection turned away unsent (it had just closed)
     /// goes once more on a new one.
-    async fn send_sticky(&self, sticky: &Sticky, target: &HttpTarget, mut req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        // On a connection of its own the request goes in origin form, as the pool sends it.
-        *req.uri_mut() = origin_form(req.uri())?;
+    async fn send_sticky(&self, sticky: &Sticky, target: &HttpTarget, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
         let failed = |e: &dyn std::fmt::Display| {
             tracing::warn!(upstream = %target.authority, error = %e, "Upstream failed");
             ProxyError::UpstreamFailed
@@ -482,17 +485,17 @@ impl HttpClient {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let pq = match parts.uri.query() {
-            Some(q) => format!("{}{}?{q}", target.prefix, path.as_str()),
-            None => format!("{}{}", target.prefix, path.as_str()),
+        // The usual request goes with its own path and query, shared, not copied.
+        let pq = match parts.uri.path_and_query() {
+            Some(pq) if target.prefix.is_empty() && pq.path() == path.as_str() => pq.clone(),
+            _ => {
+                let pq = match parts.uri.query() {
+                    Some(q) => format!("{}{}?{q}", target.prefix, path.as_str()),
+                    None => format!("{}{}", target.prefix, path.as_str()),
+                };
+                PathAndQuery::try_from(pq).map_err(|_| ProxyError::UpstreamFailed)?
+            }
         };
-        let pq = PathAndQuery::try_from(pq).map_err(|_| ProxyError::UpstreamFailed)?;
-        parts.uri = Uri::builder()
-            .scheme(target.scheme())
-            .authority(target.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| ProxyError::UpstreamFailed)?;
         // hyper puts the client connection's upgrade here for HTTP/1.1 requests that ask
         // for one; only those may go upstream asking for one.
         let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
@@ -503,15 +506,25 @@ impl HttpClient {
                 None
             }
         };
+        // On a connection of its own (sticky, or an upgrade's) the request goes in origin
+        // form; the pool finds its connection by scheme and authority.
+        parts.uri = if sticky.is_some() || upgrade.is_some() {
+            Uri::from(pq)
+        } else {
+            Uri::builder()
+                .scheme(target.scheme())
+                .authority(target.authority.clone())
+                .path_and_query(pq)
+                .build()
+                .map_err(|_| ProxyError::UpstreamFailed)?
+        };
         parts.version = http::Version::HTTP_11;
         // The upstream serves the route's host; the client's stays in X-Forwarded-Host.
-        let host = http::HeaderValue::from_str(target.authority.as_str()).map_err(|_| ProxyError::UpstreamFailed)?;
-        parts.headers.insert(http::header::HOST, host);
+        parts.headers.insert(http::header::HOST, target.host.clone());
         let hold = parts.extensions.remove::<upgrade::Hold>();
         let standing = parts.extensions.remove::<upgrade::Standing>();
-        let mut req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+        let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
         if let Some(client_upgrade) = upgrade {
-            *req.uri_mut() = origin_form(req.uri())?;
             return Box::pin(upgrade::forward(&self.connector, target, req, client_upgrade, hold, standing)).await;
         }
         let sent = async {
@@ -540,11 +553,6 @@ impl HttpClient {
         headers::prepare_response(&mut parts.headers);
         Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync()))
     }
-}
-
-/// A request target in origin form (`/path?query`), as sent on a connection of its own.
-fn origin_form(uri: &Uri) -> Result<Uri, ProxyError> {
-    uri.path_and_query().cloned().map(Uri::from).ok_or(ProxyError::UpstreamFailed)
 }
 
 #[cfg(test)]
