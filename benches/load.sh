@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Side-by-side load, in one run on one machine: the same wrk load straight to an upstream
 # (direct), through nginx as a reverse proxy that admits one Authorization value (the
-# reference ../shared/bench/nginx-proxy.conf), and through patgate (token lookup, route,
-# scope check). Small GETs over keep-alive at 64 connections, ROUNDS interleaved rounds of
+# reference ../shared/bench/nginx-proxy.conf, one worker), and through patgate (token lookup,
+# route, scope check) twice: with its default of one worker per core, and with one worker
+# (patgate-1w), since wrk and the upstream share the cores. Small GETs over keep-alive at 64 connections, ROUNDS interleaved rounds of
 # DURATION_S seconds each (medians taken, so noise hits every side alike), then one 1 GiB
 # chunked POST through each. Prints one table with the ratios and patgate's peak RSS.
 # Usage: bash benches/load.sh [DURATION_S] [ROUNDS]     (loopback only; installs nginx and wrk)
@@ -47,6 +48,7 @@ up=$(free_port 18081); ports+=("$up")
 px=$(free_port 18082); ports+=("$px")
 sink=$(free_port 18083); ports+=("$sink")
 pg=$(free_port 18084); ports+=("$pg")
+pg1=$(free_port 18085); ports+=("$pg1")
 
 wait_http() { # url: up to 10 s for any HTTP answer
   local t
@@ -98,18 +100,22 @@ for c in upstream proxy; do
 done
 python3 benches/sink.py "$sink" & pids+=($!)
 "$bin" --config "$run/patgate.toml" serve & pgpid=$!; pids+=($pgpid)
+# The same with one worker: one event loop, as nginx here has one worker process.
+PATGATE__SERVER__WORKERS=1 PATGATE__SERVER__LISTEN="127.0.0.1:$pg1" "$bin" --config "$run/patgate.toml" serve & pg1pid=$!; pids+=($pg1pid)
 
 declare -A url=(
   [direct]="http://127.0.0.1:$up/agents/pool"
   [nginx]="http://127.0.0.1:$px/agents/pool"
   [patgate]="http://127.0.0.1:$pg/agents/pool"
+  [patgate-1w]="http://127.0.0.1:$pg1/agents/pool"
 )
 declare -A post_url=(
   [direct]="http://127.0.0.1:$sink/sink/upload"
   [nginx]="http://127.0.0.1:$px/sink/upload"
   [patgate]="http://127.0.0.1:$pg/sink/upload"
+  [patgate-1w]="http://127.0.0.1:$pg1/sink/upload"
 )
-targets=(direct nginx patgate)
+targets=(direct nginx patgate patgate-1w)
 for t in "${targets[@]}"; do wait_http "${url[$t]}"; done
 wait_http "http://127.0.0.1:$sink/"
 
@@ -143,12 +149,12 @@ load() { # target seconds -> wrk output file
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 load0=$(cut -d' ' -f1 /proc/loadavg)
-echo "Warm-up: 2 s per target; then $rounds rounds x 3 targets x ${dur} s (wrk -t1 -c64)..." >&2
+echo "Warm-up: 2 s per target; then $rounds rounds x ${#targets[@]} targets x ${dur} s (wrk -t1 -c64)..." >&2
 for t in "${targets[@]}"; do load "$t" 2 >/dev/null; done
 declare -A rps p50 p99
 for r in $(seq "$rounds"); do
-  for i in 0 1 2; do # the order rotates each round
-    t=${targets[$(((i + r - 1) % 3))]}
+  for i in "${!targets[@]}"; do # the order rotates each round
+    t=${targets[$(((i + r - 1) % ${#targets[@]}))]}
     read -r q a b bad err < <(parse_wrk "$(load "$t" "$dur")")
     ((bad == 0)) || { echo "$t: $bad responses were not 2xx/3xx" >&2; exit 1; }
     ((err == 0)) || echo "  ($t: $err socket errors)" >&2
@@ -177,17 +183,19 @@ for t in "${targets[@]}"; do
   mib[$t]=$(awk -v s="$secs" 'BEGIN { printf "%.0f", 1024 / s }')
 done
 peak=$(awk '/VmHWM/ { print $2 }' /proc/$pgpid/status)
+peak1=$(awk '/VmHWM/ { print $2 }' /proc/$pg1pid/status)
 
 echo
 echo "GET ${url[patgate]#http://127.0.0.1:$pg} over keep-alive, wrk -t1 -c64, median of $rounds x ${dur} s; one 1 GiB chunked POST"
-printf '%-16s %10s %10s %10s %12s\n' target rps "p50 ms" "p99 ms" "POST MiB/s"
+printf '%-18s %10s %10s %10s %12s\n' target rps "p50 ms" "p99 ms" "POST MiB/s"
 for t in "${targets[@]}"; do
-  printf '%-16s %10.0f %10.3f %10.3f %12s\n' "$t" "${mr[$t]}" "${m50[$t]}" "${m99[$t]}" "${mib[$t]}"
+  printf '%-18s %10.0f %10.3f %10.3f %12s\n' "$t" "${mr[$t]}" "${m50[$t]}" "${m99[$t]}" "${mib[$t]}"
 done
-for base in nginx direct; do
-  awk -v n="patgate/$base" -v r="${mr[patgate]}" -v rb="${mr[$base]}" -v a="${m50[patgate]}" -v ab="${m50[$base]}" \
-      -v b="${m99[patgate]}" -v bb="${m99[$base]}" -v m="${mib[patgate]}" -v mb="${mib[$base]}" \
-      'BEGIN { printf "%-16s %10.2f %10.2f %10.2f %12.2f\n", n, r / rb, a / ab, b / bb, m / mb }'
+for pair in patgate/nginx patgate/direct patgate-1w/nginx; do
+  p=${pair%/*} base=${pair#*/}
+  awk -v n="$pair" -v r="${mr[$p]}" -v rb="${mr[$base]}" -v a="${m50[$p]}" -v ab="${m50[$base]}" \
+      -v b="${m99[$p]}" -v bb="${m99[$base]}" -v m="${mib[$p]}" -v mb="${mib[$base]}" \
+      'BEGIN { printf "%-18s %10.2f %10.2f %10.2f %12.2f\n", n, r / rb, a / ab, b / bb, m / mb }'
 done
-awk -v k="$peak" 'BEGIN { printf "patgate peak RSS: %.1f MiB (VmHWM %d KiB)\n", k / 1024, k }'
+awk -v k="$peak" -v k1="$peak1" 'BEGIN { printf "patgate peak RSS: %.1f MiB (VmHWM %d KiB); with one worker %.1f MiB\n", k / 1024, k, k1 / 1024 }'
 echo "load average (1 min) at the start: $load0 on $(nproc) cores; at the end: $(cut -d' ' -f1 /proc/loadavg); ${SECONDS} s after the build"

@@ -82,6 +82,7 @@ fn main() {
         mib(before),
         mib(after)
     );
+    assert_eq!(refused, FLOOD, "every unknown token must get 401");
 }
 
 /// Inserts `n` live tokens straight into the store's tables, in one transaction.
@@ -116,7 +117,9 @@ fn start(dir: &Path, db: &Path) -> Server {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nenabled = false\n[store]\nurl = \"sqlite://{}\"\n\n[[routes]]\npath = \"/agents/**\"\nupstream = \"http://127.0.0.1:9\"\nrules = [{{ scope = \"agentpools:read\" }}]\n",
+            // The flood comes from one address: the lockout would answer it 429 after 20
+            // failures, and the token path under test would go unused.
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nenabled = false\n[brute_force]\nenabled = false\n[store]\nurl = \"sqlite://{}\"\n\n[[routes]]\npath = \"/agents/**\"\nupstream = \"http://127.0.0.1:9\"\nrules = [{{ scope = \"agentpools:read\" }}]\n",
             db.display()
         ),
     )
