@@ -58,14 +58,17 @@ fn is_removed_from_request(name: &HeaderName) -> bool {
         || name == header::EXPECT
 }
 
-/// The names listed in `Connection` headers.
+/// The names listed in `Connection` headers, less the hop-by-hop ones that every caller
+/// handles anyway (the usual `keep-alive`, and `upgrade`): those are not parsed again.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("upgrade"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect()
 }
 
@@ -146,9 +149,7 @@ pub fn prepare_upstream(headers: &mut HeaderMap, permit: &Permit, client: Header
     let upgrade = is_upgrade(headers);
     if headers.contains_key(header::CONNECTION) {
         for name in connection_listed(headers) {
-            if !(upgrade && name == header::UPGRADE) {
-                headers.remove(&name);
-            }
+            headers.remove(&name);
         }
     }
     remove_where(headers, |n| is_removed_from_request(n) && !(upgrade && *n == header::UPGRADE));
@@ -185,9 +186,7 @@ pub fn prepare_response(headers: &mut HeaderMap) {
 /// `Upgrade`, and says `Connection: upgrade`.
 pub fn prepare_upgrade_response(headers: &mut HeaderMap) {
     for name in connection_listed(headers) {
-        if name != header::UPGRADE {
-            headers.remove(&name);
-        }
+        headers.remove(&name);
     }
     remove_where(headers, |n| HOP_BY_HOP.contains(n) && n != header::UPGRADE);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
