@@ -1,6 +1,8 @@
 //! The request path's decisions, timed with criterion:
 //! - `auth_decision`: header → credential → SHA-256 → in-memory lookup → scope and
 //!   organization check, with 1 thousand and 1 million live tokens;
+//!   `basic_again` is the same Basic value again on one connection ([`authenticate_on`]:
+//!   the digest remembered, the token still looked up);
 //! - `request_decision`: the same plus path normalization, route match and the git rule;
 //! - the parts on their own.
 //!
@@ -15,7 +17,7 @@ use patgate::auth::credentials;
 use patgate::auth::rules::{normalize, Pattern, Requirement, Route, RouteTable, Rules};
 use patgate::auth::scope::{Scope, ScopeSet};
 use patgate::auth::token::TokenSecret;
-use patgate::auth::{authenticate, authorize, Orgs};
+use patgate::auth::{authenticate, authenticate_on, authorize, LastCredential, Orgs};
 use patgate::store::memory::TokenCache;
 use patgate::store::TokenRecord;
 
@@ -85,6 +87,14 @@ fn decision(c: &mut Criterion) {
                 })
             });
         }
+        let last = LastCredential::default();
+        authenticate_on(&basic, &cache, 1, &last).unwrap();
+        group.bench_with_input(BenchmarkId::new("basic_again", n), &n, |b, _| {
+            b.iter(|| {
+                let id = authenticate_on(black_box(&basic), &cache, 1, &last).unwrap();
+                black_box(authorize(id, black_box(need)).unwrap());
+            })
+        });
         group.finish();
 
         let method = Method::GET;
