@@ -70,9 +70,9 @@ done
 
 # Warm up (connections, upstream connections, caches), then count only the measured load.
 wrk -t1 -c8 -d2s -H "Authorization: $auth" "$url" >/dev/null
-callgrind_control -z "$vg" >/dev/null
+callgrind_control -z "$vg" >/dev/null 2>&1
 n=$(wrk -t1 -c8 -d"${secs}s" -H "Authorization: $auth" "$url" | awk '/requests in/ { print $1 }')
-callgrind_control -d "$vg" >/dev/null
+callgrind_control -d "$vg" >/dev/null 2>&1
 sleep 1
 dump=$(ls -t "$run"/cg.out.* | head -n 1)
 mkdir -p "$(dirname "$out")"
