@@ -13,7 +13,7 @@ pub mod token;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use http::{header::AUTHORIZATION, HeaderMap};
+use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use crate::store::memory::{CachedToken, TokenCache};
@@ -197,7 +197,7 @@ impl fmt::Debug for Permit {
 
 /// Finds the live token named by the request's credential. `now` is Unix seconds.
 pub fn authenticate(headers: &HeaderMap, tokens: &TokenCache, now: i64) -> Result<Identity, AuthError> {
-    let secret = secret(headers)?;
+    let secret = secret(credentials::from_headers(headers)?)?;
     live_token(tokens, &secret.hash(), now, || secret.checksum_ok())
 }
 
@@ -205,27 +205,23 @@ pub fn authenticate(headers: &HeaderMap, tokens: &TokenCache, now: i64) -> Resul
 /// the same `Authorization` value again is not parsed and hashed again. The token is
 /// looked up all the same, so a revocation or an expiry acts on the next request.
 pub fn authenticate_on(headers: &HeaderMap, tokens: &TokenCache, now: i64, last: &LastCredential) -> Result<Identity, AuthError> {
-    let mut values = headers.get_all(AUTHORIZATION).iter();
-    let value = match (values.next(), values.next()) {
-        (Some(v), None) => Some(v.as_bytes()),
-        _ => None,
+    let Some(value) = credentials::authorization(headers)? else {
+        return Err(AuthError::Missing);
     };
-    if let Some(hash) = value.and_then(|v| last.recall(v)) {
+    if let Some(hash) = last.recall(value.as_bytes()) {
         // It named a token once, so its checksum is right: a miss now is a revocation.
         return live_token(tokens, &hash, now, || true);
     }
-    let secret = secret(headers)?;
+    let secret = secret(credentials::parse(value.as_bytes())?)?;
     let hash = secret.hash();
     let identity = live_token(tokens, &hash, now, || secret.checksum_ok())?;
-    if let Some(v) = value {
-        last.keep(v, hash);
-    }
+    last.keep(value.as_bytes(), hash);
     Ok(identity)
 }
 
-/// The token secret a request's headers carry.
-fn secret(headers: &HeaderMap) -> Result<token::TokenSecret, AuthError> {
-    match credentials::from_headers(headers)? {
+/// The token secret a credential carries.
+fn secret(credential: Credential) -> Result<token::TokenSecret, AuthError> {
+    match credential {
         Credential::Missing => Err(AuthError::Missing),
         Credential::Malformed => Err(AuthError::Malformed),
         Credential::Token(secret) => Ok(secret),
@@ -302,6 +298,7 @@ mod tests {
     use super::*;
     use crate::store::TokenRecord;
     use base64::Engine;
+    use http::header::AUTHORIZATION;
     use scope::ScopeSet;
     use token::TokenSecret;
 

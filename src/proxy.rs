@@ -413,9 +413,10 @@ impl Proxy {
             }
         }
         // The upstream is told the client's address, through trusted proxies.
-        let client_value = match client == conn.peer.ip() {
-            true => conn.peer_ip.clone(),
-            false => headers::ip_value(client),
+        let client_value = if client == conn.peer.ip() {
+            conn.peer_ip.clone()
+        } else {
+            headers::ip_value(client)
         };
         headers::prepare_upstream(&mut parts.headers, &permit, client_value, conn.tls);
         let client = SocketAddr::new(client, conn.peer.port());

@@ -17,7 +17,7 @@ use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
-use http::header::{HeaderMap, AUTHORIZATION};
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 
 use super::token::{looks_like_token, TokenSecret};
 
@@ -62,14 +62,20 @@ pub enum CredentialError {
 
 /// Reads the credential from request headers.
 pub fn from_headers(headers: &HeaderMap) -> Result<Credential, CredentialError> {
+    match authorization(headers)? {
+        None => Ok(Credential::Missing),
+        Some(value) => parse(value.as_bytes()),
+    }
+}
+
+/// The request's one `Authorization` value, if it has one; more than one is an error.
+pub fn authorization(headers: &HeaderMap) -> Result<Option<&HeaderValue>, CredentialError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
-    let Some(value) = values.next() else {
-        return Ok(Credential::Missing);
-    };
+    let value = values.next();
     if values.next().is_some() {
         return Err(CredentialError::MultipleHeaders);
     }
-    parse(value.as_bytes())
+    Ok(value)
 }
 
 /// Parses one `Authorization` value.

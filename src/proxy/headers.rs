@@ -153,7 +153,7 @@ pub fn prepare_upstream(headers: &mut HeaderMap, permit: &Permit, client: Header
         }
     }
     remove_where(headers, |n| is_removed_from_request(n) && !(upgrade && *n == header::UPGRADE));
-    // Five to add, in one growth of the table at most.
+    // Up to six to add, in one growth of the table at most.
     headers.reserve(6);
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
