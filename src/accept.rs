@@ -167,7 +167,7 @@ async fn serve(
     };
     match &shared.tls {
         None => {
-            let conn = serve_http1(tcp, connection(peer, false, &stop), &proxy, config, &activity, &place);
+            let conn = relay(tcp, connection(peer, false, &stop), &proxy, config, &activity, &place);
             drive(conn, &activity, config.idle_timeout, false, &mut stop).await;
         }
         Some(slot) => {
@@ -187,7 +187,7 @@ async fn serve(
                 let conn = serve_http2(tls, connection(peer, true, &stop), &proxy, &shared, &activity, &place);
                 drive(conn, &activity, config.idle_timeout, true, &mut stop).await;
             } else {
-                let conn = serve_http1(tls, connection(peer, true, &stop), &proxy, config, &activity, &place);
+                let conn = relay(tls, connection(peer, true, &stop), &proxy, config, &activity, &place);
                 drive(conn, &activity, config.idle_timeout, false, &mut stop).await;
             }
         }
@@ -310,6 +310,57 @@ fn connection(peer: SocketAddr, tls: bool, stop: &watch::Receiver<bool>) -> prox
         tls,
         stop: stop.clone(),
     }
+}
+
+/// Serves HTTP/1.1 with the relay ([`proxy::relay`]), which hands the connection to
+/// hyper ([`serve_http1`]) at the first request it does not take.
+fn relay<IO>(io: IO, conn: proxy::Connection, proxy: &Arc<Proxy>, config: &Config, activity: &Arc<Activity>, place: &Place) -> impl Drain
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = proxy::relay::Limits {
+        header_read_timeout: config.header_read_timeout,
+        max_header_bytes: config.max_header_bytes,
+    };
+    let (proxy, config, activity, place) = (proxy.clone(), config.clone(), activity.clone(), place.clone());
+    let mut stop = conn.stop.clone();
+    let served = proxy::relay::serve(io, conn, proxy.clone(), limits, activity.clone(), move |io, conn| async move {
+        let mut conn = std::pin::pin!(serve_http1(io, conn, &proxy, &config, &activity, &place));
+        let mut draining = *stop.borrow();
+        if draining {
+            conn.as_mut().drain();
+        }
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "Connection ended with an error");
+                    }
+                    return;
+                }
+                _ = stop.changed(), if !draining => {
+                    draining = true;
+                    conn.as_mut().drain();
+                }
+            }
+        }
+    });
+    SelfDraining(Box::pin(served))
+}
+
+/// A connection that follows the drain signal itself (the relay, and hyper after it).
+struct SelfDraining<F>(Pin<Box<F>>);
+
+impl<F: Future<Output = ()>> Future for SelfDraining<F> {
+    type Output = Result<(), hyper::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx).map(Ok)
+    }
+}
+
+impl<F: Future<Output = ()>> Drain for SelfDraining<F> {
+    fn drain(self: Pin<&mut Self>) {}
 }
 
 fn serve_http1<IO>(
@@ -450,7 +501,7 @@ async fn drive(conn: impl Drain, activity: &Activity, idle: Duration, multiplexe
 /// Whether a connection is doing anything: requests in flight, and whether a byte moved
 /// since the watchdog last looked.
 #[derive(Debug, Default)]
-struct Activity {
+pub(crate) struct Activity {
     moved: AtomicBool,
     /// Requests whose answer is not ready yet (waiting on the upstream is not idling).
     in_flight: AtomicUsize,
@@ -461,10 +512,10 @@ struct Activity {
 }
 
 /// Counts a request in flight for as long as it lives.
-struct InFlight(Arc<Activity>);
+pub(crate) struct InFlight(Arc<Activity>);
 
 impl InFlight {
-    fn new(activity: &Arc<Activity>) -> Self {
+    pub(crate) fn new(activity: &Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         activity.used.store(true, Ordering::Relaxed);
         InFlight(activity.clone())

@@ -12,6 +12,7 @@ pub mod framing;
 pub mod headers;
 pub mod lockout;
 pub mod rate;
+pub mod relay;
 pub mod upgrade;
 pub mod upstream;
 
@@ -205,6 +206,15 @@ struct AccessLog<'a> {
     client: Option<std::net::IpAddr>,
 }
 
+/// A request the pipeline admitted: where it goes and on whose authority.
+struct Admitted<'a> {
+    path: rules::NormalizedPath,
+    target: &'a Upstream,
+    permit: auth::Permit,
+    /// The client's address, through trusted proxies.
+    pub client: std::net::IpAddr,
+}
+
 /// One request's access-log line. It is written when the answer is ready, or, if the
 /// client goes away first (a closed connection, an HTTP/2 reset), when the request is
 /// dropped: with status 499, as nginx logs it, since it may have reached the upstream.
@@ -223,12 +233,16 @@ const CLIENT_CLOSED: u16 = 499;
 
 impl AccessEntry<'_> {
     fn begin<B>(req: &Request<B>, conn: &Connection) -> Self {
+        Self::of(req.method(), req.version(), req.uri(), conn)
+    }
+
+    fn of(method: &Method, version: http::Version, uri: &http::Uri, conn: &Connection) -> Self {
         AccessEntry {
             started: Instant::now(),
-            method: req.method().clone(),
-            version: req.version(),
+            method: method.clone(),
+            version,
             // A cheap clone: the URI shares the connection's read buffer.
-            uri: req.uri().clone(),
+            uri: uri.clone(),
             peer: conn.peer.ip(),
             log: AccessLog::default(),
             written: false,
@@ -337,6 +351,65 @@ impl Proxy {
         AccessEntry::begin(req, conn).finish(Err(e))
     }
 
+    /// Everything before forwarding: request target and framing, path, credential and
+    /// token, route and rule, scope and organization. The relay ([`relay`]) decides here too.
+    fn admit<'a>(
+        &self,
+        head: &http::request::Parts,
+        both_lengths: bool,
+        conn: &Connection,
+        live: &'a Live,
+        log: &mut AccessLog<'a>,
+    ) -> Result<Admitted<'a>, ProxyError> {
+        // HTTP/2 always names scheme and authority; an HTTP/1 request may only name its path.
+        if head.version < http::Version::HTTP_2 && (head.uri.scheme().is_some() || head.uri.authority().is_some()) {
+            return Err(ProxyError::AbsoluteForm);
+        }
+        if head.method == Method::CONNECT || head.method == Method::TRACE {
+            return Err(ProxyError::MethodNotAllowed(head.method.clone()));
+        }
+        if both_lengths {
+            return Err(ProxyError::ContentLengthWithTransferEncoding);
+        }
+        // Path.
+        let path = rules::normalize(head.uri.path())?;
+        // Credential and token, unless this address has failed too often.
+        let client = live.trusted_proxies.client_ip(conn.peer.ip(), &head.headers);
+        log.client = Some(client);
+        if let Some(lockout) = &live.lockout {
+            lockout.check(client, Instant::now())?;
+        }
+        let now = crate::store::now();
+        let identity = auth::authenticate_on(&head.headers, &self.tokens, now, &conn.credential).inspect_err(|e| {
+            if let Some(lockout) = live.lockout.as_ref().filter(|_| counts_as_failure(e)) {
+                lockout.failed(client, Instant::now());
+            }
+        })?;
+        log.identity = Some(identity.clone());
+        // Route and rule.
+        let found = live.routes.find(&path).ok_or(ProxyError::NoRoute)?;
+        log.route = Some(found.route.pattern.as_str());
+        let scope = found
+            .route
+            .required_scope(&head.method, &path, head.uri.query())
+            .map_err(|e| match e {
+                RuleError::NoRule => ProxyError::NoRule {
+                    route: found.route.pattern.to_string(),
+                    method: head.method.clone(),
+                },
+                RuleError::Query(q) => ProxyError::Query(q),
+            })?;
+        // Scope and organization.
+        let permit = auth::authorize(identity, Requirement { scope, org: found.org })?;
+        let target = &found.route.target;
+        Ok(Admitted {
+            path,
+            target,
+            permit,
+            client,
+        })
+    }
+
     async fn handle_inner<'a, B>(
         &'a self,
         req: Request<B>,
@@ -348,50 +421,16 @@ impl Proxy {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        // Request target and framing. One framing note is taken for every request.
+        // One framing note is taken for every request.
         let both_lengths = conn.framing.as_ref().is_some_and(|f| f.next_had_both_lengths());
-        // HTTP/2 always names scheme and authority; an HTTP/1 request may only name its path.
-        if req.version() < http::Version::HTTP_2 && (req.uri().scheme().is_some() || req.uri().authority().is_some()) {
-            return Err(ProxyError::AbsoluteForm);
-        }
-        if req.method() == Method::CONNECT || req.method() == Method::TRACE {
-            return Err(ProxyError::MethodNotAllowed(req.method().clone()));
-        }
-        if both_lengths {
-            return Err(ProxyError::ContentLengthWithTransferEncoding);
-        }
-        // Path.
-        let path = rules::normalize(req.uri().path())?;
-        // Credential and token, unless this address has failed too often.
-        let client = live.trusted_proxies.client_ip(conn.peer.ip(), req.headers());
-        log.client = Some(client);
-        if let Some(lockout) = &live.lockout {
-            lockout.check(client, Instant::now())?;
-        }
-        let now = crate::store::now();
-        let identity = auth::authenticate_on(req.headers(), &self.tokens, now, &conn.credential).inspect_err(|e| {
-            if let Some(lockout) = live.lockout.as_ref().filter(|_| counts_as_failure(e)) {
-                lockout.failed(client, Instant::now());
-            }
-        })?;
-        log.identity = Some(identity.clone());
-        // Route and rule.
-        let found = live.routes.find(&path).ok_or(ProxyError::NoRoute)?;
-        log.route = Some(found.route.pattern.as_str());
-        let scope = found
-            .route
-            .required_scope(req.method(), &path, req.uri().query())
-            .map_err(|e| match e {
-                RuleError::NoRule => ProxyError::NoRule {
-                    route: found.route.pattern.to_string(),
-                    method: req.method().clone(),
-                },
-                RuleError::Query(q) => ProxyError::Query(q),
-            })?;
-        // Scope and organization.
-        let permit = auth::authorize(identity, Requirement { scope, org: found.org })?;
-        // Forward.
         let (mut parts, body) = req.into_parts();
+        let Admitted {
+            path,
+            target,
+            permit,
+            client,
+        } = self.admit(&parts, both_lengths, conn, live, log)?;
+        // Forward.
         // A body that arrives too slowly is cut; the alarm tells this 408 from an upstream failure.
         let alarm = (!body.is_end_stream()).then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
         let mut body = rate::RateLimited::new(body, live.body_rate);
@@ -420,7 +459,7 @@ impl Proxy {
         };
         headers::prepare_upstream(&mut parts.headers, &permit, client_value, conn.tls);
         let client = SocketAddr::new(client, conn.peer.port());
-        let forwarded = match &found.route.target {
+        let forwarded = match target {
             Upstream::Http(target) => {
                 if headers::is_upgrade(&parts.headers) {
                     // A tunnel lives on after this answer: it ends when the token does, or

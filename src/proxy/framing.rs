@@ -65,14 +65,8 @@ enum Phase {
     Head,
     /// Skipping a body of known length: bytes left.
     Fixed(u64),
-    /// A chunk-size line: the size so far, and whether an extension (`;...`) started.
-    ChunkSize { size: u64, ext: bool },
-    /// Skipping chunk data: bytes left.
-    ChunkData(u64),
-    /// The line end after chunk data.
-    ChunkEnd,
-    /// Trailer lines after the last chunk: bytes in the current line.
-    Trailer(usize),
+    /// Following a chunked body.
+    Chunked(Chunks),
     /// The framing can no longer be followed (a head hyper refuses too, or too many notes
     /// not taken): no more notes are taken.
     Lost,
@@ -147,46 +141,13 @@ impl Tracker {
                     bytes = &bytes[n as usize..];
                     self.phase = if left == n { Phase::Head } else { Phase::Fixed(left - n) };
                 }
-                Phase::ChunkData(left) => {
-                    let n = (bytes.len() as u64).min(left);
-                    bytes = &bytes[n as usize..];
-                    self.phase = if left == n { Phase::ChunkEnd } else { Phase::ChunkData(left - n) };
-                }
-                Phase::ChunkSize { size, ext } => {
-                    let b = bytes[0];
-                    bytes = &bytes[1..];
-                    self.phase = match b {
-                        b'\n' if size == 0 => Phase::Trailer(0),
-                        b'\n' => Phase::ChunkData(size),
-                        b'\r' => Phase::ChunkSize { size, ext },
-                        _ if ext => Phase::ChunkSize { size, ext },
-                        b';' | b' ' | b'\t' => Phase::ChunkSize { size, ext: true },
-                        _ => match (b as char).to_digit(16) {
-                            Some(d) if size < (1 << 59) => Phase::ChunkSize {
-                                size: size * 16 + u64::from(d),
-                                ext,
-                            },
-                            _ => Phase::Lost,
-                        },
-                    };
-                }
-                Phase::ChunkEnd => {
-                    let b = bytes[0];
-                    bytes = &bytes[1..];
-                    self.phase = match b {
-                        b'\r' => Phase::ChunkEnd,
-                        b'\n' => Phase::ChunkSize { size: 0, ext: false },
-                        _ => Phase::Lost,
-                    };
-                }
-                Phase::Trailer(len) => {
-                    let b = bytes[0];
-                    bytes = &bytes[1..];
-                    self.phase = match b {
-                        b'\n' if len == 0 => Phase::Head,
-                        b'\n' => Phase::Trailer(0),
-                        b'\r' => Phase::Trailer(len),
-                        _ => Phase::Trailer(len + 1),
+                Phase::Chunked(mut chunks) => {
+                    let used = chunks.scan(bytes);
+                    bytes = &bytes[used..];
+                    self.phase = match chunks {
+                        Chunks::Done => Phase::Head,
+                        Chunks::Bad => Phase::Lost,
+                        going => Phase::Chunked(going),
                     };
                 }
             }
@@ -203,7 +164,7 @@ impl Tracker {
         }
         self.notes.push_back(te && cl.is_some());
         self.phase = if te {
-            Phase::ChunkSize { size: 0, ext: false }
+            Phase::Chunked(Chunks::START)
         } else {
             match cl {
                 None | Some(Some(0)) => Phase::Head,
@@ -212,6 +173,83 @@ impl Tracker {
                 Some(None) => Phase::Lost,
             }
         };
+    }
+}
+
+/// The longest trailer line a chunked body may have.
+const MAX_TRAILER_LINE: usize = 64 * 1024;
+
+/// Where a chunked body stands, followed byte by byte and never copied (RFC 9112 7.1):
+/// chunk-size lines (extensions skipped), data, and the trailer section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunks {
+    /// A chunk-size line: the size so far, and whether an extension (`;...`) started.
+    Size { size: u64, ext: bool },
+    /// Chunk data: bytes left.
+    Data(u64),
+    /// The line end after chunk data.
+    DataEnd,
+    /// Trailer lines after the last chunk: bytes in the current line.
+    Trailer(usize),
+    /// The body ended.
+    Done,
+    /// Not a chunked body.
+    Bad,
+}
+
+impl Chunks {
+    /// A body not yet begun.
+    pub const START: Chunks = Chunks::Size { size: 0, ext: false };
+
+    /// Follows `bytes`, the body's next; returns how many belong to it: all of them,
+    /// unless it ends (`Done`) or goes wrong (`Bad`) on the way.
+    pub fn scan(&mut self, bytes: &[u8]) -> usize {
+        let mut at = 0;
+        while at < bytes.len() {
+            match *self {
+                Chunks::Done | Chunks::Bad => break,
+                Chunks::Data(left) => {
+                    let n = ((bytes.len() - at) as u64).min(left);
+                    at += n as usize;
+                    *self = if left == n { Chunks::DataEnd } else { Chunks::Data(left - n) };
+                    continue;
+                }
+                _ => {}
+            }
+            let b = bytes[at];
+            at += 1;
+            *self = match *self {
+                Chunks::Size { size, ext } => match b {
+                    b'\n' if size == 0 => Chunks::Trailer(0),
+                    b'\n' => Chunks::Data(size),
+                    b'\r' => Chunks::Size { size, ext },
+                    _ if ext => Chunks::Size { size, ext },
+                    b';' | b' ' | b'\t' => Chunks::Size { size, ext: true },
+                    _ => match (b as char).to_digit(16) {
+                        Some(d) if size < (1 << 59) => Chunks::Size {
+                            size: size * 16 + u64::from(d),
+                            ext,
+                        },
+                        _ => Chunks::Bad,
+                    },
+                },
+                Chunks::DataEnd => match b {
+                    b'\r' => Chunks::DataEnd,
+                    b'\n' => Chunks::START,
+                    _ => Chunks::Bad,
+                },
+                Chunks::Trailer(len) => match b {
+                    b'\n' if len == 0 => Chunks::Done,
+                    b'\n' => Chunks::Trailer(0),
+                    b'\r' => Chunks::Trailer(len),
+                    _ if len >= MAX_TRAILER_LINE => Chunks::Bad,
+                    _ => Chunks::Trailer(len + 1),
+                },
+                // Data, Done and Bad were handled above.
+                other => other,
+            };
+        }
+        at
     }
 }
 

@@ -16,7 +16,7 @@ pub const X_PATGATE_USER: HeaderName = HeaderName::from_static("x-patgate-user")
 /// The token's public id, as sent upstream.
 pub const X_PATGATE_TOKEN_ID: HeaderName = HeaderName::from_static("x-patgate-token-id");
 
-static HOP_BY_HOP: [HeaderName; 7] = [
+pub(crate) static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

@@ -151,6 +151,21 @@ pub struct HttpTarget {
 }
 
 impl HttpTarget {
+    /// What the upstream is asked for: the route's prefix, the normalized path and the
+    /// client's query. The usual request goes with its own, shared, not copied.
+    pub fn path_and_query(&self, uri: &Uri, path: &NormalizedPath) -> Result<PathAndQuery, ProxyError> {
+        match uri.path_and_query() {
+            Some(pq) if self.prefix.is_empty() && pq.path() == path.as_str() => Ok(pq.clone()),
+            _ => {
+                let pq = match uri.query() {
+                    Some(q) => format!("{}{}?{q}", self.prefix, path.as_str()),
+                    None => format!("{}{}", self.prefix, path.as_str()),
+                };
+                PathAndQuery::try_from(pq).map_err(|_| ProxyError::UpstreamFailed)
+            }
+        }
+    }
+
     fn scheme(&self) -> Scheme {
         if self.tls {
             Scheme::HTTPS
@@ -418,6 +433,11 @@ impl HttpClient {
         HttpClient { connector, client }
     }
 
+    /// The connector every upstream connection is opened with.
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
     /// Opens a new HTTP/1 connection to `target`; its driver runs as a task of its own.
     async fn connect(&self, target: &HttpTarget) -> Result<SendRequest<Body>, ProxyError> {
         let io = self
@@ -485,17 +505,7 @@ impl HttpClient {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        // The usual request goes with its own path and query, shared, not copied.
-        let pq = match parts.uri.path_and_query() {
-            Some(pq) if target.prefix.is_empty() && pq.path() == path.as_str() => pq.clone(),
-            _ => {
-                let pq = match parts.uri.query() {
-                    Some(q) => format!("{}{}?{q}", target.prefix, path.as_str()),
-                    None => format!("{}{}", target.prefix, path.as_str()),
-                };
-                PathAndQuery::try_from(pq).map_err(|_| ProxyError::UpstreamFailed)?
-            }
-        };
+        let pq = target.path_and_query(&parts.uri, path)?;
         // hyper puts the client connection's upgrade here for HTTP/1.1 requests that ask
         // for one; only those may go upstream asking for one.
         let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();

@@ -1,0 +1,698 @@
+//! The relay: the usual HTTP/1.1 request, passed between the client's socket and the
+//! upstream's without hyper.
+//!
+//! Every HTTP/1.1 connection (plain or TLS) starts here. A request whose head is plain
+//! (GET, HEAD, DELETE or OPTIONS; HTTP/1.1; origin-form; no body; no `Transfer-Encoding`,
+//! `Upgrade`, `Expect` or `TE`; a `Connection` that names at most `keep-alive`) goes
+//! through the same pipeline as any other ([`Proxy::admit`], the same header rewrite,
+//! the same access log, the same error answers) and then to the route's HTTP upstream
+//! over the connection's own upstream connection. The answer's head is parsed and its
+//! hop-by-hop headers dropped; its body is copied as it is framed (by length, chunk by
+//! chunk, or until the upstream closes), never decoded or buffered whole.
+//!
+//! The first request that is anything else (a body, an upgrade, a git http-backend route,
+//! HTTP/1.0, a head that httparse refuses or that is too long) hands the connection, with
+//! the bytes already read put back ([`Rewound`]), to hyper for the rest of its life. The
+//! relay never reads a request body, so it never has to judge how one is framed.
+
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
+
+use super::framing::Chunks;
+use super::upstream::{HttpTarget, Stream, Upstream};
+use super::{error_response, headers, AccessEntry, Admitted, Connection, Proxy, ProxyError};
+use crate::accept::{Activity, InFlight};
+
+/// The most headers a request head may have to be relayed; a head with more goes to hyper.
+const MAX_HEADERS: usize = 64;
+/// The most headers of an upstream's answer head.
+const MAX_RESPONSE_HEADERS: usize = 100;
+/// The longest upstream answer head (as much as hyper's client reads).
+const MAX_RESPONSE_HEAD: usize = 400 * 1024;
+/// What one read from a socket asks room for.
+const READ_SIZE: usize = 64 * 1024;
+
+/// The listener's limits the relay enforces while reading request heads.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The longest a client may take to send a request's head, once it began.
+    pub header_read_timeout: Duration,
+    /// The most bytes of request line and headers.
+    pub max_header_bytes: usize,
+}
+
+/// Serves `io` until it closes, the server drains, or a request needs hyper: then
+/// `fallback` serves the rest of the connection, given the bytes already read.
+pub(crate) async fn serve<IO, F, Fut>(io: IO, conn: Connection, proxy: Arc<Proxy>, limits: Limits, activity: Arc<Activity>, fallback: F)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(Rewound<IO>, Connection) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut relay = Relay {
+        io,
+        buf: BytesMut::new(),
+        conn,
+        proxy,
+        limits,
+        activity,
+        upstream: None,
+        ubuf: BytesMut::new(),
+        out: BytesMut::new(),
+        spans: HeadSpans {
+            len: 0,
+            method: Method::GET,
+            target: (0, 0),
+            headers: [(0, 0, 0, 0); MAX_HEADERS],
+            count: 0,
+        },
+    };
+    match relay.run().await {
+        Ended::Closed => {
+            // A TLS client reads close_notify; a plain one, the FIN. Bounded by the
+            // connection's idle watchdog like everything else.
+            let _ = relay.io.shutdown().await;
+        }
+        Ended::Fallback => {
+            let Relay { io, buf, conn, .. } = relay;
+            fallback(Rewound { prefix: buf.freeze(), io }, conn).await
+        }
+    }
+}
+
+/// How the relay left a connection.
+enum Ended {
+    /// Closed (by the client, after an answer that ends it, or because the server drains).
+    Closed,
+    /// Handed to hyper.
+    Fallback,
+}
+
+/// What to do after an answer.
+enum Next {
+    KeepAlive,
+    Close,
+    Fallback,
+}
+
+/// The connection's own upstream connection, kept between its requests.
+struct Kept {
+    tls: bool,
+    host: HeaderValue,
+    io: Stream,
+}
+
+struct Relay<IO> {
+    io: IO,
+    /// What was read from the client and not yet used.
+    buf: BytesMut,
+    conn: Connection,
+    proxy: Arc<Proxy>,
+    limits: Limits,
+    activity: Arc<Activity>,
+    upstream: Option<Kept>,
+    /// What was read from the upstream and not yet passed on.
+    ubuf: BytesMut,
+    /// What is about to be written (a request head upstream, an answer to the client).
+    out: BytesMut,
+    /// Where the last request head's parts lie in `buf`.
+    spans: HeadSpans,
+}
+
+/// Where a request head's parts lie in the connection's buffer.
+struct HeadSpans {
+    len: usize,
+    method: Method,
+    target: (usize, usize),
+    headers: [(usize, usize, usize, usize); MAX_HEADERS],
+    count: usize,
+}
+
+/// How an answer's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// None at all (HEAD, 204, 304).
+    Empty,
+    Length(u64),
+    Chunked(Chunks),
+    /// Until the upstream closes; the client connection closes after it.
+    UntilClose,
+}
+
+/// An upstream's answer head, already rewritten for the client into `Relay::out`.
+struct Answer {
+    status: u16,
+    framing: Framing,
+    /// Whether the upstream connection may carry another request after this answer.
+    reusable: bool,
+}
+
+/// Why an exchange with the upstream failed.
+enum Failed {
+    /// The connection closed before the answer began: a reused one may have gone stale.
+    Stale(io::Error),
+    Other(ProxyError),
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
+    async fn run(&mut self) -> Ended {
+        loop {
+            match self.read_head().await {
+                Ok(true) => {}
+                Ok(false) => return Ended::Fallback,
+                Err(()) => return Ended::Closed,
+            }
+            let head = self.buf.split_to(self.spans.len).freeze();
+            let Some(parts) = parts_of(&head, &self.spans) else {
+                self.put_back(head);
+                return Ended::Fallback;
+            };
+            match self.answer(parts, head).await {
+                Next::KeepAlive if !*self.conn.stop.borrow() => {}
+                Next::KeepAlive | Next::Close => return Ended::Closed,
+                Next::Fallback => return Ended::Fallback,
+            }
+        }
+    }
+
+    /// Puts a request head back before the unread bytes, for hyper to read.
+    fn put_back(&mut self, head: Bytes) {
+        let mut all = BytesMut::with_capacity(head.len() + self.buf.len());
+        all.extend_from_slice(&head);
+        all.extend_from_slice(&self.buf);
+        self.buf = all;
+    }
+
+    /// Reads the next request head: `Ok(true)` when the relay takes it (see `spans`),
+    /// `Ok(false)` when it goes to hyper, `Err` when the connection is to close (the client closed, the head
+    /// took too long, or the server drains while the connection waits).
+    async fn read_head(&mut self) -> Result<bool, ()> {
+        // As hyper does, the time runs from when the connection waits for a head, whether
+        // or not a byte of it came yet: a keep-alive connection idles for as long at most.
+        let deadline = Instant::now() + self.limits.header_read_timeout;
+        loop {
+            if !self.buf.is_empty() {
+                match parse_request(&self.buf, &mut self.spans) {
+                    Parsed::Relay => return Ok(true),
+                    Parsed::Partial if self.buf.len() < self.limits.max_header_bytes => {}
+                    Parsed::Partial | Parsed::Hyper => return Ok(false),
+                }
+            }
+            self.buf.reserve(8 * 1024);
+            let read = tokio::select! {
+                r = self.io.read_buf(&mut self.buf) => r,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!(client.ip = %self.conn.peer.ip(), "Request head not received in time");
+                    return Err(());
+                }
+                // Between requests, a draining server closes the connection at once.
+                _ = self.conn.stop.wait_for(|&s| s), if self.buf.is_empty() => return Err(()),
+            };
+            match read {
+                Ok(0) | Err(_) => return Err(()),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Answers one request.
+    async fn answer(&mut self, mut parts: http::request::Parts, head: Bytes) -> Next {
+        let proxy = self.proxy.clone();
+        let live = proxy.live.load_full();
+        let busy = InFlight::new(&self.activity);
+        let mut entry = AccessEntry::of(&parts.method, parts.version, &parts.uri, &self.conn);
+        let bodiless = parts.method == Method::HEAD;
+        let (target, permit, path, client) = match proxy.admit(&parts, false, &self.conn, &live, &mut entry.log) {
+            Err(e) => return self.refuse(entry, &e, bodiless).await,
+            Ok(Admitted {
+                target: Upstream::Http(target),
+                path,
+                permit,
+                client,
+            }) => (target, permit, path, client),
+            Ok(_) => {
+                // git http-backend: hyper's side runs it. The request is judged again there.
+                entry.written = true;
+                self.put_back(head);
+                return Next::Fallback;
+            }
+        };
+        // The same rewrite as the hyper side: see `Proxy::handle_inner` and `HttpClient::forward`.
+        let client_value = if client == self.conn.peer.ip() {
+            self.conn.peer_ip.clone()
+        } else {
+            headers::ip_value(client)
+        };
+        headers::prepare_upstream(&mut parts.headers, &permit, client_value, self.conn.tls);
+        parts.headers.insert(header::HOST, target.host.clone());
+        let pq = match target.path_and_query(&parts.uri, &path) {
+            Ok(pq) => pq,
+            Err(e) => return self.refuse(entry, &e, bodiless).await,
+        };
+        self.out.clear();
+        put_request_head(&mut self.out, &parts.method, pq.as_str(), &parts.headers);
+        drop(head);
+        let retry = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let exchanged = tokio::time::timeout(target.response_timeout, self.exchange(target, retry, bodiless)).await;
+        let (mut kept, answer) = match exchanged {
+            Err(_) => {
+                return self
+                    .refuse(entry, &ProxyError::UpstreamTimeout(target.response_timeout), bodiless)
+                    .await
+            }
+            Ok(Err(e)) => return self.refuse(entry, &e, bodiless).await,
+            Ok(Ok(done)) => done,
+        };
+        // The answer is ready: from here on, only the body moves (watched for idling).
+        entry.written = true;
+        entry.emit(answer.status, None);
+        drop(busy);
+        let mut reusable = answer.reusable;
+        let sent = match answer.framing {
+            Framing::Empty => self.flush_out().await,
+            Framing::Length(n) => self.relay_length(&mut kept.io, n, &mut reusable).await,
+            Framing::Chunked(chunks) => self.relay_chunks(&mut kept.io, chunks, &mut reusable).await,
+            Framing::UntilClose => {
+                let _ = self.relay_until_close(&mut kept.io).await;
+                return Next::Close;
+            }
+        };
+        match sent {
+            Ok(()) => {
+                if reusable {
+                    self.upstream = Some(kept);
+                }
+                Next::KeepAlive
+            }
+            Err(e) => {
+                tracing::debug!(upstream = %target.authority, error = %e, "Answer cut short");
+                Next::Close
+            }
+        }
+    }
+
+    /// Sends the request head in `out` and reads the answer's head, on the kept upstream
+    /// connection or a new one. A request that may be repeated goes once more on a new
+    /// connection when a reused one closed before answering.
+    async fn exchange(&mut self, target: &HttpTarget, retry: bool, bodiless: bool) -> Result<(Kept, Answer), ProxyError> {
+        let mut kept = self.upstream.take().filter(|k| k.tls == target.tls && k.host == target.host);
+        loop {
+            let reused = kept.is_some();
+            let mut k = match kept.take() {
+                Some(k) => k,
+                None => Kept {
+                    tls: target.tls,
+                    host: target.host.clone(),
+                    io: self
+                        .proxy
+                        .http
+                        .connector()
+                        .open(target.tls, &target.authority)
+                        .await
+                        .map_err(|_| ProxyError::UpstreamUnreachable)?,
+                },
+            };
+            match self.send_and_read(&mut k.io, bodiless).await {
+                Ok(answer) => return Ok((k, answer)),
+                Err(Failed::Stale(_)) if reused && retry => continue,
+                Err(Failed::Stale(e)) => {
+                    tracing::warn!(upstream = %target.authority, error = %e, "Upstream failed");
+                    return Err(ProxyError::UpstreamFailed);
+                }
+                Err(Failed::Other(e)) => {
+                    tracing::warn!(upstream = %target.authority, error = %e, "Upstream failed");
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn send_and_read(&mut self, io: &mut Stream, bodiless: bool) -> Result<Answer, Failed> {
+        io.write_all(&self.out).await.map_err(Failed::Stale)?;
+        self.ubuf.clear();
+        loop {
+            if !self.ubuf.is_empty() {
+                match parse_response(&self.ubuf, bodiless, &mut self.out)? {
+                    Some((len, answer)) => {
+                        self.ubuf.advance(len);
+                        return Ok(answer);
+                    }
+                    None if self.ubuf.len() >= MAX_RESPONSE_HEAD => {
+                        return Err(Failed::Other(ProxyError::UpstreamFailed));
+                    }
+                    None => {}
+                }
+            }
+            let began = !self.ubuf.is_empty();
+            self.ubuf.reserve(READ_SIZE);
+            match io.read_buf(&mut self.ubuf).await {
+                Ok(0) if !began => return Err(Failed::Stale(io::ErrorKind::UnexpectedEof.into())),
+                Err(e) if !began => return Err(Failed::Stale(e)),
+                Ok(0) => return Err(Failed::Other(ProxyError::UpstreamFailed)),
+                Err(_) => return Err(Failed::Other(ProxyError::UpstreamFailed)),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Writes `out` to the client.
+    async fn flush_out(&mut self) -> io::Result<()> {
+        let r = self.io.write_all(&self.out).await;
+        self.out.clear();
+        r
+    }
+
+    /// Moves what the upstream already sent, as far as the body goes, to `out`.
+    fn take_read(&mut self, n: usize) {
+        self.out.extend_from_slice(&self.ubuf[..n]);
+        self.ubuf.advance(n);
+    }
+
+    async fn relay_length(&mut self, upstream: &mut Stream, mut left: u64, reusable: &mut bool) -> io::Result<()> {
+        loop {
+            let n = self.ubuf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            self.take_read(n);
+            left -= n as u64;
+            self.flush_out().await?;
+            if left == 0 {
+                // More than the answer: the upstream's framing is not to be trusted again.
+                *reusable &= self.ubuf.is_empty();
+                return Ok(());
+            }
+            self.read_upstream(upstream).await?;
+        }
+    }
+
+    async fn relay_chunks(&mut self, upstream: &mut Stream, mut chunks: Chunks, reusable: &mut bool) -> io::Result<()> {
+        loop {
+            let n = chunks.scan(&self.ubuf);
+            self.take_read(n);
+            self.flush_out().await?;
+            match chunks {
+                Chunks::Done => {
+                    *reusable &= self.ubuf.is_empty();
+                    return Ok(());
+                }
+                Chunks::Bad => return Err(io::Error::new(io::ErrorKind::InvalidData, "upstream sent a malformed chunk")),
+                _ => self.read_upstream(upstream).await?,
+            }
+        }
+    }
+
+    async fn relay_until_close(&mut self, upstream: &mut Stream) -> io::Result<()> {
+        loop {
+            let n = self.ubuf.len();
+            self.take_read(n);
+            self.flush_out().await?;
+            if upstream.read_buf(&mut self.ubuf).await? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads more of the answer's body; the upstream closing before its end is an error.
+    async fn read_upstream(&mut self, upstream: &mut Stream) -> io::Result<()> {
+        self.ubuf.clear();
+        self.ubuf.reserve(READ_SIZE);
+        match upstream.read_buf(&mut self.ubuf).await? {
+            0 => Err(io::ErrorKind::UnexpectedEof.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Answers with an error, as the hyper side would, and logs it.
+    async fn refuse(&mut self, mut entry: AccessEntry<'_>, e: &ProxyError, bodiless: bool) -> Next {
+        let response = error_response(e);
+        entry.written = true;
+        entry.emit(response.status().as_u16(), Some(e));
+        let body = format!("{}\n", e.public_message());
+        self.out.clear();
+        put_status_line(
+            &mut self.out,
+            response.status().as_u16(),
+            response.status().canonical_reason().unwrap_or(""),
+        );
+        for (name, value) in response.headers() {
+            put_header(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        put_header(&mut self.out, b"content-length", itoa::Buffer::new().format(body.len()).as_bytes());
+        self.out.put_slice(b"\r\n");
+        if !bodiless {
+            self.out.put_slice(body.as_bytes());
+        }
+        let closes = headers::asks_to_close(response.headers());
+        match self.flush_out().await {
+            Ok(()) if !closes => Next::KeepAlive,
+            _ => Next::Close,
+        }
+    }
+}
+
+/// What a request head is, for the relay.
+enum Parsed {
+    /// The relay takes it: its spans are written.
+    Relay,
+    /// Not whole yet.
+    Partial,
+    /// For hyper: not one the relay takes, or not a valid head (hyper answers it).
+    Hyper,
+}
+
+/// Parses a request head in place and judges whether the relay takes it; when it does,
+/// `spans` says where its parts lie.
+fn parse_request(buf: &[u8], spans: &mut HeadSpans) -> Parsed {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Hyper,
+    };
+    let method = match req.method {
+        Some("GET") => Method::GET,
+        Some("HEAD") => Method::HEAD,
+        Some("DELETE") => Method::DELETE,
+        Some("OPTIONS") => Method::OPTIONS,
+        _ => return Parsed::Hyper,
+    };
+    let (Some(1), Some(target)) = (req.version, req.path) else {
+        return Parsed::Hyper;
+    };
+    if !target.starts_with('/') {
+        return Parsed::Hyper;
+    }
+    let at = |s: &[u8]| s.as_ptr() as usize - buf.as_ptr() as usize;
+    spans.len = len;
+    spans.method = method;
+    spans.target = (at(target.as_bytes()), at(target.as_bytes()) + target.len());
+    spans.count = req.headers.len();
+    let mut lengths = 0;
+    for (h, span) in req.headers.iter().zip(spans.headers.iter_mut()) {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"te")
+        {
+            return Parsed::Hyper;
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            lengths += 1;
+            if lengths > 1 || h.value.trim_ascii() != b"0" {
+                return Parsed::Hyper;
+            }
+        }
+        if name.eq_ignore_ascii_case(b"connection")
+            && !h
+                .value
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .all(|t| t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive"))
+        {
+            return Parsed::Hyper;
+        }
+        *span = (at(name), at(name) + name.len(), at(h.value), at(h.value) + h.value.len());
+    }
+    Parsed::Relay
+}
+
+/// The request's parts, sharing `head`'s bytes; `None` when hyper should judge it.
+fn parts_of(head: &Bytes, spans: &HeadSpans) -> Option<http::request::Parts> {
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = spans.method.clone();
+    parts.uri = Uri::from_maybe_shared(head.slice(spans.target.0..spans.target.1)).ok()?;
+    parts.version = Version::HTTP_11;
+    let mut map = HeaderMap::with_capacity(spans.count);
+    for &(n0, n1, v0, v1) in &spans.headers[..spans.count] {
+        let name = HeaderName::from_bytes(&head[n0..n1]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).ok()?;
+        map.append(name, value);
+    }
+    parts.headers = map;
+    Some(parts)
+}
+
+/// Parses an upstream's answer head in `buf`; when whole, writes the client's head into
+/// `out` and says how long it was and how its body is framed. Informational answers are
+/// skipped; a 101 nobody asked for fails, as do heads that frame a body two ways.
+fn parse_response(mut buf: &[u8], bodiless: bool, out: &mut BytesMut) -> Result<Option<(usize, Answer)>, Failed> {
+    let failed = || Failed::Other(ProxyError::UpstreamFailed);
+    let mut skipped = 0;
+    loop {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, buf, &mut slots) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(failed()),
+        };
+        let status = res.code.ok_or_else(failed)?;
+        if status == 101 {
+            tracing::warn!("Upstream switched protocols unasked");
+            return Err(failed());
+        }
+        if (100..200).contains(&status) {
+            buf = &buf[len..];
+            skipped += len;
+            continue;
+        }
+        // Framing, and what `Connection` says.
+        let mut chunked = None;
+        let mut length: Option<u64> = None;
+        let mut close = res.version != Some(1);
+        let mut listed: Vec<&[u8]> = Vec::new();
+        for h in res.headers.iter() {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                // Chunked must be the last coding of the last value.
+                let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
+                chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                let n = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or_else(failed)?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(failed());
+                }
+                length = Some(n);
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                for t in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !t.is_empty() {
+                        listed.push(t);
+                    }
+                }
+            }
+        }
+        let framing = if bodiless || status == 204 || status == 304 {
+            Framing::Empty
+        } else {
+            match (chunked, length) {
+                (Some(_), Some(_)) | (Some(false), None) => return Err(failed()),
+                (Some(true), None) => Framing::Chunked(Chunks::START),
+                (None, Some(n)) => Framing::Length(n),
+                (None, None) => Framing::UntilClose,
+            }
+        };
+        out.clear();
+        put_status_line(out, status, res.reason.unwrap_or(""));
+        for h in res.headers.iter() {
+            let name = h.name.as_bytes();
+            let hop = headers::HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+                || listed.iter().any(|l| name.eq_ignore_ascii_case(l));
+            if !hop {
+                put_header(out, name, h.value);
+            }
+        }
+        match framing {
+            Framing::Chunked(_) => put_header(out, b"transfer-encoding", b"chunked"),
+            Framing::UntilClose => put_header(out, b"connection", b"close"),
+            Framing::Empty | Framing::Length(_) => {}
+        }
+        out.put_slice(b"\r\n");
+        let answer = Answer {
+            status,
+            framing,
+            reusable: !close && framing != Framing::UntilClose,
+        };
+        return Ok(Some((skipped + len, answer)));
+    }
+}
+
+fn put_request_head(out: &mut BytesMut, method: &Method, target: &str, headers: &HeaderMap) {
+    out.put_slice(method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(target.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.put_slice(b"\r\n");
+}
+
+fn put_status_line(out: &mut BytesMut, status: u16, reason: &str) {
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(reason.as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// A connection with bytes already read put back before the rest.
+pub struct Rewound<IO> {
+    prefix: Bytes,
+    io: IO,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewound<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewound<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
