@@ -396,6 +396,29 @@ mod tests {
     }
 
     #[test]
+    fn a_chunked_body_is_followed_to_its_end_whatever_the_reads() {
+        let body = b"5;x=y\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nX-T: 1\r\n\r\n";
+        let after = b"HTTP/1.1 200 OK\r\n";
+        let all = [&body[..], &after[..]].concat();
+        for split in 1..all.len() {
+            let mut c = Chunks::START;
+            let first = c.scan(&all[..split]);
+            let used = first + if c == Chunks::Done { 0 } else { c.scan(&all[split..]) };
+            assert_eq!((used, c), (body.len(), Chunks::Done), "split at {split}");
+        }
+        let mut c = Chunks::START;
+        c.scan(b"5\r\nhelloX");
+        assert_eq!(c, Chunks::Bad, "data not followed by a line end");
+        let mut c = Chunks::START;
+        c.scan(b"g\r\n");
+        assert_eq!(c, Chunks::Bad, "not a hex size");
+        let mut c = Chunks::START;
+        c.scan(b"0\r\n");
+        c.scan(&vec![b'a'; MAX_TRAILER_LINE + 1]);
+        assert_eq!(c, Chunks::Bad, "an endless trailer line");
+    }
+
+    #[test]
     fn an_upgrade_that_stays_http_is_followed_on() {
         // An upgrade the server turned down: the connection goes on as HTTP, and the next
         // head is judged like any other.

@@ -696,3 +696,158 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewound<IO> {
         self.io.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judge(head: &str) -> Parsed {
+        let mut spans = HeadSpans {
+            len: 0,
+            method: Method::GET,
+            target: (0, 0),
+            headers: [(0, 0, 0, 0); MAX_HEADERS],
+            count: 0,
+        };
+        parse_request(head.as_bytes(), &mut spans)
+    }
+
+    #[test]
+    fn only_plain_heads_without_a_body_are_relayed() {
+        let relayed = [
+            "GET /a HTTP/1.1\r\nHost: h\r\n\r\n",
+            "HEAD /a?b=c HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+            "DELETE /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "\r\nOPTIONS /a HTTP/1.1\r\nConnection: Keep-Alive, \r\n\r\n",
+        ];
+        for h in relayed {
+            assert!(matches!(judge(h), Parsed::Relay), "{h:?}");
+        }
+        let for_hyper = [
+            "POST /a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
+            "GET /a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
+            "GET /a HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            "GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "GET /a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "GET /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            "GET /a HTTP/1.1\r\nTE: trailers\r\n\r\n",
+            "GET /a HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "GET /a HTTP/1.1\r\nConnection: keep-alive, x-other\r\n\r\n",
+            "GET /a HTTP/1.0\r\n\r\n",
+            "GET http://h/a HTTP/1.1\r\n\r\n",
+            "CONNECT h:443 HTTP/1.1\r\n\r\n",
+            "TRACE /a HTTP/1.1\r\n\r\n",
+            "GET /a HTTP/1.1\r\nX: 1\r\n 2\r\n\r\n",
+            "GET /a HTTP/1.1\r\nX : 1\r\n\r\n",
+        ];
+        for h in for_hyper {
+            assert!(matches!(judge(h), Parsed::Hyper), "{h:?}");
+        }
+        assert!(matches!(judge("GET /a HTTP/1.1\r\nHost: h\r\n"), Parsed::Partial));
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert!(matches!(judge(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Parsed::Hyper));
+    }
+
+    #[test]
+    fn a_relayed_head_keeps_its_parts() {
+        let text = "GET /a/b?c=d HTTP/1.1\r\nHost: h\r\nX-Two: 1\r\nx-two: 2\r\n\r\nNEXT";
+        let mut spans = HeadSpans {
+            len: 0,
+            method: Method::POST,
+            target: (0, 0),
+            headers: [(0, 0, 0, 0); MAX_HEADERS],
+            count: 0,
+        };
+        assert!(matches!(parse_request(text.as_bytes(), &mut spans), Parsed::Relay));
+        assert_eq!(&text[spans.len..], "NEXT");
+        let head = Bytes::copy_from_slice(&text.as_bytes()[..spans.len]);
+        let parts = parts_of(&head, &spans).unwrap();
+        assert_eq!(
+            (parts.method, parts.uri.path(), parts.uri.query()),
+            (Method::GET, "/a/b", Some("c=d"))
+        );
+        assert_eq!(parts.headers.get_all("x-two").iter().collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!(parts.headers["host"], "h");
+    }
+
+    fn answer(raw: &str, bodiless: bool) -> Result<(usize, Framing, bool, String), ()> {
+        let mut out = BytesMut::new();
+        match parse_response(raw.as_bytes(), bodiless, &mut out) {
+            Ok(Some((len, a))) => Ok((len, a.framing, a.reusable, String::from_utf8(out.to_vec()).unwrap())),
+            Ok(None) => panic!("partial: {raw:?}"),
+            Err(_) => Err(()),
+        }
+    }
+
+    fn answer_ok(raw: &str, bodiless: bool) -> (usize, Framing, bool, String) {
+        answer(raw, bodiless).unwrap_or_else(|()| panic!("refused: {raw:?}"))
+    }
+
+    #[test]
+    fn answers_are_framed_and_lose_their_hop_by_hop_headers() {
+        let raw =
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Gone\r\nX-Gone: 1\r\nKeep-Alive: 5\r\nContent-Length: 2\r\nX-Stays: 1\r\n\r\nok";
+        let (len, framing, reusable, head) = answer_ok(raw, false);
+        assert_eq!((len, framing, reusable), (raw.len() - 2, Framing::Length(2), true));
+        assert_eq!(head, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Stays: 1\r\n\r\n");
+
+        let (_, framing, reusable, head) = answer_ok("HTTP/1.1 201 Made\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false);
+        assert_eq!((framing, reusable), (Framing::Chunked(Chunks::START), true));
+        assert_eq!(head, "HTTP/1.1 201 Made\r\ntransfer-encoding: chunked\r\n\r\n");
+
+        let (_, framing, reusable, head) = answer_ok("HTTP/1.1 200 OK\r\n\r\n", false);
+        assert_eq!((framing, reusable), (Framing::UntilClose, false));
+        assert!(head.ends_with("connection: close\r\n\r\n"));
+
+        let (_, framing, reusable, _) = answer_ok("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n", false);
+        assert_eq!((framing, reusable), (Framing::Length(1), false));
+        let (_, framing, reusable, _) = answer_ok("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false);
+        assert_eq!((framing, reusable), (Framing::Length(1), false));
+        for (raw, bodiless) in [
+            ("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false),
+            ("HTTP/1.1 204 No Content\r\n\r\n", false),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true),
+        ] {
+            assert_eq!(answer(raw, bodiless).unwrap().1, Framing::Empty, "{raw:?}");
+        }
+        let raw = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let (len, framing, _, head) = answer_ok(raw, false);
+        assert_eq!((len, framing), (raw.len(), Framing::Length(0)));
+        assert!(head.starts_with("HTTP/1.1 200 OK"));
+    }
+
+    #[test]
+    fn answers_framed_two_ways_or_switching_unasked_fail() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Header: 1\r\n\r\n",
+        ] {
+            assert!(answer(raw, false).is_err(), "{raw:?}");
+        }
+        // Repeated equal lengths are one length.
+        assert_eq!(
+            answer("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n", false)
+                .unwrap()
+                .1,
+            Framing::Length(2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rewound_connection_reads_what_was_put_back_first() {
+        let (mut near, far) = tokio::io::duplex(64);
+        near.write_all(b" world").await.unwrap();
+        drop(near);
+        let mut r = Rewound {
+            prefix: Bytes::from_static(b"hello"),
+            io: far,
+        };
+        let mut all = String::new();
+        r.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "hello world");
+    }
+}

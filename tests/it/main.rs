@@ -13,6 +13,7 @@ mod hostile;
 mod limits;
 mod postgres;
 mod proxy;
+mod relay;
 mod reload;
 mod tls;
 mod upgrade;

@@ -1,0 +1,276 @@
+//! The relay (plain HTTP/1.1 requests without a body, passed between sockets): how it
+//! frames what upstreams answer, what it drops, and how it hands a connection to hyper.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::support::*;
+
+/// An upstream that answers each request with the raw answer its path names, and records
+/// each request head it read.
+struct Scripted {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+fn answer_for(path: &str) -> (&'static [u8], bool) {
+    let close = true;
+    match path {
+        "/s/chunked" => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: x-drop\r\nX-Drop: secret\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+            !close,
+        ),
+        "/s/early" => (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter",
+            !close,
+        ),
+        "/s/len" => (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789", !close),
+        "/s/head" => (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", !close),
+        "/s/empty" => (b"HTTP/1.1 204 No Content\r\nX-Kept: 1\r\n\r\n", !close),
+        "/s/eof" => (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end", close),
+        "/s/two-lengths" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            close,
+        ),
+        "/s/switch" => (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", close),
+        "/s/half" => (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", close),
+        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", !close),
+    }
+}
+
+fn spawn_scripted() -> Scripted {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            let Ok(mut c) = c else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || loop {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match c.read(&mut b) {
+                        Ok(1) => head.push(b[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0u8; length];
+                if c.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                seen.lock().unwrap().push(head);
+                let (answer, close) = answer_for(&path);
+                if c.write_all(answer).is_err() || close {
+                    return;
+                }
+            });
+        }
+    });
+    Scripted { addr, heads }
+}
+
+fn start(up: &Scripted) -> (TestPatgate, String) {
+    let p = TestPatgate::start(&format!(
+        "[[routes]]\npath = \"/s/**\"\nupstream = \"http://{}\"\nrules = [{{ scope = \"agentpools:read\" }}]\n",
+        up.addr
+    ));
+    let t = p.mint_live("agentpools:read", "*");
+    (p, t.token)
+}
+
+/// Reads one answer: its head, and its body as framed (by length, by chunks, or to the
+/// end when `to_end`).
+fn read_one(s: &mut TcpStream, head_only: bool) -> (String, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut b = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "closed in a head: {:?}", String::from_utf8_lossy(&got));
+        got.push(b[0]);
+    }
+    let head = String::from_utf8(got).unwrap();
+    let lower = head.to_ascii_lowercase();
+    let mut body = Vec::new();
+    if head_only || head.starts_with("HTTP/1.1 204") {
+        return (head, body);
+    }
+    if let Some(len) = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+    {
+        body.resize(len, 0);
+        s.read_exact(&mut body).unwrap();
+    } else if lower.contains("transfer-encoding: chunked") {
+        while !body.ends_with(b"\r\n0\r\n\r\n") && !body.ends_with(b"0\r\nX-Trailer: t\r\n\r\n") {
+            assert_eq!(s.read(&mut b).unwrap(), 1, "closed in a body");
+            body.push(b[0]);
+        }
+    } else {
+        s.read_to_end(&mut body).unwrap();
+    }
+    (head, body)
+}
+
+fn send(s: &mut TcpStream, method: &str, path: &str, token: &str, extra: &str) {
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: gate.example\r\nAuthorization: Bearer {token}\r\n{extra}\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+}
+
+fn client(p: &TestPatgate) -> TcpStream {
+    let s = TcpStream::connect(p.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+#[test]
+fn answers_are_framed_as_the_upstream_framed_them_without_hop_by_hop_headers() {
+    let up = spawn_scripted();
+    let (p, t) = start(&up);
+    let mut s = client(&p);
+
+    send(&mut s, "GET", "/s/chunked", &t, "");
+    let (head, body) = read_one(&mut s, false);
+    let lower = head.to_ascii_lowercase();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        lower.contains("transfer-encoding: chunked\r\n") && lower.contains("x-kept: 1"),
+        "{head}"
+    );
+    assert!(
+        !lower.contains("x-drop") && !lower.contains("keep-alive") && !lower.contains("connection"),
+        "{head}"
+    );
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+        "chunks pass as they came"
+    );
+
+    // An informational answer is skipped; the final one follows on the same connection.
+    send(&mut s, "GET", "/s/early", &t, "");
+    let (head, body) = read_one(&mut s, false);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, b"after");
+
+    // HEAD: the length is told, no body follows, and the connection goes on.
+    send(&mut s, "HEAD", "/s/head", &t, "");
+    let (head, _) = read_one(&mut s, true);
+    assert!(head.to_ascii_lowercase().contains("content-length: 10"), "{head}");
+    send(&mut s, "GET", "/s/empty", &t, "");
+    let (head, _) = read_one(&mut s, false);
+    assert!(head.starts_with("HTTP/1.1 204") && head.contains("X-Kept: 1"), "{head}");
+    send(&mut s, "GET", "/s/len", &t, "");
+    assert_eq!(read_one(&mut s, false).1, b"0123456789");
+
+    // An answer framed by the upstream's closing ends the client's connection too.
+    send(&mut s, "GET", "/s/eof", &t, "");
+    let (head, body) = read_one(&mut s, false);
+    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    assert_eq!(body, b"until the end");
+
+    // All on one upstream connection until the one that closed, and none saw the secret.
+    let heads = up.heads.lock().unwrap();
+    assert_eq!(heads.len(), 6);
+    for h in heads.iter() {
+        let lower = h.to_ascii_lowercase();
+        assert!(!h.contains(&t) && !lower.contains("authorization"), "{h}");
+        assert!(lower.contains(&format!("host: {}\r\n", up.addr)), "{h}");
+        assert!(
+            lower.contains("x-patgate-user: ") && lower.contains("x-forwarded-host: gate.example"),
+            "{h}"
+        );
+    }
+}
+
+#[test]
+fn answers_the_relay_cannot_pass_are_502_and_a_cut_body_ends_the_connection() {
+    let up = spawn_scripted();
+    let (p, t) = start(&up);
+    for path in ["/s/two-lengths", "/s/switch"] {
+        let mut s = client(&p);
+        send(&mut s, "GET", path, &t, "");
+        let (head, _) = read_one(&mut s, false);
+        assert!(head.starts_with("HTTP/1.1 502"), "{path}: {head}");
+    }
+    // The head went out; the body stops short: the client sees its connection close.
+    let mut s = client(&p);
+    send(&mut s, "GET", "/s/half", &t, "");
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let all = String::from_utf8_lossy(&all);
+    assert!(all.starts_with("HTTP/1.1 200") && all.ends_with("only this"), "{all}");
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_and_a_body_hands_the_connection_to_hyper() {
+    let up = spawn_scripted();
+    let (p, t) = start(&up);
+    let mut s = client(&p);
+    let one = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {t}\r\n\r\n");
+    let post = format!("POST /s/posted HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {t}\r\nContent-Length: 4\r\n\r\nbody");
+    s.write_all(format!("{}{}{}{}", one("/s/len"), one("/s/early"), post, one("/s/len")).as_bytes())
+        .unwrap();
+    assert_eq!(read_one(&mut s, false).1, b"0123456789");
+    assert_eq!(read_one(&mut s, false).1, b"after");
+    let (head, body) = read_one(&mut s, false);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, b"ok\n");
+    assert_eq!(read_one(&mut s, false).1, b"0123456789");
+    // The next request, now served by hyper, is refused the same way.
+    send(&mut s, "GET", "/s/len", "not-a-token", "");
+    let (head, _) = read_one(&mut s, false);
+    assert!(
+        head.starts_with("HTTP/1.1 401") && head.to_ascii_lowercase().contains("www-authenticate"),
+        "{head}"
+    );
+    let heads = up.heads.lock().unwrap();
+    assert_eq!(heads.len(), 4);
+    assert!(
+        heads[2].starts_with("POST /s/posted") && heads[2].contains("content-length: 4"),
+        "{}",
+        heads[2]
+    );
+}
+
+#[test]
+fn refusals_keep_the_connection_and_a_bad_head_goes_to_hyper() {
+    let up = spawn_scripted();
+    let (p, t) = start(&up);
+    let mut s = client(&p);
+    send(&mut s, "GET", "/s/len", "nope", "");
+    let (head, body) = read_one(&mut s, false);
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        head.starts_with("HTTP/1.1 401") && lower.contains("www-authenticate: basic realm=\"patgate\""),
+        "{head}"
+    );
+    assert!(String::from_utf8_lossy(&body).starts_with("authentication required"));
+    send(&mut s, "GET", "/elsewhere", &t, "");
+    let (head, body) = read_one(&mut s, false);
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}{}", String::from_utf8_lossy(&body));
+    send(&mut s, "GET", "/s/../s/len", &t, "");
+    let (head, _) = read_one(&mut s, false);
+    assert!(
+        head.starts_with("HTTP/1.1 400") && head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    // A header line folded onto two is refused by hyper, as before.
+    let mut s = client(&p);
+    s.write_all(format!("GET /s/len HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {t}\r\nX-A: 1\r\n 2\r\n\r\n").as_bytes())
+        .unwrap();
+    assert!(read_one(&mut s, false).0.starts_with("HTTP/1.1 400"));
+    assert_eq!(up.heads.lock().unwrap().len(), 0);
+}
