@@ -76,6 +76,7 @@ where
             headers: [(0, 0, 0, 0); MAX_HEADERS],
             count: 0,
         },
+        timer: Some(Lazy::idle()),
     };
     match relay.run().await {
         Ended::Closed => {
@@ -127,6 +128,51 @@ struct Relay<IO> {
     out: BytesMut,
     /// Where the last request head's parts lie in `buf`.
     spans: HeadSpans,
+    /// The one timer of the connection: for a request head, then for the answer's.
+    timer: Option<Lazy>,
+}
+
+/// A timer that is moved lazily. Every request has deadlines (its head's, its answer's),
+/// and nearly all are met: rather than arm and disarm a timer for each, the one timer is
+/// left where it is when its deadline is later, and when it fires before the deadline in
+/// force, it is set again for that deadline. It never fires late: it is moved forward
+/// before a wait whenever the deadline is earlier than it.
+struct Lazy(Pin<Box<tokio::time::Sleep>>);
+
+impl Lazy {
+    /// A timer far in the future (about a year: tokio's wheel holds up to two).
+    fn idle() -> Lazy {
+        Lazy(Box::pin(tokio::time::sleep(Duration::from_secs(365 * 24 * 3600))))
+    }
+
+    /// Whether `deadline` passed; if not, the timer will wake the task by then.
+    fn expired(&mut self, cx: &mut Context<'_>, deadline: Instant) -> bool {
+        if deadline < self.0.deadline() {
+            self.0.as_mut().reset(deadline);
+        }
+        while self.0.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return true;
+            }
+            self.0.as_mut().reset(deadline);
+        }
+        false
+    }
+
+    /// `work`'s output, or `None` when `deadline` passes first.
+    async fn within<F: Future>(&mut self, deadline: Instant, work: F) -> Option<F::Output> {
+        let mut work = std::pin::pin!(work);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = work.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            match self.expired(cx, deadline) {
+                true => Poll::Ready(None),
+                false => Poll::Pending,
+            }
+        })
+        .await
+    }
 }
 
 /// Where a request head's parts lie in the connection's buffer.
@@ -209,18 +255,32 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
                 }
             }
             self.buf.reserve(8 * 1024);
-            let read = tokio::select! {
-                r = self.io.read_buf(&mut self.buf) => r,
-                _ = tokio::time::sleep_until(deadline) => {
+            let between = self.buf.is_empty();
+            let stop = &self.conn.stop;
+            let mut read = std::pin::pin!(self.io.read_buf(&mut self.buf));
+            let timer = self.timer.get_or_insert_with(Lazy::idle);
+            let read = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                    return Poll::Ready(Ok(r));
+                }
+                // Between requests, a draining server closes the connection at once: the
+                // connection's watchdog polls it again when the drain begins.
+                if between && *stop.borrow() {
+                    return Poll::Ready(Err(false));
+                }
+                match timer.expired(cx, deadline) {
+                    true => Poll::Ready(Err(true)),
+                    false => Poll::Pending,
+                }
+            })
+            .await;
+            match read {
+                Ok(Ok(0) | Err(_)) | Err(false) => return Err(()),
+                Err(true) => {
                     tracing::debug!(client.ip = %self.conn.peer.ip(), "Request head not received in time");
                     return Err(());
                 }
-                // Between requests, a draining server closes the connection at once.
-                _ = self.conn.stop.wait_for(|&s| s), if self.buf.is_empty() => return Err(()),
-            };
-            match read {
-                Ok(0) | Err(_) => return Err(()),
-                Ok(_) => {}
+                Ok(Ok(_)) => {}
             }
         }
     }
@@ -263,15 +323,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
         put_request_head(&mut self.out, &parts.method, pq.as_str(), &parts.headers);
         drop(head);
         let retry = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-        let exchanged = tokio::time::timeout(target.response_timeout, self.exchange(target, retry, bodiless)).await;
+        let deadline = Instant::now() + target.response_timeout;
+        let exchanged = {
+            // Out of `self` while `exchange` borrows it.
+            let mut timer = self.timer.take().unwrap_or_else(Lazy::idle);
+            let exchanged = timer.within(deadline, self.exchange(target, retry, bodiless)).await;
+            self.timer = Some(timer);
+            exchanged
+        };
         let (mut kept, answer) = match exchanged {
-            Err(_) => {
+            None => {
                 return self
                     .refuse(entry, &ProxyError::UpstreamTimeout(target.response_timeout), bodiless)
                     .await
             }
-            Ok(Err(e)) => return self.refuse(entry, &e, bodiless).await,
-            Ok(Ok(done)) => done,
+            Some(Err(e)) => return self.refuse(entry, &e, bodiless).await,
+            Some(Ok(done)) => done,
         };
         // The answer is ready: from here on, only the body moves (watched for idling).
         entry.written = true;
@@ -532,7 +599,8 @@ fn parts_of(head: &Bytes, spans: &HeadSpans) -> Option<http::request::Parts> {
     parts.method = spans.method.clone();
     parts.uri = Uri::from_maybe_shared(head.slice(spans.target.0..spans.target.1)).ok()?;
     parts.version = Version::HTTP_11;
-    let mut map = HeaderMap::with_capacity(spans.count);
+    // Room for what the header rewrite adds, so that it never grows the table.
+    let mut map = HeaderMap::with_capacity(spans.count + 6);
     for &(n0, n1, v0, v1) in &spans.headers[..spans.count] {
         let name = HeaderName::from_bytes(&head[n0..n1]).ok()?;
         let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).ok()?;
@@ -590,7 +658,7 @@ fn parse_response(mut buf: &[u8], bodiless: bool, out: &mut BytesMut) -> Result<
                 for t in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                     if t.eq_ignore_ascii_case(b"close") {
                         close = true;
-                    } else if !t.is_empty() {
+                    } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
                         listed.push(t);
                     }
                 }
@@ -835,6 +903,22 @@ mod tests {
                 .1,
             Framing::Length(2)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lazy_timer_is_never_late_nor_early() {
+        let second = Duration::from_secs(1);
+        let start = Instant::now();
+        let mut t = Lazy::idle();
+        // A deadline before the timer: it is moved forward, and the wait ends on time.
+        assert!(t.within(start + second, std::future::pending::<()>()).await.is_none());
+        assert_eq!(Instant::now(), start + second);
+        // Work done in time is given back.
+        assert_eq!(t.within(start + 10 * second, async { 7 }).await, Some(7));
+        // The timer, left behind at the old deadline, fires at once; the later deadline
+        // still stands until it passes.
+        assert!(t.within(start + 3 * second, std::future::pending::<()>()).await.is_none());
+        assert_eq!(Instant::now(), start + 3 * second);
     }
 
     #[tokio::test]
