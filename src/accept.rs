@@ -459,43 +459,60 @@ async fn drive(conn: impl Drain, activity: &Activity, idle: Duration, multiplexe
     if draining {
         conn.as_mut().drain();
     }
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
+    // The drain signal and the watchdog's tick each wake the task when they come; on every
+    // other wake-up (the connection's, nearly all of them) they are only looked at, with a
+    // read each, rather than polled again.
+    let probe = stop.clone();
+    let mut changed = std::pin::pin!(stop.changed());
+    let mut timer = std::pin::pin!(tokio::time::sleep(tick));
+    let mut registered = false;
+    std::future::poll_fn(|cx| {
+        if !registered {
+            registered = true;
+            let _ = changed.as_mut().poll(cx);
+            let _ = timer.as_mut().poll(cx);
+        }
+        loop {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "Connection ended with an error");
                 }
-                return;
+                return Poll::Ready(());
             }
-            _ = stop.changed(), if !draining => {
+            if !draining && probe.has_changed().unwrap_or(true) {
                 draining = true;
                 conn.as_mut().drain();
+                continue;
             }
-            _ = tokio::time::sleep(tick) => {
-                let waiting = activity.in_flight.load(Ordering::Relaxed) > 0;
-                let used = activity.used.swap(false, Ordering::Relaxed);
-                if activity.moved.swap(false, Ordering::Relaxed) || waiting {
-                    still = Duration::ZERO;
-                } else {
-                    still += tick;
-                    if still >= idle {
-                        tracing::debug!("Idle connection closed");
-                        return;
-                    }
-                }
-                if waiting || used || activity.sending.load(Ordering::Relaxed) > 0 {
-                    unused = Duration::ZERO;
-                } else {
-                    unused += tick;
-                    if multiplexed && unused >= idle && !draining {
-                        tracing::debug!("Unused HTTP/2 connection closed");
-                        draining = true;
-                        conn.as_mut().drain();
-                    }
+            if !timer.is_elapsed() {
+                return Poll::Pending;
+            }
+            let waiting = activity.in_flight.load(Ordering::Relaxed) > 0;
+            let used = activity.used.swap(false, Ordering::Relaxed);
+            if activity.moved.swap(false, Ordering::Relaxed) || waiting {
+                still = Duration::ZERO;
+            } else {
+                still += tick;
+                if still >= idle {
+                    tracing::debug!("Idle connection closed");
+                    return Poll::Ready(());
                 }
             }
+            if waiting || used || activity.sending.load(Ordering::Relaxed) > 0 {
+                unused = Duration::ZERO;
+            } else {
+                unused += tick;
+                if multiplexed && unused >= idle && !draining {
+                    tracing::debug!("Unused HTTP/2 connection closed");
+                    draining = true;
+                    conn.as_mut().drain();
+                }
+            }
+            timer.as_mut().reset(tokio::time::Instant::now() + tick);
+            let _ = timer.as_mut().poll(cx);
         }
-    }
+    })
+    .await
 }
 
 /// Whether a connection is doing anything: requests in flight, and whether a byte moved
