@@ -5,7 +5,9 @@
 # route, scope check) twice: with its default of one worker per core, and with one worker
 # (patgate-1w), since wrk and the upstream share the cores. Small GETs over keep-alive at 64 connections, ROUNDS interleaved rounds of
 # DURATION_S seconds each (medians taken, so noise hits every side alike), then one 1 GiB
-# chunked POST through each. Prints one table with the ratios and patgate's peak RSS.
+# chunked POST through each. Prints one table with the ratios and patgate's peak RSS, and
+# the CPU time each proxy spent per small request (user + system, from /proc: steadier on
+# a shared machine than requests per second, which depend on what else runs).
 # Usage: bash benches/load.sh [DURATION_S] [ROUNDS]     (loopback only; installs nginx and wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -98,6 +100,7 @@ grep -qF "\"$auth\" 1;" "$run/nginx-proxy.conf" && grep -q 'proxy_pass http://si
 for c in upstream proxy; do
   nginx -p "$run/" -c "$run/nginx-$c.conf" -e "$run/nginx-$c.err" -g 'daemon off;' & pids+=($!)
 done
+nginx_proxy=$!
 python3 benches/sink.py "$sink" & pids+=($!)
 "$bin" --config "$run/patgate.toml" serve & pgpid=$!; pids+=($pgpid)
 # The same with one worker: one event loop, as nginx here has one worker process.
@@ -136,12 +139,26 @@ for t in "${targets[@]}"; do
 done
 
 # wrk's --latency distribution, converted to ms.
-parse_wrk() { # file -> "rps p50_ms p99_ms non2xx errors"
+parse_wrk() { # file -> "rps p50_ms p99_ms non2xx errors requests"
   awk 'function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v + 0 }
        $1 == "50%" { p50 = ms($2) } $1 == "99%" { p99 = ms($2) } $1 == "Requests/sec:" { rps = $2 }
+       /requests in/ { n = $1 }
        /Non-2xx/ { bad = $NF } /Socket errors/ { gsub(/,/, ""); err = $4 + $6 + $8 + $10 }
-       END { printf "%s %s %s %d %d\n", rps, p50, p99, bad, err }' "$1"
+       END { printf "%s %s %s %d %d %d\n", rps, p50, p99, bad, err, n }' "$1"
 }
+# CPU time (user + system, clock ticks) of a proxy's processes: nginx's master and worker,
+# patgate's one process (all its threads).
+declare -A procs=([nginx]="$nginx_proxy $(pgrep -d' ' -P "$nginx_proxy")" [patgate]=$pgpid [patgate-1w]=$pg1pid)
+ticks() { # target -> ticks so far, or nothing for direct
+  [[ -n ${procs[$1]:-} ]] || return 0
+  local p t=0 f
+  for p in ${procs[$1]}; do
+    read -r -a f < <(sed 's/^.*) //' "/proc/$p/stat")
+    t=$((t + f[11] + f[12]))
+  done
+  echo "$t"
+}
+hz=$(getconf CLK_TCK)
 load() { # target seconds -> wrk output file
   timeout $(($2 + 30)) wrk -t1 -c64 -d"$2"s --latency -H "Authorization: $auth" "${url[$1]}" > "$run/wrk.out"
   echo "$run/wrk.out"
@@ -151,22 +168,28 @@ median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 load0=$(cut -d' ' -f1 /proc/loadavg)
 echo "Warm-up: 2 s per target; then $rounds rounds x ${#targets[@]} targets x ${dur} s (wrk -t1 -c64)..." >&2
 for t in "${targets[@]}"; do load "$t" 2 >/dev/null; done
-declare -A rps p50 p99
+declare -A rps p50 p99 cpu
 for r in $(seq "$rounds"); do
   for i in "${!targets[@]}"; do # the order rotates each round
     t=${targets[$(((i + r - 1) % ${#targets[@]}))]}
-    read -r q a b bad err < <(parse_wrk "$(load "$t" "$dur")")
+    before=$(ticks "$t")
+    read -r q a b bad err n < <(parse_wrk "$(load "$t" "$dur")")
+    after=$(ticks "$t")
     ((bad == 0)) || { echo "$t: $bad responses were not 2xx/3xx" >&2; exit 1; }
     ((err == 0)) || echo "  ($t: $err socket errors)" >&2
     rps[$t]+="$q "; p50[$t]+="$a "; p99[$t]+="$b "
-    printf '  round %d %-8s %10.0f req/s  p50 %.3f ms  p99 %.3f ms\n' "$r" "$t" "$q" "$a" "$b" >&2
+    us=-
+    [[ -n $before ]] && us=$(awk -v d=$((after - before)) -v hz="$hz" -v n="$n" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')
+    cpu[$t]+="$us "
+    printf '  round %d %-10s %10.0f req/s  p50 %.3f ms  p99 %.3f ms  CPU %s us/request\n' "$r" "$t" "$q" "$a" "$b" "$us" >&2
   done
 done
-declare -A mr m50 m99 mib
+declare -A mr m50 m99 mcpu mib
 for t in "${targets[@]}"; do
   mr[$t]=$(tr ' ' '\n' <<<"${rps[$t]}" | grep . | median)
   m50[$t]=$(tr ' ' '\n' <<<"${p50[$t]}" | grep . | median)
   m99[$t]=$(tr ' ' '\n' <<<"${p99[$t]}" | grep . | median)
+  mcpu[$t]=$(tr ' ' '\n' <<<"${cpu[$t]}" | grep . | median)
 done
 
 # One 1 GiB POST each, streamed from a pipe (chunked, no Expect: 100-continue wait).
@@ -187,15 +210,17 @@ peak1=$(awk '/VmHWM/ { print $2 }' /proc/$pg1pid/status)
 
 echo
 echo "GET ${url[patgate]#http://127.0.0.1:$pg} over keep-alive, wrk -t1 -c64, median of $rounds x ${dur} s; one 1 GiB chunked POST"
-printf '%-18s %10s %10s %10s %12s\n' target rps "p50 ms" "p99 ms" "POST MiB/s"
+printf '%-18s %10s %10s %10s %12s %12s\n' target rps "p50 ms" "p99 ms" "POST MiB/s" "CPU us/req"
 for t in "${targets[@]}"; do
-  printf '%-18s %10.0f %10.3f %10.3f %12s\n' "$t" "${mr[$t]}" "${m50[$t]}" "${m99[$t]}" "${mib[$t]}"
+  printf '%-18s %10.0f %10.3f %10.3f %12s %12s\n' "$t" "${mr[$t]}" "${m50[$t]}" "${m99[$t]}" "${mib[$t]}" "${mcpu[$t]}"
 done
 for pair in patgate/nginx patgate/direct patgate-1w/nginx; do
   p=${pair%/*} base=${pair#*/}
   awk -v n="$pair" -v r="${mr[$p]}" -v rb="${mr[$base]}" -v a="${m50[$p]}" -v ab="${m50[$base]}" \
       -v b="${m99[$p]}" -v bb="${m99[$base]}" -v m="${mib[$p]}" -v mb="${mib[$base]}" \
-      'BEGIN { printf "%-18s %10.2f %10.2f %10.2f %12.2f\n", n, r / rb, a / ab, b / bb, m / mb }'
+      -v c="${mcpu[$p]}" -v cb="${mcpu[$base]}" \
+      'BEGIN { cr = (cb + 0 > 0) ? sprintf("%.2f", c / cb) : "-"
+               printf "%-18s %10.2f %10.2f %10.2f %12.2f %12s\n", n, r / rb, a / ab, b / bb, m / mb, cr }'
 done
 awk -v k="$peak" -v k1="$peak1" 'BEGIN { printf "patgate peak RSS: %.1f MiB (VmHWM %d KiB); with one worker %.1f MiB\n", k / 1024, k, k1 / 1024 }'
 echo "load average (1 min) at the start: $load0 on $(nproc) cores; at the end: $(cut -d' ' -f1 /proc/loadavg); ${SECONDS} s after the build"

@@ -77,6 +77,7 @@ where
             count: 0,
         },
         timer: Some(Lazy::idle()),
+        headers: HeaderMap::new(),
     };
     match relay.run().await {
         Ended::Closed => {
@@ -128,6 +129,8 @@ struct Relay<IO> {
     out: BytesMut,
     /// Where the last request head's parts lie in `buf`.
     spans: HeadSpans,
+    /// The last request's header table, emptied: its room serves the next.
+    headers: HeaderMap,
     /// The one timer of the connection: for a request head, then for the answer's.
     timer: Option<Lazy>,
 }
@@ -219,11 +222,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
                 Err(()) => return Ended::Closed,
             }
             let head = self.buf.split_to(self.spans.len).freeze();
-            let Some(parts) = parts_of(&head, &self.spans) else {
+            let map = std::mem::take(&mut self.headers);
+            let Some(mut parts) = parts_of(&head, &self.spans, map) else {
                 self.put_back(head);
                 return Ended::Fallback;
             };
-            match self.answer(parts, head).await {
+            let next = self.answer(&mut parts, head).await;
+            self.headers = std::mem::take(&mut parts.headers);
+            self.headers.clear();
+            match next {
                 Next::KeepAlive if !*self.conn.stop.borrow() => {}
                 Next::KeepAlive | Next::Close => return Ended::Closed,
                 Next::Fallback => return Ended::Fallback,
@@ -286,13 +293,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
     }
 
     /// Answers one request.
-    async fn answer(&mut self, mut parts: http::request::Parts, head: Bytes) -> Next {
+    async fn answer(&mut self, parts: &mut http::request::Parts, head: Bytes) -> Next {
         let proxy = self.proxy.clone();
         let live = proxy.live.load_full();
         let busy = InFlight::new(&self.activity);
         let mut entry = AccessEntry::of(&parts.method, parts.version, &parts.uri, &self.conn);
         let bodiless = parts.method == Method::HEAD;
-        let (target, permit, path, client) = match proxy.admit(&parts, false, &self.conn, &live, &mut entry.log) {
+        let (target, permit, path, client) = match proxy.admit(parts, false, &self.conn, &live, &mut entry.log) {
             Err(e) => return self.refuse(entry, &e, bodiless).await,
             Ok(Admitted {
                 target: Upstream::Http(target),
@@ -594,13 +601,14 @@ fn parse_request(buf: &[u8], spans: &mut HeadSpans) -> Parsed {
 }
 
 /// The request's parts, sharing `head`'s bytes; `None` when hyper should judge it.
-fn parts_of(head: &Bytes, spans: &HeadSpans) -> Option<http::request::Parts> {
+/// `map` is an empty table to fill, kept from the connection's last request.
+fn parts_of(head: &Bytes, spans: &HeadSpans, mut map: HeaderMap) -> Option<http::request::Parts> {
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = spans.method.clone();
     parts.uri = Uri::from_maybe_shared(head.slice(spans.target.0..spans.target.1)).ok()?;
     parts.version = Version::HTTP_11;
     // Room for what the header rewrite adds, so that it never grows the table.
-    let mut map = HeaderMap::with_capacity(spans.count + 6);
+    map.reserve(spans.count + 6);
     for &(n0, n1, v0, v1) in &spans.headers[..spans.count] {
         let name = HeaderName::from_bytes(&head[n0..n1]).ok()?;
         let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).ok()?;
@@ -829,7 +837,7 @@ mod tests {
         assert!(matches!(parse_request(text.as_bytes(), &mut spans), Parsed::Relay));
         assert_eq!(&text[spans.len..], "NEXT");
         let head = Bytes::copy_from_slice(&text.as_bytes()[..spans.len]);
-        let parts = parts_of(&head, &spans).unwrap();
+        let parts = parts_of(&head, &spans, HeaderMap::new()).unwrap();
         assert_eq!(
             (parts.method, parts.uri.path(), parts.uri.query()),
             (Method::GET, "/a/b", Some("c=d"))
