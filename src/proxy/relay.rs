@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::framing::Chunks;
-use super::upstream::{HttpTarget, Stream, Upstream};
+use super::upstream::{Connector, HttpTarget, Stream, Upstream};
 use super::{error_response, headers, AccessEntry, Admitted, Connection, Proxy, ProxyError};
 use crate::accept::{Activity, InFlight};
 
@@ -66,9 +66,11 @@ where
         proxy,
         limits,
         activity,
-        upstream: None,
-        ubuf: BytesMut::new(),
-        out: BytesMut::new(),
+        up: UpstreamSide {
+            kept: None,
+            ubuf: BytesMut::new(),
+            out: BytesMut::new(),
+        },
         spans: HeadSpans {
             len: 0,
             method: Method::GET,
@@ -114,6 +116,16 @@ struct Kept {
     io: Stream,
 }
 
+/// The relay's side of the upstream: apart from the client's, so that both can be
+/// watched at once while the upstream is asked.
+struct UpstreamSide {
+    kept: Option<Kept>,
+    /// What was read from the upstream and not yet passed on.
+    ubuf: BytesMut,
+    /// What is about to be written (a request head upstream, an answer to the client).
+    out: BytesMut,
+}
+
 struct Relay<IO> {
     io: IO,
     /// What was read from the client and not yet used.
@@ -122,11 +134,8 @@ struct Relay<IO> {
     proxy: Arc<Proxy>,
     limits: Limits,
     activity: Arc<Activity>,
-    upstream: Option<Kept>,
-    /// What was read from the upstream and not yet passed on.
-    ubuf: BytesMut,
-    /// What is about to be written (a request head upstream, an answer to the client).
-    out: BytesMut,
+    /// The upstream connection and the buffers that go with it.
+    up: UpstreamSide,
     /// Where the last request head's parts lie in `buf`.
     spans: HeadSpans,
     /// The last request's header table, emptied: its room serves the next.
@@ -161,21 +170,6 @@ impl Lazy {
         }
         false
     }
-
-    /// `work`'s output, or `None` when `deadline` passes first.
-    async fn within<F: Future>(&mut self, deadline: Instant, work: F) -> Option<F::Output> {
-        let mut work = std::pin::pin!(work);
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(out) = work.as_mut().poll(cx) {
-                return Poll::Ready(Some(out));
-            }
-            match self.expired(cx, deadline) {
-                true => Poll::Ready(None),
-                false => Poll::Pending,
-            }
-        })
-        .await
-    }
 }
 
 /// Where a request head's parts lie in the connection's buffer.
@@ -185,6 +179,93 @@ struct HeadSpans {
     target: (usize, usize),
     headers: [(usize, usize, usize, usize); MAX_HEADERS],
     count: usize,
+}
+
+impl UpstreamSide {
+    /// Sends the request head in `out` and reads the answer's head, on the kept upstream
+    /// connection or a new one. A request that may be repeated goes once more on a new
+    /// connection when a reused one closed before answering.
+    async fn exchange(
+        &mut self,
+        connector: &Connector,
+        target: &HttpTarget,
+        retry: bool,
+        bodiless: bool,
+    ) -> Result<(Kept, Answer), ProxyError> {
+        let mut kept = self.kept.take().filter(|k| k.tls == target.tls && k.host == target.host);
+        // A request that may not be repeated goes on a reused connection only if that has
+        // not closed meanwhile (the usual request, which may, is not slowed by the check).
+        if !retry {
+            if let Some(k) = kept.as_mut() {
+                if !still_open(&mut k.io) {
+                    kept = None;
+                }
+            }
+        }
+        loop {
+            let reused = kept.is_some();
+            let mut k = match kept.take() {
+                Some(k) => k,
+                None => Kept {
+                    tls: target.tls,
+                    host: target.host.clone(),
+                    io: connector
+                        .open(target.tls, &target.authority)
+                        .await
+                        .map_err(|_| ProxyError::UpstreamUnreachable)?,
+                },
+            };
+            match self.send_and_read(&mut k.io, bodiless).await {
+                Ok(answer) => return Ok((k, answer)),
+                Err(Failed::Stale(_)) if reused && retry => continue,
+                Err(Failed::Stale(e)) => {
+                    tracing::warn!(upstream = %target.authority, error = %e, "Upstream failed");
+                    return Err(ProxyError::UpstreamFailed);
+                }
+                Err(Failed::Other(e)) => {
+                    tracing::warn!(upstream = %target.authority, error = %e, "Upstream failed");
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn send_and_read(&mut self, io: &mut Stream, bodiless: bool) -> Result<Answer, Failed> {
+        io.write_all(&self.out).await.map_err(Failed::Stale)?;
+        self.ubuf.clear();
+        loop {
+            if !self.ubuf.is_empty() {
+                match parse_response(&self.ubuf, bodiless, &mut self.out)? {
+                    Some((len, answer)) => {
+                        self.ubuf.advance(len);
+                        return Ok(answer);
+                    }
+                    None if self.ubuf.len() >= MAX_RESPONSE_HEAD => {
+                        return Err(Failed::Other(ProxyError::UpstreamFailed));
+                    }
+                    None => {}
+                }
+            }
+            let began = !self.ubuf.is_empty();
+            self.ubuf.reserve(READ_SIZE);
+            match io.read_buf(&mut self.ubuf).await {
+                Ok(0) if !began => return Err(Failed::Stale(io::ErrorKind::UnexpectedEof.into())),
+                Err(e) if !began => return Err(Failed::Stale(e)),
+                Ok(0) => return Err(Failed::Other(ProxyError::UpstreamFailed)),
+                Err(_) => return Err(Failed::Other(ProxyError::UpstreamFailed)),
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// Whether an idle upstream connection is still open and silent: one read that does not
+/// wait. `Pending` is the answer of a live connection with nothing to say.
+fn still_open(io: &mut Stream) -> bool {
+    let mut scratch = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut scratch);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    Pin::new(io).poll_read(&mut cx, &mut buf).is_pending()
 }
 
 /// How an answer's body is framed.
@@ -204,6 +285,13 @@ struct Answer {
     framing: Framing,
     /// Whether the upstream connection may carry another request after this answer.
     reusable: bool,
+}
+
+/// How the wait for an upstream's answer ended.
+enum Waited {
+    Answered(Result<(Kept, Answer), ProxyError>),
+    TimedOut,
+    ClientGone,
 }
 
 /// Why an exchange with the upstream failed.
@@ -326,26 +414,44 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
             Ok(pq) => pq,
             Err(e) => return self.refuse(entry, &e, bodiless).await,
         };
-        self.out.clear();
-        put_request_head(&mut self.out, &parts.method, pq.as_str(), &parts.headers);
+        self.up.out.clear();
+        put_request_head(&mut self.up.out, &parts.method, pq.as_str(), &parts.headers);
         drop(head);
         let retry = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
         let deadline = Instant::now() + target.response_timeout;
-        let exchanged = {
-            // Out of `self` while `exchange` borrows it.
-            let mut timer = self.timer.take().unwrap_or_else(Lazy::idle);
-            let exchanged = timer.within(deadline, self.exchange(target, retry, bodiless)).await;
-            self.timer = Some(timer);
-            exchanged
+        let waited = {
+            let (io, buf, max) = (&mut self.io, &mut self.buf, self.limits.max_header_bytes);
+            let timer = self.timer.get_or_insert_with(Lazy::idle);
+            let mut exchange = std::pin::pin!(self.up.exchange(proxy.http.connector(), target, retry, bodiless));
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
+                    return Poll::Ready(Waited::Answered(r));
+                }
+                // A client that goes away takes its request with it (logged as 499, as on
+                // hyper's side); what it sends meanwhile is its next request, kept.
+                while buf.len() < max {
+                    buf.reserve(1024);
+                    match std::pin::pin!(io.read_buf(&mut *buf)).poll(cx) {
+                        Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Waited::ClientGone),
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Pending => break,
+                    }
+                }
+                match timer.expired(cx, deadline) {
+                    true => Poll::Ready(Waited::TimedOut),
+                    false => Poll::Pending,
+                }
+            })
+            .await
         };
-        let (mut kept, answer) = match exchanged {
-            None => {
-                return self
-                    .refuse(entry, &ProxyError::UpstreamTimeout(target.response_timeout), bodiless)
-                    .await
+        let (mut kept, answer) = match waited {
+            Waited::Answered(Ok(done)) => done,
+            Waited::Answered(Err(e)) => return self.refuse(entry, &e, bodiless).await,
+            Waited::TimedOut => {
+                let e = ProxyError::UpstreamTimeout(target.response_timeout);
+                return self.refuse(entry, &e, bodiless).await;
             }
-            Some(Err(e)) => return self.refuse(entry, &e, bodiless).await,
-            Some(Ok(done)) => done,
+            Waited::ClientGone => return Next::Close,
         };
         // The answer is ready: from here on, only the body moves (watched for idling).
         entry.written = true;
@@ -364,7 +470,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
         match sent {
             Ok(()) => {
                 if reusable {
-                    self.upstream = Some(kept);
+                    self.up.kept = Some(kept);
                 }
                 Next::KeepAlive
             }
@@ -375,92 +481,28 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
         }
     }
 
-    /// Sends the request head in `out` and reads the answer's head, on the kept upstream
-    /// connection or a new one. A request that may be repeated goes once more on a new
-    /// connection when a reused one closed before answering.
-    async fn exchange(&mut self, target: &HttpTarget, retry: bool, bodiless: bool) -> Result<(Kept, Answer), ProxyError> {
-        let mut kept = self.upstream.take().filter(|k| k.tls == target.tls && k.host == target.host);
-        loop {
-            let reused = kept.is_some();
-            let mut k = match kept.take() {
-                Some(k) => k,
-                None => Kept {
-                    tls: target.tls,
-                    host: target.host.clone(),
-                    io: self
-                        .proxy
-                        .http
-                        .connector()
-                        .open(target.tls, &target.authority)
-                        .await
-                        .map_err(|_| ProxyError::UpstreamUnreachable)?,
-                },
-            };
-            match self.send_and_read(&mut k.io, bodiless).await {
-                Ok(answer) => return Ok((k, answer)),
-                Err(Failed::Stale(_)) if reused && retry => continue,
-                Err(Failed::Stale(e)) => {
-                    tracing::warn!(upstream = %target.authority, error = %e, "Upstream failed");
-                    return Err(ProxyError::UpstreamFailed);
-                }
-                Err(Failed::Other(e)) => {
-                    tracing::warn!(upstream = %target.authority, error = %e, "Upstream failed");
-                    return Err(e);
-                }
-            }
-        }
-    }
-
-    async fn send_and_read(&mut self, io: &mut Stream, bodiless: bool) -> Result<Answer, Failed> {
-        io.write_all(&self.out).await.map_err(Failed::Stale)?;
-        self.ubuf.clear();
-        loop {
-            if !self.ubuf.is_empty() {
-                match parse_response(&self.ubuf, bodiless, &mut self.out)? {
-                    Some((len, answer)) => {
-                        self.ubuf.advance(len);
-                        return Ok(answer);
-                    }
-                    None if self.ubuf.len() >= MAX_RESPONSE_HEAD => {
-                        return Err(Failed::Other(ProxyError::UpstreamFailed));
-                    }
-                    None => {}
-                }
-            }
-            let began = !self.ubuf.is_empty();
-            self.ubuf.reserve(READ_SIZE);
-            match io.read_buf(&mut self.ubuf).await {
-                Ok(0) if !began => return Err(Failed::Stale(io::ErrorKind::UnexpectedEof.into())),
-                Err(e) if !began => return Err(Failed::Stale(e)),
-                Ok(0) => return Err(Failed::Other(ProxyError::UpstreamFailed)),
-                Err(_) => return Err(Failed::Other(ProxyError::UpstreamFailed)),
-                Ok(_) => {}
-            }
-        }
-    }
-
     /// Writes `out` to the client.
     async fn flush_out(&mut self) -> io::Result<()> {
-        let r = self.io.write_all(&self.out).await;
-        self.out.clear();
+        let r = self.io.write_all(&self.up.out).await;
+        self.up.out.clear();
         r
     }
 
     /// Moves what the upstream already sent, as far as the body goes, to `out`.
     fn take_read(&mut self, n: usize) {
-        self.out.extend_from_slice(&self.ubuf[..n]);
-        self.ubuf.advance(n);
+        self.up.out.extend_from_slice(&self.up.ubuf[..n]);
+        self.up.ubuf.advance(n);
     }
 
     async fn relay_length(&mut self, upstream: &mut Stream, mut left: u64, reusable: &mut bool) -> io::Result<()> {
         loop {
-            let n = self.ubuf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = self.up.ubuf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
             self.take_read(n);
             left -= n as u64;
             self.flush_out().await?;
             if left == 0 {
                 // More than the answer: the upstream's framing is not to be trusted again.
-                *reusable &= self.ubuf.is_empty();
+                *reusable &= self.up.ubuf.is_empty();
                 return Ok(());
             }
             self.read_upstream(upstream).await?;
@@ -469,12 +511,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
 
     async fn relay_chunks(&mut self, upstream: &mut Stream, mut chunks: Chunks, reusable: &mut bool) -> io::Result<()> {
         loop {
-            let n = chunks.scan(&self.ubuf);
+            let n = chunks.scan(&self.up.ubuf);
             self.take_read(n);
             self.flush_out().await?;
             match chunks {
                 Chunks::Done => {
-                    *reusable &= self.ubuf.is_empty();
+                    *reusable &= self.up.ubuf.is_empty();
                     return Ok(());
                 }
                 Chunks::Bad => return Err(io::Error::new(io::ErrorKind::InvalidData, "upstream sent a malformed chunk")),
@@ -485,10 +527,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
 
     async fn relay_until_close(&mut self, upstream: &mut Stream) -> io::Result<()> {
         loop {
-            let n = self.ubuf.len();
+            let n = self.up.ubuf.len();
             self.take_read(n);
             self.flush_out().await?;
-            if upstream.read_buf(&mut self.ubuf).await? == 0 {
+            if upstream.read_buf(&mut self.up.ubuf).await? == 0 {
                 return Ok(());
             }
         }
@@ -496,9 +538,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
 
     /// Reads more of the answer's body; the upstream closing before its end is an error.
     async fn read_upstream(&mut self, upstream: &mut Stream) -> io::Result<()> {
-        self.ubuf.clear();
-        self.ubuf.reserve(READ_SIZE);
-        match upstream.read_buf(&mut self.ubuf).await? {
+        self.up.ubuf.clear();
+        self.up.ubuf.reserve(READ_SIZE);
+        match upstream.read_buf(&mut self.up.ubuf).await? {
             0 => Err(io::ErrorKind::UnexpectedEof.into()),
             _ => Ok(()),
         }
@@ -510,19 +552,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
         entry.written = true;
         entry.emit(response.status().as_u16(), Some(e));
         let body = format!("{}\n", e.public_message());
-        self.out.clear();
+        self.up.out.clear();
         put_status_line(
-            &mut self.out,
+            &mut self.up.out,
             response.status().as_u16(),
             response.status().canonical_reason().unwrap_or(""),
         );
         for (name, value) in response.headers() {
-            put_header(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
+            put_header(&mut self.up.out, name.as_str().as_bytes(), value.as_bytes());
         }
-        put_header(&mut self.out, b"content-length", itoa::Buffer::new().format(body.len()).as_bytes());
-        self.out.put_slice(b"\r\n");
+        put_header(
+            &mut self.up.out,
+            b"content-length",
+            itoa::Buffer::new().format(body.len()).as_bytes(),
+        );
+        self.up.out.put_slice(b"\r\n");
         if !bodiless {
-            self.out.put_slice(body.as_bytes());
+            self.up.out.put_slice(body.as_bytes());
         }
         let closes = headers::asks_to_close(response.headers());
         match self.flush_out().await {
@@ -911,6 +957,23 @@ mod tests {
                 .1,
             Framing::Length(2)
         );
+    }
+
+    impl Lazy {
+        /// `work`'s output, or `None` when `deadline` passes first.
+        async fn within<F: Future>(&mut self, deadline: Instant, work: F) -> Option<F::Output> {
+            let mut work = std::pin::pin!(work);
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(out) = work.as_mut().poll(cx) {
+                    return Poll::Ready(Some(out));
+                }
+                match self.expired(cx, deadline) {
+                    true => Poll::Ready(None),
+                    false => Poll::Pending,
+                }
+            })
+            .await
+        }
     }
 
     #[tokio::test(start_paused = true)]

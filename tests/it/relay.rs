@@ -36,6 +36,8 @@ fn answer_for(path: &str) -> (&'static [u8], bool) {
         ),
         "/s/switch" => (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", close),
         "/s/half" => (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", close),
+        // Closes after its answer without saying so.
+        "/s/silent-close" => (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye", close),
         _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", !close),
     }
 }
@@ -73,6 +75,11 @@ fn spawn_scripted() -> Scripted {
                 }
                 let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
                 seen.lock().unwrap().push(head);
+                if path == "/s/hang" {
+                    // Holds the request until patgate lets the connection go.
+                    let _ = c.read(&mut b);
+                    return;
+                }
                 let (answer, close) = answer_for(&path);
                 if c.write_all(answer).is_err() || close {
                     return;
@@ -273,4 +280,37 @@ fn refusals_keep_the_connection_and_a_bad_head_goes_to_hyper() {
         .unwrap();
     assert!(read_one(&mut s, false).0.starts_with("HTTP/1.1 400"));
     assert_eq!(up.heads.lock().unwrap().len(), 0);
+}
+
+#[test]
+fn a_client_that_goes_away_while_the_upstream_works_is_logged_as_499() {
+    let up = spawn_scripted();
+    let (p, t) = start(&up);
+    let mut s = client(&p);
+    send(&mut s, "GET", "/s/hang", &t, "");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while up.heads.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the request never reached the upstream");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(s);
+    assert!(p.log_shows("Request cancelled duration_ms="), "{}", p.log());
+    let line = p.log().lines().find(|l| l.contains("Request cancelled")).unwrap().to_owned();
+    assert!(line.contains("http.status=499") && line.contains("url.path=/s/hang"), "{line}");
+}
+
+#[test]
+fn an_upstream_connection_that_closed_unannounced_is_not_used_again() {
+    let up = spawn_scripted();
+    let (p, t) = start(&up);
+    let mut s = client(&p);
+    for method in ["GET", "DELETE", "GET", "OPTIONS", "DELETE"] {
+        send(&mut s, method, "/s/silent-close", &t, "");
+        let (head, body) = read_one(&mut s, false);
+        assert!(head.starts_with("HTTP/1.1 200"), "{method}: {head}");
+        assert_eq!(body, b"bye");
+        // Time for the upstream's FIN to arrive before the next request.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(up.heads.lock().unwrap().len(), 5);
 }
