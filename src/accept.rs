@@ -2,8 +2,10 @@
 //!
 //! A connection is admitted within the global and per-address limits, finishes its TLS
 //! handshake in time (HTTP/2 or HTTP/1.1 by ALPN; plain TCP is HTTP/1.1), and is then
-//! served by hyper with the limits below until it ends, falls idle, or the server drains.
-//! Each request is handed to [`Proxy::handle`](crate::proxy::Proxy::handle).
+//! served with the limits below until it ends, falls idle, or the server drains: HTTP/2 by
+//! hyper, HTTP/1.1 by the relay ([`proxy::relay`]) for as long as its requests are plain
+//! ones without a body, then by hyper. hyper hands each request to
+//! [`Proxy::handle`](crate::proxy::Proxy::handle).
 
 use std::future::Future;
 use std::io;

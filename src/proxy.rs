@@ -2,8 +2,10 @@
 //! request target and framing → path normalization → credential → token lookup →
 //! route and rule → scope and organization → forward → access log.
 //!
-//! [`Proxy::handle`] is the one place where errors become answers; `Proxy::handle_inner`
-//! does the work and returns a typed [`ProxyError`]. The request path reads only the
+//! `Proxy::admit` decides (everything up to forwarding), for hyper's requests and the
+//! relay's ([`relay`]) alike. [`Proxy::handle`] is where errors become answers for hyper's
+//! requests (`Proxy::handle_inner` does the work and returns a typed [`ProxyError`]); the
+//! relay writes the same answers from [`error_response`]. The request path reads only the
 //! in-memory token copy and the validated config: it never enters the store.
 
 pub mod cgi;

@@ -179,18 +179,36 @@ impl Tracker {
 /// The longest trailer line a chunked body may have.
 const MAX_TRAILER_LINE: usize = 64 * 1024;
 
-/// Where a chunked body stands, followed byte by byte and never copied (RFC 9112 7.1):
-/// chunk-size lines (extensions skipped), data, and the trailer section.
+/// Where a chunked body stands, followed byte by byte and never copied (RFC 9112 7.1),
+/// as strictly as hyper decodes one: a size of hex digits, optional blanks, an extension
+/// after `;`, CRLF line ends, CRLF after each chunk's data, then trailer lines and an empty
+/// line. Control bytes in extensions and trailers are refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chunks {
-    /// A chunk-size line: the size so far, and whether an extension (`;...`) started.
-    Size { size: u64, ext: bool },
+    /// The first byte of a chunk-size line (a hex digit).
+    Start,
+    /// In the size's digits.
+    Size(u64),
+    /// Blanks after the size.
+    Blank(u64),
+    /// In an extension: its length so far.
+    Ext(u64, usize),
+    /// The LF that ends a size line.
+    SizeLf(u64),
     /// Chunk data: bytes left.
     Data(u64),
-    /// The line end after chunk data.
-    DataEnd,
-    /// Trailer lines after the last chunk: bytes in the current line.
+    /// The CR after chunk data.
+    DataCr,
+    /// The LF after chunk data.
+    DataLf,
+    /// The start of a trailer line, or of the empty line that ends the body.
+    Line,
+    /// In a trailer line: its length so far.
     Trailer(usize),
+    /// The LF that ends a trailer line.
+    TrailerLf,
+    /// The LF of the empty line that ends the body.
+    EndLf,
     /// The body ended.
     Done,
     /// Not a chunked body.
@@ -199,7 +217,7 @@ pub enum Chunks {
 
 impl Chunks {
     /// A body not yet begun.
-    pub const START: Chunks = Chunks::Size { size: 0, ext: false };
+    pub const START: Chunks = Chunks::Start;
 
     /// Follows `bytes`, the body's next; returns how many belong to it: all of them,
     /// unless it ends (`Done`) or goes wrong (`Bad`) on the way.
@@ -211,42 +229,38 @@ impl Chunks {
                 Chunks::Data(left) => {
                     let n = ((bytes.len() - at) as u64).min(left);
                     at += n as usize;
-                    *self = if left == n { Chunks::DataEnd } else { Chunks::Data(left - n) };
+                    *self = if left == n { Chunks::DataCr } else { Chunks::Data(left - n) };
                     continue;
                 }
                 _ => {}
             }
             let b = bytes[at];
             at += 1;
-            *self = match *self {
-                Chunks::Size { size, ext } => match b {
-                    b'\n' if size == 0 => Chunks::Trailer(0),
-                    b'\n' => Chunks::Data(size),
-                    b'\r' => Chunks::Size { size, ext },
-                    _ if ext => Chunks::Size { size, ext },
-                    b';' | b' ' | b'\t' => Chunks::Size { size, ext: true },
-                    _ => match (b as char).to_digit(16) {
-                        Some(d) if size < (1 << 59) => Chunks::Size {
-                            size: size * 16 + u64::from(d),
-                            ext,
-                        },
-                        _ => Chunks::Bad,
-                    },
+            let text = b == b'\t' || (b >= b' ' && b != 0x7f);
+            *self = match (*self, b) {
+                (Chunks::Start, _) => match (b as char).to_digit(16) {
+                    Some(d) => Chunks::Size(u64::from(d)),
+                    None => Chunks::Bad,
                 },
-                Chunks::DataEnd => match b {
-                    b'\r' => Chunks::DataEnd,
-                    b'\n' => Chunks::START,
+                (Chunks::Size(size), _) if (b as char).is_ascii_hexdigit() => match (b as char).to_digit(16) {
+                    Some(d) if size < (1 << 59) => Chunks::Size(size * 16 + u64::from(d)),
                     _ => Chunks::Bad,
                 },
-                Chunks::Trailer(len) => match b {
-                    b'\n' if len == 0 => Chunks::Done,
-                    b'\n' => Chunks::Trailer(0),
-                    b'\r' => Chunks::Trailer(len),
-                    _ if len >= MAX_TRAILER_LINE => Chunks::Bad,
-                    _ => Chunks::Trailer(len + 1),
-                },
-                // Data, Done and Bad were handled above.
-                other => other,
+                (Chunks::Size(size) | Chunks::Blank(size), b' ' | b'\t') => Chunks::Blank(size),
+                (Chunks::Size(size) | Chunks::Blank(size), b';') => Chunks::Ext(size, 0),
+                (Chunks::Size(size) | Chunks::Blank(size) | Chunks::Ext(size, _), b'\r') => Chunks::SizeLf(size),
+                (Chunks::Ext(size, len), _) if text && len < MAX_TRAILER_LINE => Chunks::Ext(size, len + 1),
+                (Chunks::SizeLf(0), b'\n') => Chunks::Line,
+                (Chunks::SizeLf(size), b'\n') => Chunks::Data(size),
+                (Chunks::DataCr, b'\r') => Chunks::DataLf,
+                (Chunks::DataLf, b'\n') => Chunks::Start,
+                (Chunks::Line, b'\r') => Chunks::EndLf,
+                (Chunks::EndLf, b'\n') => Chunks::Done,
+                (Chunks::Line, _) if text => Chunks::Trailer(1),
+                (Chunks::Trailer(_), b'\r') => Chunks::TrailerLf,
+                (Chunks::Trailer(len), _) if text && len < MAX_TRAILER_LINE => Chunks::Trailer(len + 1),
+                (Chunks::TrailerLf, b'\n') => Chunks::Line,
+                _ => Chunks::Bad,
             };
         }
         at
@@ -409,9 +423,21 @@ mod tests {
         let mut c = Chunks::START;
         c.scan(b"5\r\nhelloX");
         assert_eq!(c, Chunks::Bad, "data not followed by a line end");
-        let mut c = Chunks::START;
-        c.scan(b"g\r\n");
-        assert_eq!(c, Chunks::Bad, "not a hex size");
+        for bad in [
+            &b"g\r\n"[..],
+            b"\r\n",
+            b";x\r\n",
+            b"1\r0\r\n",
+            b"5 6\r\n",
+            b"5\nhello\r\n",
+            b"5;a\0b\r\n",
+            b"5\r\nhello\n",
+            b"0\r\nX: \x01\r\n\r\n",
+        ] {
+            let mut c = Chunks::START;
+            c.scan(bad);
+            assert_eq!(c, Chunks::Bad, "{:?}", String::from_utf8_lossy(bad));
+        }
         let mut c = Chunks::START;
         c.scan(b"0\r\n");
         c.scan(&vec![b'a'; MAX_TRAILER_LINE + 1]);

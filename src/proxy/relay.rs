@@ -4,7 +4,7 @@
 //! Every HTTP/1.1 connection (plain or TLS) starts here. A request whose head is plain
 //! (GET, HEAD, DELETE or OPTIONS; HTTP/1.1; origin-form; no body; no `Transfer-Encoding`,
 //! `Upgrade`, `Expect` or `TE`; a `Connection` that names at most `keep-alive`) goes
-//! through the same pipeline as any other ([`Proxy::admit`], the same header rewrite,
+//! through the same pipeline as any other (`Proxy::admit`, the same header rewrite,
 //! the same access log, the same error answers) and then to the route's HTTP upstream
 //! over the connection's own upstream connection. The answer's head is parsed and its
 //! hop-by-hop headers dropped; its body is copied as it is framed (by length, chunk by
@@ -114,6 +114,8 @@ struct Kept {
     tls: bool,
     host: HeaderValue,
     io: Stream,
+    /// Its last answer had no body: before it is used again, it must be silent.
+    check: bool,
 }
 
 /// The relay's side of the upstream: apart from the client's, so that both can be
@@ -195,12 +197,13 @@ impl UpstreamSide {
         let mut kept = self.kept.take().filter(|k| k.tls == target.tls && k.host == target.host);
         // A request that may not be repeated goes on a reused connection only if that has
         // not closed meanwhile (the usual request, which may, is not slowed by the check).
-        if !retry {
-            if let Some(k) = kept.as_mut() {
-                if !still_open(&mut k.io) {
-                    kept = None;
-                }
+        if let Some(k) = kept.as_mut().filter(|k| !retry || k.check) {
+            if !still_open(&mut k.io) {
+                kept = None;
             }
+        }
+        if let Some(k) = kept.as_mut() {
+            k.check = false;
         }
         loop {
             let reused = kept.is_some();
@@ -209,6 +212,7 @@ impl UpstreamSide {
                 None => Kept {
                     tls: target.tls,
                     host: target.host.clone(),
+                    check: false,
                     io: connector
                         .open(target.tls, &target.authority)
                         .await
@@ -232,6 +236,7 @@ impl UpstreamSide {
 
     async fn send_and_read(&mut self, io: &mut Stream, bodiless: bool) -> Result<Answer, Failed> {
         io.write_all(&self.out).await.map_err(Failed::Stale)?;
+        io.flush().await.map_err(Failed::Stale)?;
         self.ubuf.clear();
         loop {
             if !self.ubuf.is_empty() {
@@ -350,7 +355,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
                 }
             }
             self.buf.reserve(8 * 1024);
-            let between = self.buf.is_empty();
             let stop = &self.conn.stop;
             let mut read = std::pin::pin!(self.io.read_buf(&mut self.buf));
             let timer = self.timer.get_or_insert_with(Lazy::idle);
@@ -358,9 +362,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
                 if let Poll::Ready(r) = read.as_mut().poll(cx) {
                     return Poll::Ready(Ok(r));
                 }
-                // Between requests, a draining server closes the connection at once: the
+                // A draining server closes a connection that waits for a head at once: the
                 // connection's watchdog polls it again when the drain begins.
-                if between && *stop.borrow() {
+                if *stop.borrow() {
                     return Poll::Ready(Err(false));
                 }
                 match timer.expired(cx, deadline) {
@@ -388,7 +392,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
         let mut entry = AccessEntry::of(&parts.method, parts.version, &parts.uri, &self.conn);
         let bodiless = parts.method == Method::HEAD;
         let (target, permit, path, client) = match proxy.admit(parts, false, &self.conn, &live, &mut entry.log) {
-            Err(e) => return self.refuse(entry, &e, bodiless).await,
+            Err(e) => return self.refuse(entry, busy, &e, bodiless).await,
             Ok(Admitted {
                 target: Upstream::Http(target),
                 path,
@@ -412,7 +416,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
         parts.headers.insert(header::HOST, target.host.clone());
         let pq = match target.path_and_query(&parts.uri, &path) {
             Ok(pq) => pq,
-            Err(e) => return self.refuse(entry, &e, bodiless).await,
+            Err(e) => return self.refuse(entry, busy, &e, bodiless).await,
         };
         self.up.out.clear();
         put_request_head(&mut self.up.out, &parts.method, pq.as_str(), &parts.headers);
@@ -446,10 +450,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
         };
         let (mut kept, answer) = match waited {
             Waited::Answered(Ok(done)) => done,
-            Waited::Answered(Err(e)) => return self.refuse(entry, &e, bodiless).await,
+            Waited::Answered(Err(e)) => return self.refuse(entry, busy, &e, bodiless).await,
             Waited::TimedOut => {
                 let e = ProxyError::UpstreamTimeout(target.response_timeout);
-                return self.refuse(entry, &e, bodiless).await;
+                return self.refuse(entry, busy, &e, bodiless).await;
             }
             Waited::ClientGone => return Next::Close,
         };
@@ -459,7 +463,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
         drop(busy);
         let mut reusable = answer.reusable;
         let sent = match answer.framing {
-            Framing::Empty => self.flush_out().await,
+            Framing::Empty => {
+                // Nothing may follow an answer without a body; what might (a HEAD answered
+                // with one) is looked for before the connection is used again.
+                reusable &= self.up.ubuf.is_empty();
+                kept.check = true;
+                self.flush_out().await
+            }
             Framing::Length(n) => self.relay_length(&mut kept.io, n, &mut reusable).await,
             Framing::Chunked(chunks) => self.relay_chunks(&mut kept.io, chunks, &mut reusable).await,
             Framing::UntilClose => {
@@ -483,7 +493,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
 
     /// Writes `out` to the client.
     async fn flush_out(&mut self) -> io::Result<()> {
-        let r = self.io.write_all(&self.up.out).await;
+        // TLS keeps what it took in its own buffer until flushed.
+        let r = match self.io.write_all(&self.up.out).await {
+            Ok(()) => self.io.flush().await,
+            Err(e) => Err(e),
+        };
         self.up.out.clear();
         r
     }
@@ -547,7 +561,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
     }
 
     /// Answers with an error, as the hyper side would, and logs it.
-    async fn refuse(&mut self, mut entry: AccessEntry<'_>, e: &ProxyError, bodiless: bool) -> Next {
+    /// The request stops counting as in flight (`busy`) before its answer is written: a
+    /// client that does not read it is left to the idle watchdog, as on hyper's side.
+    async fn refuse(&mut self, mut entry: AccessEntry<'_>, busy: InFlight, e: &ProxyError, bodiless: bool) -> Next {
+        drop(busy);
         let response = error_response(e);
         entry.written = true;
         entry.emit(response.status().as_u16(), Some(e));
@@ -678,7 +695,7 @@ fn parse_response(mut buf: &[u8], bodiless: bool, out: &mut BytesMut) -> Result<
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(_) => return Err(failed()),
         };
-        let status = res.code.ok_or_else(failed)?;
+        let status = res.code.filter(|c| (100..=999).contains(c)).ok_or_else(failed)?;
         if status == 101 {
             tracing::warn!("Upstream switched protocols unasked");
             return Err(failed());
@@ -693,17 +710,17 @@ fn parse_response(mut buf: &[u8], bodiless: bool, out: &mut BytesMut) -> Result<
         let mut length: Option<u64> = None;
         let mut close = res.version != Some(1);
         let mut listed: Vec<&[u8]> = Vec::new();
+        let mut has_date = false;
         for h in res.headers.iter() {
             let name = h.name.as_bytes();
+            has_date |= name.eq_ignore_ascii_case(b"date");
             if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 // Chunked must be the last coding of the last value.
                 let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
                 chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
             } else if name.eq_ignore_ascii_case(b"content-length") {
-                let n = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .ok_or_else(failed)?;
+                // Digits only, as hyper reads it: no sign, no list.
+                let n = digits(h.value).ok_or_else(failed)?;
                 if length.is_some_and(|l| l != n) {
                     return Err(failed());
                 }
@@ -712,7 +729,8 @@ fn parse_response(mut buf: &[u8], bodiless: bool, out: &mut BytesMut) -> Result<
                 for t in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                     if t.eq_ignore_ascii_case(b"close") {
                         close = true;
-                    } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
+                    } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"content-length") {
+                        // The body's length is passed on whatever `Connection` says.
                         listed.push(t);
                     }
                 }
@@ -722,6 +740,8 @@ fn parse_response(mut buf: &[u8], bodiless: bool, out: &mut BytesMut) -> Result<
             Framing::Empty
         } else {
             match (chunked, length) {
+                // HTTP/1.0 has no chunked coding.
+                (Some(_), _) if res.version != Some(1) => return Err(failed()),
                 (Some(_), Some(_)) | (Some(false), None) => return Err(failed()),
                 (Some(true), None) => Framing::Chunked(Chunks::START),
                 (None, Some(n)) => Framing::Length(n),
@@ -738,6 +758,9 @@ fn parse_response(mut buf: &[u8], bodiless: bool, out: &mut BytesMut) -> Result<
                 put_header(out, name, h.value);
             }
         }
+        if !has_date {
+            put_header(out, b"date", &date::now());
+        }
         match framing {
             Framing::Chunked(_) => put_header(out, b"transfer-encoding", b"chunked"),
             Framing::UntilClose => put_header(out, b"connection", b"close"),
@@ -750,6 +773,39 @@ fn parse_response(mut buf: &[u8], bodiless: bool, out: &mut BytesMut) -> Result<
             reusable: !close && framing != Framing::UntilClose,
         };
         return Ok(Some((skipped + len, answer)));
+    }
+}
+
+/// A decimal number of digits only, or `None`.
+fn digits(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The `Date` an answer without one is given, as hyper gives it: made at most once a
+/// second per thread.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static NOW: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+
+    pub fn now() -> [u8; 29] {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        NOW.with(|cell| {
+            let mut cached = cell.borrow_mut();
+            if cached.0 != secs {
+                let text = httpdate::fmt_http_date(now);
+                cached.1.copy_from_slice(&text.as_bytes()[..29]);
+                cached.0 = secs;
+            }
+            cached.1
+        })
     }
 }
 
@@ -911,11 +967,23 @@ mod tests {
             "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Gone\r\nX-Gone: 1\r\nKeep-Alive: 5\r\nContent-Length: 2\r\nX-Stays: 1\r\n\r\nok";
         let (len, framing, reusable, head) = answer_ok(raw, false);
         assert_eq!((len, framing, reusable), (raw.len() - 2, Framing::Length(2), true));
-        assert_eq!(head, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Stays: 1\r\n\r\n");
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Stays: 1\r\ndate: "),
+            "{head}"
+        );
 
-        let (_, framing, reusable, head) = answer_ok("HTTP/1.1 201 Made\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false);
+        // `Connection` may not take the length away; an answer without `Date` is given one.
+        let (_, framing, _, head) = answer_ok(
+            "HTTP/1.1 200 OK\r\nConnection: content-length, x-a\r\nX-A: 1\r\nContent-Length: 2\r\n\r\n",
+            false,
+        );
+        assert_eq!(framing, Framing::Length(2));
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\nContent-Length: 2\r\ndate: "), "{head}");
+        assert!(!head.contains("X-A") && head.ends_with(" GMT\r\n\r\n"), "{head}");
+
+        let (_, framing, reusable, head) = answer_ok("HTTP/1.1 201 Made\r\nTransfer-Encoding: gzip, chunked\r\nDate: x\r\n\r\n", false);
         assert_eq!((framing, reusable), (Framing::Chunked(Chunks::START), true));
-        assert_eq!(head, "HTTP/1.1 201 Made\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert_eq!(head, "HTTP/1.1 201 Made\r\nDate: x\r\ntransfer-encoding: chunked\r\n\r\n");
 
         let (_, framing, reusable, head) = answer_ok("HTTP/1.1 200 OK\r\n\r\n", false);
         assert_eq!((framing, reusable), (Framing::UntilClose, false));
@@ -947,6 +1015,14 @@ mod tests {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
             "HTTP/1.1 200 OK\r\nBad Header: 1\r\n\r\n",
+        ] {
+            assert!(answer(raw, false).is_err(), "{raw:?}");
+        }
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+            "HTTP/1.1 042 Odd\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert!(answer(raw, false).is_err(), "{raw:?}");
         }

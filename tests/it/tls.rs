@@ -474,3 +474,77 @@ fn http2_streams_count_against_max_connections_too() {
     });
     assert_eq!(hanging.seen.lock().unwrap().len(), 1);
 }
+
+/// An upstream that answers every request on a connection with `len` bytes at once.
+fn bulk_upstream(len: usize) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || loop {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n").into_bytes();
+                answer.resize(answer.len() + len, b'x');
+                if s.write_all(&answer).is_err() {
+                    return;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_large_answer_read_slowly_over_tls_arrives_whole_and_the_connection_goes_on() {
+    let ca = TestCa::new("bulk CA");
+    let len = 4 << 20;
+    let (p, _certs) = start_tls(&ca.server("localhost"), &agents_route(bulk_upstream(len)));
+    let t = p.mint("agentpools:read", "acme", "1d");
+    wait_until_admitted(&p, &t.token);
+    let request = format!(
+        "GET /acme/_apis/distributedtask/pools HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
+        basic("x", &t.token)
+    );
+    rt().block_on(async {
+        // A small receive window, so that patgate's writes wait on the socket.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        let tcp = socket.connect(p.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let config = ca.client_config(&[b"http/1.1"], None);
+        let mut s = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+        for round in 0..2 {
+            s.write_all(request.as_bytes()).await.unwrap();
+            let started = Instant::now();
+            let mut got = Vec::new();
+            let mut chunk = vec![0u8; 64 * 1024];
+            // Slowly at first, so that patgate's writes fill the socket and wait.
+            let whole = async {
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "closed after {} bytes", got.len());
+                    got.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        if got.len() >= end + 4 + len {
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), whole)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: stalled at {} bytes", got.len()));
+            assert!(got.starts_with(b"HTTP/1.1 200"), "round {round}");
+            assert!(started.elapsed() < Duration::from_secs(10));
+        }
+    });
+}
