@@ -340,8 +340,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
     }
 
     /// Reads the next request head: `Ok(true)` when the relay takes it (see `spans`),
-    /// `Ok(false)` when it goes to hyper, `Err` when the connection is to close (the client closed, the head
-    /// took too long, or the server drains while the connection waits).
+    /// `Ok(false)` when it goes to hyper, `Err` when the connection is to close (the client
+    /// closed, the head took too long, or the server drains while the connection waits).
     async fn read_head(&mut self) -> Result<bool, ()> {
         // As hyper does, the time runs from when the connection waits for a head, whether
         // or not a byte of it came yet: a keep-alive connection idles for as long at most.
@@ -544,6 +544,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
             let n = self.up.ubuf.len();
             self.take_read(n);
             self.flush_out().await?;
+            self.up.ubuf.reserve(READ_SIZE);
             if upstream.read_buf(&mut self.up.ubuf).await? == 0 {
                 return Ok(());
             }
