@@ -326,27 +326,34 @@ where
     };
     let (proxy, config, activity, place) = (proxy.clone(), config.clone(), activity.clone(), place.clone());
     let mut stop = conn.stop.clone();
-    let served = proxy::relay::serve(io, conn, proxy.clone(), limits, activity.clone(), move |io, conn| async move {
-        let mut conn = std::pin::pin!(serve_http1(io, conn, &proxy, &config, &activity, &place));
-        let mut draining = *stop.borrow();
-        if draining {
-            conn.as_mut().drain();
-        }
-        loop {
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "Connection ended with an error");
+    let served = proxy::relay::serve(
+        io,
+        conn,
+        proxy.clone(),
+        limits,
+        activity.clone(),
+        move |io, read_before, conn| async move {
+            let mut conn = std::pin::pin!(serve_http1(io, read_before, conn, &proxy, &config, &activity, &place));
+            let mut draining = *stop.borrow();
+            if draining {
+                conn.as_mut().drain();
+            }
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "Connection ended with an error");
+                        }
+                        return;
                     }
-                    return;
-                }
-                _ = stop.changed(), if !draining => {
-                    draining = true;
-                    conn.as_mut().drain();
+                    _ = stop.changed(), if !draining => {
+                        draining = true;
+                        conn.as_mut().drain();
+                    }
                 }
             }
-        }
-    });
+        },
+    );
     SelfDraining(Box::pin(served))
 }
 
@@ -365,8 +372,10 @@ impl<F: Future<Output = ()>> Drain for SelfDraining<F> {
     fn drain(self: Pin<&mut Self>) {}
 }
 
+/// Serves HTTP/1.1 with hyper on `io`, whose first bytes, already read, are `read_before`.
 fn serve_http1<IO>(
     io: IO,
+    read_before: bytes::Bytes,
     mut conn: proxy::Connection,
     proxy: &Arc<Proxy>,
     config: &Config,
@@ -383,7 +392,10 @@ where
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes)
         .keep_alive(true)
-        .serve_connection(TokioIo::new(Watched::new(io, framing)), service(proxy, conn, activity, place, None))
+        .serve_connection(
+            TokioIo::new(Watched::new(io, framing, read_before)),
+            service(proxy, conn, activity, place, None),
+        )
         .with_upgrades()
 }
 

@@ -308,23 +308,32 @@ impl Head {
     }
 }
 
-/// A connection whose reads are followed by a [`FramingWatch`].
+/// A connection whose reads are followed by a [`FramingWatch`]: first the bytes read from
+/// it before (`read_before`, given back first), then its own.
 pub struct Watched<IO> {
     io: IO,
     watch: FramingWatch,
+    read_before: bytes::Bytes,
 }
 
 impl<IO> Watched<IO> {
-    /// Wraps `io`.
-    pub fn new(io: IO, watch: FramingWatch) -> Self {
-        Watched { io, watch }
+    /// Wraps `io`, whose first bytes, already read, are `read_before`.
+    pub fn new(io: IO, watch: FramingWatch, read_before: bytes::Bytes) -> Self {
+        Watched { io, watch, read_before }
     }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        let r = if self.read_before.is_empty() {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        } else {
+            let n = self.read_before.len().min(buf.remaining());
+            buf.put_slice(&self.read_before[..n]);
+            bytes::Buf::advance(&mut self.read_before, n);
+            Poll::Ready(Ok(()))
+        };
         if let Poll::Ready(Ok(())) = r {
             let new = &buf.filled()[before..];
             if !new.is_empty() {
@@ -361,6 +370,25 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[tokio::test]
+    async fn bytes_read_before_are_given_back_first_and_followed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut near, far) = tokio::io::duplex(64);
+        near.write_all(b"\r\n0\r\n\r\nGET /next HTTP/1.1\r\n\r\n").await.unwrap();
+        drop(near);
+        let watch = FramingWatch::new(1024);
+        // A head half read before hyper took the connection.
+        let before = bytes::Bytes::from_static(b"GET / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n");
+        let mut all = String::new();
+        Watched::new(far, watch.clone(), before).read_to_string(&mut all).await.unwrap();
+        assert_eq!(
+            all,
+            "GET / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /next HTTP/1.1\r\n\r\n"
+        );
+        assert!(watch.next_had_both_lengths());
+        assert!(!watch.next_had_both_lengths());
+    }
 
     fn notes(stream: &[u8], pieces: &[usize]) -> Vec<bool> {
         let w = FramingWatch::new(16 * 1024);

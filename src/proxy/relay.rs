@@ -12,7 +12,7 @@
 //!
 //! The first request that is anything else (a body, an upgrade, a git http-backend route,
 //! HTTP/1.0, a head that httparse refuses or that is too long) hands the connection, with
-//! the bytes already read put back ([`Rewound`]), to hyper for the rest of its life. The
+//! the bytes already read, to hyper for the rest of its life. The
 //! relay never reads a request body, so it never has to judge how one is framed.
 
 use std::future::Future;
@@ -52,11 +52,11 @@ pub struct Limits {
 }
 
 /// Serves `io` until it closes, the server drains, or a request needs hyper: then
-/// `fallback` serves the rest of the connection, given the bytes already read.
+/// `fallback` serves the rest of the connection, given the bytes read and not yet used.
 pub(crate) async fn serve<IO, F, Fut>(io: IO, conn: Connection, proxy: Arc<Proxy>, limits: Limits, activity: Arc<Activity>, fallback: F)
 where
     IO: AsyncRead + AsyncWrite + Unpin,
-    F: FnOnce(Rewound<IO>, Connection) -> Fut,
+    F: FnOnce(IO, Bytes, Connection) -> Fut,
     Fut: Future<Output = ()>,
 {
     let mut relay = Relay {
@@ -89,7 +89,7 @@ where
         }
         Ended::Fallback => {
             let Relay { io, buf, conn, .. } = relay;
-            fallback(Rewound { prefix: buf.freeze(), io }, conn).await
+            fallback(io, buf.freeze(), conn).await
         }
     }
 }
@@ -836,46 +836,6 @@ fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(b"\r\n");
 }
 
-/// A connection with bytes already read put back before the rest.
-pub struct Rewound<IO> {
-    prefix: Bytes,
-    io: IO,
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Rewound<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewound<IO> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1067,19 +1027,5 @@ mod tests {
         // still stands until it passes.
         assert!(t.within(start + 3 * second, std::future::pending::<()>()).await.is_none());
         assert_eq!(Instant::now(), start + 3 * second);
-    }
-
-    #[tokio::test]
-    async fn a_rewound_connection_reads_what_was_put_back_first() {
-        let (mut near, far) = tokio::io::duplex(64);
-        near.write_all(b" world").await.unwrap();
-        drop(near);
-        let mut r = Rewound {
-            prefix: Bytes::from_static(b"hello"),
-            io: far,
-        };
-        let mut all = String::new();
-        r.read_to_string(&mut all).await.unwrap();
-        assert_eq!(all, "hello world");
     }
 }
