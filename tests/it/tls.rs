@@ -177,6 +177,19 @@ fn plain_http_on_the_tls_port_and_a_stalled_handshake_are_cut() {
     assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
 }
 
+/// Reads a request head from `s`; false when it closed first.
+fn read_head(s: &mut std::net::TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).unwrap_or(0) == 0 {
+            return false;
+        }
+        head.push(b[0]);
+    }
+    true
+}
+
 /// An upstream that answers every request with a body of `len` bytes, one every `gap`.
 fn slow_upstream(len: usize, gap: Duration) -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -185,13 +198,8 @@ fn slow_upstream(len: usize, gap: Duration) -> SocketAddr {
         for s in listener.incoming() {
             let Ok(mut s) = s else { return };
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut b).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(b[0]);
+                if !read_head(&mut s) {
+                    return;
                 }
                 let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
                 for _ in 0..len {
@@ -483,13 +491,8 @@ fn bulk_upstream(len: usize) -> SocketAddr {
         for s in listener.incoming() {
             let Ok(mut s) = s else { return };
             std::thread::spawn(move || loop {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut b).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(b[0]);
+                if !read_head(&mut s) {
+                    return;
                 }
                 let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n").into_bytes();
                 answer.resize(answer.len() + len, b'x');
