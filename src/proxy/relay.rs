@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
+use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
@@ -71,14 +72,8 @@ where
             ubuf: BytesMut::new(),
             out: BytesMut::new(),
         },
-        spans: HeadSpans {
-            len: 0,
-            method: Method::GET,
-            target: (0, 0),
-            headers: [(0, 0, 0, 0); MAX_HEADERS],
-            count: 0,
-        },
-        timer: Some(Lazy::idle()),
+        spans: HeadSpans::new(),
+        timer: Lazy::idle(),
         headers: HeaderMap::new(),
     };
     match relay.run().await {
@@ -143,7 +138,7 @@ struct Relay<IO> {
     /// The last request's header table, emptied: its room serves the next.
     headers: HeaderMap,
     /// The one timer of the connection: for a request head, then for the answer's.
-    timer: Option<Lazy>,
+    timer: Lazy,
 }
 
 /// A timer that is moved lazily. Every request has deadlines (its head's, its answer's),
@@ -273,6 +268,18 @@ fn still_open(io: &mut Stream) -> bool {
     Pin::new(io).poll_read(&mut cx, &mut buf).is_pending()
 }
 
+impl HeadSpans {
+    fn new() -> Self {
+        HeadSpans {
+            len: 0,
+            method: Method::GET,
+            target: (0, 0),
+            headers: [(0, 0, 0, 0); MAX_HEADERS],
+            count: 0,
+        }
+    }
+}
+
 /// How an answer's body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -357,7 +364,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
             self.buf.reserve(8 * 1024);
             let stop = &self.conn.stop;
             let mut read = std::pin::pin!(self.io.read_buf(&mut self.buf));
-            let timer = self.timer.get_or_insert_with(Lazy::idle);
+            let timer = &mut self.timer;
             let read = std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = read.as_mut().poll(cx) {
                     return Poll::Ready(Ok(r));
@@ -425,7 +432,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
         let deadline = Instant::now() + target.response_timeout;
         let waited = {
             let (io, buf, max) = (&mut self.io, &mut self.buf, self.limits.max_header_bytes);
-            let timer = self.timer.get_or_insert_with(Lazy::idle);
+            let timer = &mut self.timer;
             let mut exchange = std::pin::pin!(self.up.exchange(proxy.http.connector(), target, retry, bodiless));
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
@@ -566,17 +573,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
     /// client that does not read it is left to the idle watchdog, as on hyper's side.
     async fn refuse(&mut self, mut entry: AccessEntry<'_>, busy: InFlight, e: &ProxyError, bodiless: bool) -> Next {
         drop(busy);
-        let response = error_response(e);
+        let (head, body) = error_response(e).into_parts();
         entry.written = true;
-        entry.emit(response.status().as_u16(), Some(e));
-        let body = format!("{}\n", e.public_message());
+        entry.emit(head.status.as_u16(), Some(e));
+        // A whole body, ready at once.
+        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         self.up.out.clear();
-        put_status_line(
-            &mut self.up.out,
-            response.status().as_u16(),
-            response.status().canonical_reason().unwrap_or(""),
-        );
-        for (name, value) in response.headers() {
+        put_status_line(&mut self.up.out, head.status.as_u16(), head.status.canonical_reason().unwrap_or(""));
+        for (name, value) in &head.headers {
             put_header(&mut self.up.out, name.as_str().as_bytes(), value.as_bytes());
         }
         put_header(
@@ -586,9 +590,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
         );
         self.up.out.put_slice(b"\r\n");
         if !bodiless {
-            self.up.out.put_slice(body.as_bytes());
+            self.up.out.put_slice(&body);
         }
-        let closes = headers::asks_to_close(response.headers());
+        let closes = headers::asks_to_close(&head.headers);
         match self.flush_out().await {
             Ok(()) if !closes => Next::KeepAlive,
             _ => Next::Close,
@@ -841,13 +845,7 @@ mod tests {
     use super::*;
 
     fn judge(head: &str) -> Parsed {
-        let mut spans = HeadSpans {
-            len: 0,
-            method: Method::GET,
-            target: (0, 0),
-            headers: [(0, 0, 0, 0); MAX_HEADERS],
-            count: 0,
-        };
+        let mut spans = HeadSpans::new();
         parse_request(head.as_bytes(), &mut spans)
     }
 
@@ -890,13 +888,9 @@ mod tests {
     #[test]
     fn a_relayed_head_keeps_its_parts() {
         let text = "GET /a/b?c=d HTTP/1.1\r\nHost: h\r\nX-Two: 1\r\nx-two: 2\r\n\r\nNEXT";
-        let mut spans = HeadSpans {
-            len: 0,
-            method: Method::POST,
-            target: (0, 0),
-            headers: [(0, 0, 0, 0); MAX_HEADERS],
-            count: 0,
-        };
+        let mut spans = HeadSpans::new();
+        // Left from an earlier request: the parse must overwrite it.
+        spans.method = Method::POST;
         assert!(matches!(parse_request(text.as_bytes(), &mut spans), Parsed::Relay));
         assert_eq!(&text[spans.len..], "NEXT");
         let head = Bytes::copy_from_slice(&text.as_bytes()[..spans.len]);
