@@ -179,6 +179,11 @@ impl Permit {
         &self.token.owner
     }
 
+    /// Whether both permits are for the same token, as the store last had it.
+    pub fn same_token(&self, other: &Permit) -> bool {
+        Arc::ptr_eq(&self.token, &other.token)
+    }
+
     /// Whether the token is still live in `tokens` at `now` (neither revoked, regenerated
     /// nor expired since the request was admitted).
     pub fn still_live(&self, tokens: &TokenCache, now: i64) -> bool {

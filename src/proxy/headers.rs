@@ -143,33 +143,101 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
     }
 }
 
+/// How a request's headers are rewritten for the upstream: which of the client's go on
+/// ([`Rewrite::keeps`]) and which patgate adds ([`Rewrite::added`]). Both sides of the
+/// proxy use it: hyper's rewrites a header table ([`prepare_upstream`]); the relay writes
+/// the upstream's request head straight from the client's headers.
+pub struct Rewrite {
+    upgrade: bool,
+    /// What `Connection` names, besides the hop-by-hop headers removed anyway.
+    listed: Vec<HeaderName>,
+}
+
+impl Rewrite {
+    /// The rewrite of a request with these headers.
+    pub fn of(headers: &HeaderMap) -> Rewrite {
+        let upgrade = is_upgrade(headers);
+        let listed = match headers.contains_key(header::CONNECTION) {
+            true => connection_listed(headers),
+            false => Vec::new(),
+        };
+        Rewrite { upgrade, listed }
+    }
+
+    /// Whether a client's header named `name` goes upstream.
+    pub fn keeps(&self, name: &HeaderName) -> bool {
+        let removed = is_removed_from_request(name) && !(self.upgrade && *name == header::UPGRADE);
+        !removed && !self.listed.contains(name)
+    }
+
+    /// Gives `add` each header patgate sets, in order. No client header of these names
+    /// is kept, so each is the only one of its name. The upstream is told the client's
+    /// address (`client`, from [`ip_value`]), whether it came over TLS, the `Host` it
+    /// asked for (`host`), and who the token is (`identity`).
+    pub fn added(
+        &self,
+        client: &HeaderValue,
+        https: bool,
+        host: Option<&HeaderValue>,
+        identity: &Identity,
+        mut add: impl FnMut(HeaderName, &HeaderValue),
+    ) {
+        if self.upgrade {
+            add(header::CONNECTION, &HeaderValue::from_static("upgrade"));
+        }
+        add(X_FORWARDED_FOR, client);
+        add(X_FORWARDED_PROTO, &HeaderValue::from_static(if https { "https" } else { "http" }));
+        if let Some(host) = host {
+            add(X_FORWARDED_HOST, host);
+        }
+        if let Some(user) = &identity.user {
+            add(X_PATGATE_USER, user);
+        }
+        if let Some(id) = &identity.token_id {
+            add(X_PATGATE_TOKEN_ID, id);
+        }
+    }
+}
+
+/// Who a token is, as header values (`X-Patgate-User`, `X-Patgate-Token-Id`): a value that
+/// is not a valid header value (it never is, from the store) is not sent. A connection
+/// keeps one and makes it again only when another token comes.
+#[derive(Default)]
+pub struct Identity {
+    of: Option<Permit>,
+    user: Option<HeaderValue>,
+    token_id: Option<HeaderValue>,
+}
+
+impl Identity {
+    /// The identity of `permit`'s token.
+    pub fn of(permit: &Permit) -> Identity {
+        Identity {
+            of: Some(permit.clone()),
+            user: HeaderValue::from_bytes(permit.owner().as_bytes()).ok(),
+            token_id: HeaderValue::from_str(permit.token_id()).ok(),
+        }
+    }
+
+    /// Makes this the identity of `permit`'s token, unless it already is.
+    pub fn update(&mut self, permit: &Permit) {
+        if !self.of.as_ref().is_some_and(|p| p.same_token(permit)) {
+            *self = Identity::of(permit);
+        }
+    }
+}
+
 /// Rewrites a client's request headers for the upstream, which is told the client's
 /// address (`client`, from [`ip_value`]) and whether it came over TLS.
 pub fn prepare_upstream(headers: &mut HeaderMap, permit: &Permit, client: HeaderValue, https: bool) {
-    let upgrade = is_upgrade(headers);
-    if headers.contains_key(header::CONNECTION) {
-        for name in connection_listed(headers) {
-            headers.remove(&name);
-        }
-    }
-    remove_where(headers, |n| is_removed_from_request(n) && !(upgrade && *n == header::UPGRADE));
+    let rewrite = Rewrite::of(headers);
+    remove_where(headers, |n| !rewrite.keeps(n));
     // Up to six to add, in one growth of the table at most.
     headers.reserve(6);
-    if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    headers.insert(X_FORWARDED_FOR, client);
-    let proto = if https { "https" } else { "http" };
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert(X_FORWARDED_HOST, host);
-    }
-    if let Ok(v) = HeaderValue::from_bytes(permit.owner().as_bytes()) {
-        headers.insert(X_PATGATE_USER, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(permit.token_id()) {
-        headers.insert(X_PATGATE_TOKEN_ID, v);
-    }
+    let host = headers.get(header::HOST).cloned();
+    rewrite.added(&client, https, host.as_ref(), &Identity::of(permit), |name, value| {
+        headers.insert(name, value.clone());
+    });
 }
 
 /// Removes hop-by-hop headers from an upstream's response.
@@ -204,7 +272,7 @@ pub fn asks_to_close(headers: &HeaderMap) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -220,7 +288,7 @@ mod tests {
     }
 
     /// A permit for alice, the way the request path gets one.
-    fn permit() -> Permit {
+    pub(crate) fn permit() -> Permit {
         use crate::auth::rules::Requirement;
         use crate::auth::scope::{Scope, ScopeSet};
         use crate::auth::token::TokenSecret;
@@ -255,6 +323,19 @@ mod tests {
             h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn an_identity_is_made_again_for_another_token_only() {
+        let (first, second) = (permit(), permit());
+        let mut identity = Identity::of(&first);
+        assert_eq!(identity.user.as_ref().unwrap(), "alice");
+        assert_eq!(identity.token_id.as_ref().unwrap(), "t1");
+        identity.update(&first.clone());
+        assert!(identity.of.as_ref().unwrap().same_token(&first));
+        identity.update(&second);
+        assert!(identity.of.as_ref().unwrap().same_token(&second));
+        assert!(!first.same_token(&second));
     }
 
     #[test]

@@ -75,6 +75,7 @@ where
         spans: HeadSpans::new(),
         timer: Lazy::idle(),
         headers: HeaderMap::new(),
+        identity: headers::Identity::default(),
     };
     match relay.run().await {
         Ended::Closed => {
@@ -139,6 +140,8 @@ struct Relay<IO> {
     headers: HeaderMap,
     /// The one timer of the connection: for a request head, then for the answer's.
     timer: Lazy,
+    /// The identity headers of the token of the connection's last request.
+    identity: headers::Identity,
 }
 
 /// A timer that is moved lazily. Every request has deadlines (its head's, its answer's),
@@ -413,20 +416,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
                 return Next::Fallback;
             }
         };
-        // The same rewrite as the hyper side: see `Proxy::handle_inner` and `HttpClient::forward`.
-        let client_value = if client == self.conn.peer.ip() {
-            self.conn.peer_ip.clone()
-        } else {
-            headers::ip_value(client)
-        };
-        headers::prepare_upstream(&mut parts.headers, &permit, client_value, self.conn.tls);
-        parts.headers.insert(header::HOST, target.host.clone());
         let pq = match target.path_and_query(&parts.uri, &path) {
             Ok(pq) => pq,
             Err(e) => return self.refuse(entry, busy, &e, bodiless).await,
         };
+        // The same rewrite as the hyper side (see `Proxy::handle_inner` and
+        // `HttpClient::forward`), written straight into the upstream's request head.
+        let other = (client != self.conn.peer.ip()).then(|| headers::ip_value(client));
+        self.identity.update(&permit);
+        let up = Upward {
+            target: pq.as_str(),
+            host: &target.host,
+            client: other.as_ref().unwrap_or(&self.conn.peer_ip),
+            https: self.conn.tls,
+            identity: &self.identity,
+        };
         self.up.out.clear();
-        put_request_head(&mut self.up.out, &parts.method, pq.as_str(), &parts.headers);
+        put_request_head(&mut self.up.out, parts, &up);
         drop(head);
         let retry = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
         let deadline = Instant::now() + target.response_timeout;
@@ -675,8 +681,7 @@ fn parts_of(head: &Bytes, spans: &HeadSpans, mut map: HeaderMap) -> Option<http:
     parts.method = spans.method.clone();
     parts.uri = Uri::from_maybe_shared(head.slice(spans.target.0..spans.target.1)).ok()?;
     parts.version = Version::HTTP_11;
-    // Room for what the header rewrite adds, so that it never grows the table.
-    map.reserve(spans.count + 6);
+    map.reserve(spans.count);
     for &(n0, n1, v0, v1) in &spans.headers[..spans.count] {
         let name = HeaderName::from_bytes(&head[n0..n1]).ok()?;
         let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).ok()?;
@@ -814,14 +819,36 @@ mod date {
     }
 }
 
-fn put_request_head(out: &mut BytesMut, method: &Method, target: &str, headers: &HeaderMap) {
-    out.put_slice(method.as_str().as_bytes());
+/// What the upstream's request head says besides the client's request.
+struct Upward<'a> {
+    /// The request target, as the route maps it.
+    target: &'a str,
+    /// The upstream's `Host`.
+    host: &'a HeaderValue,
+    /// The client's address, as a header value.
+    client: &'a HeaderValue,
+    https: bool,
+    identity: &'a headers::Identity,
+}
+
+/// Writes the upstream's request head: the client's headers that the rewrite keeps, the
+/// upstream's `Host` in place of the client's, and what patgate adds.
+fn put_request_head(out: &mut BytesMut, parts: &http::request::Parts, up: &Upward<'_>) {
+    let rewrite = headers::Rewrite::of(&parts.headers);
+    out.put_slice(parts.method.as_str().as_bytes());
     out.put_u8(b' ');
-    out.put_slice(target.as_bytes());
+    out.put_slice(up.target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    for (name, value) in &parts.headers {
+        if name != header::HOST && rewrite.keeps(name) {
+            put_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
     }
+    put_header(out, b"host", up.host.as_bytes());
+    let asked = parts.headers.get(header::HOST);
+    rewrite.added(up.client, up.https, asked, up.identity, |name, value| {
+        put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    });
     out.put_slice(b"\r\n");
 }
 
@@ -843,6 +870,72 @@ fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The relay writes the upstream's head itself: it must carry what hyper's side would
+    /// send after `prepare_upstream` and the upstream's `Host`, neither more nor less.
+    #[test]
+    fn the_relayed_head_carries_what_the_hyper_side_sends() {
+        let permit = headers::tests::permit();
+        let identity = headers::Identity::of(&permit);
+        let client = headers::ip_value("10.0.0.7".parse().unwrap());
+        let upstream_host = HeaderValue::from_static("up.internal:8080");
+        let sets: &[&[(&str, &str)]] = &[
+            &[("host", "gate.example"), ("authorization", "Basic eDp5")],
+            &[
+                ("Host", "gate.example"),
+                ("host", "second.example"),
+                ("Connection", "keep-alive"),
+                ("X-Forwarded-For", "1.2.3.4"),
+                ("x-forwarded-host", "evil"),
+                ("X-Patgate-User", "mallory"),
+                ("forwarded", "for=1.2.3.4"),
+                ("x_remote_user", "mallory"),
+                ("proxy", "http://evil"),
+                ("keep-alive", "timeout=5"),
+                ("accept", "*/*"),
+                ("accept", "text/plain"),
+                ("user-agent", "git/2.47"),
+            ],
+            &[("accept", "*/*")],
+        ];
+        for (i, set) in sets.iter().enumerate() {
+            let mut map = HeaderMap::new();
+            for (n, v) in *set {
+                map.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            }
+            let (mut parts, ()) = http::Request::new(()).into_parts();
+            parts.headers = map.clone();
+            let mut out = BytesMut::new();
+            let up = Upward {
+                target: "/a",
+                host: &upstream_host,
+                client: &client,
+                https: i % 2 == 1,
+                identity: &identity,
+            };
+            put_request_head(&mut out, &parts, &up);
+            let mut relayed: Vec<(String, String)> = std::str::from_utf8(&out)
+                .unwrap()
+                .lines()
+                .skip(1)
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    let (n, v) = l.split_once(": ").unwrap();
+                    (n.to_owned(), v.to_owned())
+                })
+                .collect();
+            headers::prepare_upstream(&mut map, &permit, client.clone(), i % 2 == 1);
+            map.insert(header::HOST, upstream_host.clone());
+            let mut hyper: Vec<(String, String)> = map
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+                .collect();
+            relayed.sort();
+            hyper.sort();
+            assert_eq!(relayed, hyper, "{set:?}");
+            assert!(out.starts_with(b"GET /a HTTP/1.1\r\n") && out.ends_with(b"\r\n\r\n"));
+        }
+    }
 
     fn judge(head: &str) -> Parsed {
         let mut spans = HeadSpans::new();
