@@ -6,8 +6,9 @@
 # (patgate-1w), since wrk and the upstream share the cores. Small GETs over keep-alive at 64 connections, ROUNDS interleaved rounds of
 # DURATION_S seconds each (medians taken, so noise hits every side alike), then one 1 GiB
 # chunked POST through each. Prints one table with the ratios and patgate's peak RSS, and
-# the CPU time each proxy spent per small request (user + system, from /proc: steadier on
-# a shared machine than requests per second, which depend on what else runs).
+# the CPU time each proxy spent per small request (user + system, and the user part, from
+# /proc: steadier on a shared machine than requests per second, which depend on what else
+# runs).
 # Usage: bash benches/load.sh [DURATION_S] [ROUNDS]     (loopback only; installs nginx and wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -149,14 +150,14 @@ parse_wrk() { # file -> "rps p50_ms p99_ms non2xx errors requests"
 # CPU time (user + system, clock ticks) of a proxy's processes: nginx's master and worker,
 # patgate's one process (all its threads).
 declare -A procs=([nginx]="$nginx_proxy $(pgrep -d' ' -P "$nginx_proxy")" [patgate]=$pgpid [patgate-1w]=$pg1pid)
-ticks() { # target -> ticks so far, or nothing for direct
+ticks() { # target -> "user system" ticks so far, or nothing for direct
   [[ -n ${procs[$1]:-} ]] || return 0
-  local p t=0 f
+  local p u=0 s=0 f
   for p in ${procs[$1]}; do
     read -r -a f < <(sed 's/^.*) //' "/proc/$p/stat")
-    t=$((t + f[11] + f[12]))
+    u=$((u + f[11])) s=$((s + f[12]))
   done
-  echo "$t"
+  echo "$u $s"
 }
 hz=$(getconf CLK_TCK)
 load() { # target seconds -> wrk output file
@@ -168,7 +169,7 @@ median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 load0=$(cut -d' ' -f1 /proc/loadavg)
 echo "Warm-up: 2 s per target; then $rounds rounds x ${#targets[@]} targets x ${dur} s (wrk -t1 -c64)..." >&2
 for t in "${targets[@]}"; do load "$t" 2 >/dev/null; done
-declare -A rps p50 p99 cpu
+declare -A rps p50 p99 cpu ucpu
 for r in $(seq "$rounds"); do
   for i in "${!targets[@]}"; do # the order rotates each round
     t=${targets[$(((i + r - 1) % ${#targets[@]}))]}
@@ -178,18 +179,23 @@ for r in $(seq "$rounds"); do
     ((bad == 0)) || { echo "$t: $bad responses were not 2xx/3xx" >&2; exit 1; }
     ((err == 0)) || echo "  ($t: $err socket errors)" >&2
     rps[$t]+="$q "; p50[$t]+="$a "; p99[$t]+="$b "
-    us=-
-    [[ -n $before ]] && us=$(awk -v d=$((after - before)) -v hz="$hz" -v n="$n" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')
-    cpu[$t]+="$us "
-    printf '  round %d %-10s %10.0f req/s  p50 %.3f ms  p99 %.3f ms  CPU %s us/request\n' "$r" "$t" "$q" "$a" "$b" "$us" >&2
+    us=- uu=-
+    if [[ -n $before ]]; then
+      read -r us uu < <(awk -v b="$before" -v a="$after" -v hz="$hz" -v n="$n" 'BEGIN {
+        split(b, x, " "); split(a, y, " "); u = (y[1] - x[1]) / hz * 1e6 / n; s = (y[2] - x[2]) / hz * 1e6 / n
+        printf "%.1f %.1f\n", u + s, u }')
+    fi
+    cpu[$t]+="$us "; ucpu[$t]+="$uu "
+    printf '  round %d %-10s %10.0f req/s  p50 %.3f ms  p99 %.3f ms  CPU %s us/request (user %s)\n' "$r" "$t" "$q" "$a" "$b" "$us" "$uu" >&2
   done
 done
-declare -A mr m50 m99 mcpu mib
+declare -A mr m50 m99 mcpu mucpu mib
 for t in "${targets[@]}"; do
   mr[$t]=$(tr ' ' '\n' <<<"${rps[$t]}" | grep . | median)
   m50[$t]=$(tr ' ' '\n' <<<"${p50[$t]}" | grep . | median)
   m99[$t]=$(tr ' ' '\n' <<<"${p99[$t]}" | grep . | median)
   mcpu[$t]=$(tr ' ' '\n' <<<"${cpu[$t]}" | grep . | median)
+  mucpu[$t]=$(tr ' ' '\n' <<<"${ucpu[$t]}" | grep . | median)
 done
 
 # One 1 GiB POST each, streamed from a pipe (chunked, no Expect: 100-continue wait).
@@ -210,17 +216,17 @@ peak1=$(awk '/VmHWM/ { print $2 }' /proc/$pg1pid/status)
 
 echo
 echo "GET ${url[patgate]#http://127.0.0.1:$pg} over keep-alive, wrk -t1 -c64, median of $rounds x ${dur} s; one 1 GiB chunked POST"
-printf '%-18s %10s %10s %10s %12s %12s\n' target rps "p50 ms" "p99 ms" "POST MiB/s" "CPU us/req"
+printf '%-18s %10s %10s %10s %12s %12s %10s\n' target rps "p50 ms" "p99 ms" "POST MiB/s" "CPU us/req" "user part"
 for t in "${targets[@]}"; do
-  printf '%-18s %10.0f %10.3f %10.3f %12s %12s\n' "$t" "${mr[$t]}" "${m50[$t]}" "${m99[$t]}" "${mib[$t]}" "${mcpu[$t]}"
+  printf '%-18s %10.0f %10.3f %10.3f %12s %12s %10s\n' "$t" "${mr[$t]}" "${m50[$t]}" "${m99[$t]}" "${mib[$t]}" "${mcpu[$t]}" "${mucpu[$t]}"
 done
 for pair in patgate/nginx patgate/direct patgate-1w/nginx; do
   p=${pair%/*} base=${pair#*/}
   awk -v n="$pair" -v r="${mr[$p]}" -v rb="${mr[$base]}" -v a="${m50[$p]}" -v ab="${m50[$base]}" \
       -v b="${m99[$p]}" -v bb="${m99[$base]}" -v m="${mib[$p]}" -v mb="${mib[$base]}" \
-      -v c="${mcpu[$p]}" -v cb="${mcpu[$base]}" \
-      'BEGIN { cr = (cb + 0 > 0) ? sprintf("%.2f", c / cb) : "-"
-               printf "%-18s %10.2f %10.2f %10.2f %12.2f %12s\n", n, r / rb, a / ab, b / bb, m / mb, cr }'
+      -v c="${mcpu[$p]}" -v cb="${mcpu[$base]}" -v u="${mucpu[$p]}" -v ub="${mucpu[$base]}" \
+      'BEGIN { cr = (cb + 0 > 0) ? sprintf("%.2f", c / cb) : "-"; ur = (ub + 0 > 0) ? sprintf("%.2f", u / ub) : "-"
+               printf "%-18s %10.2f %10.2f %10.2f %12.2f %12s %10s\n", n, r / rb, a / ab, b / bb, m / mb, cr, ur }'
 done
 awk -v k="$peak" -v k1="$peak1" 'BEGIN { printf "patgate peak RSS: %.1f MiB (VmHWM %d KiB); with one worker %.1f MiB\n", k / 1024, k, k1 / 1024 }'
 echo "load average (1 min) at the start: $load0 on $(nproc) cores; at the end: $(cut -d' ' -f1 /proc/loadavg); ${SECONDS} s after the build"

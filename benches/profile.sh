@@ -5,6 +5,8 @@
 # under valgrind, warms up, zeroes the counters, drives small keep-alive GETs with wrk for
 # SECONDS, then prints instructions per request and the patgate functions that cost most
 # per request (inclusive). The full profile is kept for callgrind_annotate or kcachegrind.
+# The reference nginx proxy (../shared/bench/nginx-proxy.conf, one process) is counted the
+# same way in the same run, for the ratio.
 # Usage: bash benches/profile.sh [SECONDS] [OUT_FILE]     (installs nginx, wrk and valgrind)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,28 +61,47 @@ TOML
 pat=$("$bin" --config "$run/patgate.toml" token create --name profile --owner bench --scopes agentpools:read --orgs '*' --expires-in 1h --json | sed -E 's/.*"token":"([^"]+)".*/\1/')
 auth="Basic $(printf 'x:%s' "$pat" | base64 -w0)"
 
-valgrind --tool=callgrind --callgrind-out-file="$run/cg.out" "$bin" --config "$run/patgate.toml" serve 2>"$run/valgrind.err" & vg=$!; pids+=($vg)
-url="http://127.0.0.1:$pg/agents/pool"
-for _ in $(seq 300); do
-  [[ $(curl -s -o /dev/null --max-time 2 -w '%{http_code}' -H "Authorization: $auth" "$url" || true) == 200 ]] && break
-  sleep 0.2
-done
-[[ $(curl -s -o /dev/null --max-time 5 -w '%{http_code}' -H "Authorization: $auth" "$url" || true) == 200 ]] \
-  || { echo "patgate under valgrind did not answer 200" >&2; cat "$run/valgrind.err" >&2; exit 1; }
+# The reference nginx proxy, admitting the same Authorization value, for the same count.
+px=$(free_port 18082)
+[[ $px != "$up" && $px != "$pg" ]] || px=$(free_port $((pg + 1)))
+sed -e "s/127\.0\.0\.1:18081/127.0.0.1:$up/" -e "s/127\.0\.0\.1:18082/127.0.0.1:$px/" \
+    -e "s|\"Basic [^\"]*\" 1;|\"$auth\" 1;|" "$shared/nginx-proxy.conf" > "$run/nginx-proxy.conf"
 
-# Warm up (connections, upstream connections, caches), then count only the measured load.
-wrk -t1 -c8 -d2s -H "Authorization: $auth" "$url" >/dev/null
-callgrind_control -z "$vg" >/dev/null 2>&1
-n=$(wrk -t1 -c8 -d"${secs}s" -H "Authorization: $auth" "$url" | awk '/requests in/ { print $1 }')
-callgrind_control -d "$vg" >/dev/null 2>&1
-sleep 1
-dump=$(ls -t "$run"/cg.out.* | head -n 1)
-mkdir -p "$(dirname "$out")"
-cp "$dump" "$out"
-total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(/,/, "", $1); print $1 }')
+# Under callgrind: starts `proxy` (a command), waits for a 200 from `url`, warms up
+# (connections, upstream connections, caches), then counts only the measured load.
+# Sets `requests` and `instructions`, and keeps the profile as `out`.
+count() { # name url out command...
+  local name=$1 url=$2 out=$3; shift 3
+  valgrind --tool=callgrind --callgrind-out-file="$run/$name.cg" "$@" 2>"$run/$name.valgrind" & local vg=$!; pids+=($vg)
+  local _
+  for _ in $(seq 300); do
+    [[ $(curl -s -o /dev/null --max-time 2 -w '%{http_code}' -H "Authorization: $auth" "$url" || true) == 200 ]] && break
+    sleep 0.2
+  done
+  [[ $(curl -s -o /dev/null --max-time 5 -w '%{http_code}' -H "Authorization: $auth" "$url" || true) == 200 ]] \
+    || { echo "$name under valgrind did not answer 200" >&2; cat "$run/$name.valgrind" >&2; exit 1; }
+  wrk -t1 -c8 -d2s -H "Authorization: $auth" "$url" >/dev/null
+  callgrind_control -z "$vg" >/dev/null 2>&1
+  requests=$(wrk -t1 -c8 -d"${secs}s" -H "Authorization: $auth" "$url" | awk '/requests in/ { print $1 }')
+  callgrind_control -d "$vg" >/dev/null 2>&1
+  sleep 1
+  local dump
+  dump=$(ls -t "$run/$name.cg".* | head -n 1)
+  mkdir -p "$(dirname "$out")"
+  cp "$dump" "$out"
+  kill "$vg" 2>/dev/null || true
+  instructions=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(/,/, "", $1); print $1 }')
+}
 
-echo "$n requests in ${secs} s under callgrind (wrk -t1 -c8, one patgate worker)"
-awk -v t="$total" -v n="$n" 'BEGIN { printf "instructions per request: %d\n", t / n }'
+count patgate "http://127.0.0.1:$pg/agents/pool" "$out" "$bin" --config "$run/patgate.toml" serve
+n=$requests total=$instructions
+count nginx "http://127.0.0.1:$px/agents/pool" "${out%.out}.nginx.out" \
+  nginx -p "$run/" -c "$run/nginx-proxy.conf" -e "$run/nginx-proxy.err" -g 'daemon off; master_process off;'
+ng_n=$requests ng_total=$instructions
+
+echo "wrk -t1 -c8 for ${secs} s under callgrind, one worker each: patgate $n requests, nginx $ng_n"
+awk -v t="$total" -v n="$n" -v gt="$ng_total" -v gn="$ng_n" 'BEGIN {
+  printf "instructions per request: patgate %d, nginx %d (patgate/nginx %.2f)\n", t / n, gt / gn, (t / n) / (gt / gn) }'
 echo "patgate functions, instructions per request (inclusive):"
 callgrind_annotate --threshold=100 --inclusive=yes --auto=no "$out" 2>/dev/null |
   awk -v n="$n" 'match($0, / [^ :]+:patgate::[^ ]+ \[/) {
@@ -88,4 +109,4 @@ callgrind_annotate --threshold=100 --inclusive=yes --auto=no "$out" 2>/dev/null 
       v = $1; gsub(/,/, "", v)
       if (!seen[f]++) printf "  %7d  %s\n", v / n, f
     }' | head -n 25
-echo "full profile: $out"
+echo "full profiles: $out, ${out%.out}.nginx.out"
