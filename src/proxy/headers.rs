@@ -170,10 +170,16 @@ impl Rewrite {
         !removed && !self.listed.contains(name)
     }
 
+    /// The `Host` the client asked for, as `X-Forwarded-Host` tells it (the first, unless
+    /// it is not passed on).
+    pub fn forwarded_host<'h>(&self, headers: &'h HeaderMap) -> Option<&'h HeaderValue> {
+        headers.get(header::HOST).filter(|_| self.keeps(&header::HOST))
+    }
+
     /// Gives `add` each header patgate sets, in order. No client header of these names
     /// is kept, so each is the only one of its name. The upstream is told the client's
     /// address (`client`, from [`ip_value`]), whether it came over TLS, the `Host` it
-    /// asked for (`host`), and who the token is (`identity`).
+    /// asked for (`host`, from [`Rewrite::forwarded_host`]), and who the token is (`identity`).
     pub fn added(
         &self,
         client: &HeaderValue,
@@ -231,10 +237,10 @@ impl Identity {
 /// address (`client`, from [`ip_value`]) and whether it came over TLS.
 pub fn prepare_upstream(headers: &mut HeaderMap, permit: &Permit, client: HeaderValue, https: bool) {
     let rewrite = Rewrite::of(headers);
+    let host = rewrite.forwarded_host(headers).cloned();
     remove_where(headers, |n| !rewrite.keeps(n));
     // Up to six to add, in one growth of the table at most.
     headers.reserve(6);
-    let host = headers.get(header::HOST).cloned();
     rewrite.added(&client, https, host.as_ref(), &Identity::of(permit), |name, value| {
         headers.insert(name, value.clone());
     });
@@ -323,6 +329,16 @@ pub(crate) mod tests {
             h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn a_host_that_connection_names_is_not_forwarded() {
+        let mut h = map(&[("connection", "host"), ("host", "gate.example")]);
+        assert_eq!(Rewrite::of(&h).forwarded_host(&h), None);
+        prepare_upstream(&mut h, &permit(), ip_value("10.0.0.1".parse().unwrap()), false);
+        assert!(!h.contains_key("host") && !h.contains_key("x-forwarded-host"));
+        let h = map(&[("host", "gate.example"), ("host", "other.example")]);
+        assert_eq!(Rewrite::of(&h).forwarded_host(&h).unwrap(), "gate.example");
     }
 
     #[test]

@@ -845,7 +845,7 @@ fn put_request_head(out: &mut BytesMut, parts: &http::request::Parts, up: &Upwar
         }
     }
     put_header(out, b"host", up.host.as_bytes());
-    let asked = parts.headers.get(header::HOST);
+    let asked = rewrite.forwarded_host(&parts.headers);
     rewrite.added(up.client, up.https, asked, up.identity, |name, value| {
         put_header(out, name.as_str().as_bytes(), value.as_bytes());
     });
@@ -872,59 +872,53 @@ mod tests {
     use super::*;
 
     /// The relay writes the upstream's head itself: it must carry what hyper's side would
-    /// send after `prepare_upstream` and the upstream's `Host`, neither more nor less.
+    /// send after `prepare_upstream` and the upstream's `Host`, neither more nor less, for
+    /// heads as they come from a socket.
     #[test]
     fn the_relayed_head_carries_what_the_hyper_side_sends() {
         let permit = headers::tests::permit();
-        let identity = headers::Identity::of(&permit);
+        let mut identity = headers::Identity::default();
+        identity.update(&permit);
         let client = headers::ip_value("10.0.0.7".parse().unwrap());
         let upstream_host = HeaderValue::from_static("up.internal:8080");
-        let sets: &[&[(&str, &str)]] = &[
-            &[("host", "gate.example"), ("authorization", "Basic eDp5")],
-            &[
-                ("Host", "gate.example"),
-                ("host", "second.example"),
-                ("Connection", "keep-alive"),
-                ("X-Forwarded-For", "1.2.3.4"),
-                ("x-forwarded-host", "evil"),
-                ("X-Patgate-User", "mallory"),
-                ("forwarded", "for=1.2.3.4"),
-                ("x_remote_user", "mallory"),
-                ("proxy", "http://evil"),
-                ("keep-alive", "timeout=5"),
-                ("accept", "*/*"),
-                ("accept", "text/plain"),
-                ("user-agent", "git/2.47"),
-            ],
-            &[("accept", "*/*")],
+        let heads = [
+            "GET /a HTTP/1.1\r\nHost: gate.example\r\nAuthorization: Basic eDp5\r\n\r\n",
+            "GET /a?b HTTP/1.1\r\nHost: gate.example\r\nhost: second.example\r\nConnection: Keep-Alive\r\n\
+             X-Forwarded-For: 1.2.3.4\r\nx-FORWARDED-host: evil\r\nX-Patgate-User: mallory\r\n\
+             X-Patgate-Token-Id: t9\r\nForwarded: for=1.2.3.4\r\nx_remote_user: mallory\r\nProxy: http://evil\r\n\
+             Keep-Alive: timeout=5\r\nProxy-Authorization: Basic eDp5\r\nAccept: */*\r\naccept: text/plain\r\n\
+             User-Agent: git/2.47\r\n\r\n",
+            "DELETE /a HTTP/1.1\r\nContent-Length: 0\r\nAccept: */*\r\n\r\n",
         ];
-        for (i, set) in sets.iter().enumerate() {
-            let mut map = HeaderMap::new();
-            for (n, v) in *set {
-                map.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
-            }
-            let (mut parts, ()) = http::Request::new(()).into_parts();
-            parts.headers = map.clone();
+        for (i, text) in heads.iter().enumerate() {
+            let mut spans = HeadSpans::new();
+            assert!(matches!(parse_request(text.as_bytes(), &mut spans), Parsed::Relay), "{text:?}");
+            let head = Bytes::copy_from_slice(text.as_bytes());
+            let parts = parts_of(&head, &spans, HeaderMap::new()).unwrap();
+            let https = i % 2 == 1;
             let mut out = BytesMut::new();
             let up = Upward {
                 target: "/a",
                 host: &upstream_host,
                 client: &client,
-                https: i % 2 == 1,
+                https,
                 identity: &identity,
             };
             put_request_head(&mut out, &parts, &up);
-            let mut relayed: Vec<(String, String)> = std::str::from_utf8(&out)
-                .unwrap()
-                .lines()
-                .skip(1)
-                .filter(|l| !l.is_empty())
+            let out = std::str::from_utf8(&out).unwrap();
+            // One request line, header lines, one empty line at the end and nothing after.
+            let (lines, rest) = out.split_once("\r\n\r\n").unwrap();
+            assert_eq!(rest, "", "{out:?}");
+            let mut lines = lines.split("\r\n");
+            assert_eq!(lines.next(), Some(format!("{} /a HTTP/1.1", parts.method).as_str()));
+            let mut relayed: Vec<(String, String)> = lines
                 .map(|l| {
                     let (n, v) = l.split_once(": ").unwrap();
                     (n.to_owned(), v.to_owned())
                 })
                 .collect();
-            headers::prepare_upstream(&mut map, &permit, client.clone(), i % 2 == 1);
+            let mut map = parts.headers.clone();
+            headers::prepare_upstream(&mut map, &permit, client.clone(), https);
             map.insert(header::HOST, upstream_host.clone());
             let mut hyper: Vec<(String, String)> = map
                 .iter()
@@ -932,8 +926,27 @@ mod tests {
                 .collect();
             relayed.sort();
             hyper.sort();
-            assert_eq!(relayed, hyper, "{set:?}");
-            assert!(out.starts_with(b"GET /a HTTP/1.1\r\n") && out.ends_with(b"\r\n\r\n"));
+            assert_eq!(relayed, hyper, "{text:?}");
+            // And what both send, spelled out.
+            let value = |name: &str| -> Vec<&str> { relayed.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect() };
+            assert_eq!(value("host"), ["up.internal:8080"]);
+            assert_eq!(value("x-forwarded-for"), ["10.0.0.7"]);
+            assert_eq!(value("x-forwarded-proto"), [if https { "https" } else { "http" }]);
+            assert_eq!(value("x-patgate-user"), ["alice"]);
+            assert_eq!(value("x-patgate-token-id"), ["t1"]);
+            let forwarded_host: &[&str] = if text.contains("gate.example") { &["gate.example"] } else { &[] };
+            assert_eq!(value("x-forwarded-host"), forwarded_host);
+            for gone in [
+                "authorization",
+                "proxy-authorization",
+                "forwarded",
+                "x_remote_user",
+                "proxy",
+                "keep-alive",
+                "connection",
+            ] {
+                assert!(value(gone).is_empty(), "{gone} in {out:?}");
+            }
         }
     }
 
