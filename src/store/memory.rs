@@ -2,10 +2,13 @@
 //! the request path reads. It is filled from a [`super::Snapshot`] at start and kept
 //! current by applying the event feed ([`super::follow`]).
 
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use compact_str::CompactString;
+use dashmap::mapref::entry::Entry;
 use dashmap::{DashMap, DashSet};
 use tokio::sync::watch;
 
@@ -42,10 +45,72 @@ impl CachedToken {
     }
 }
 
+/// A token in the table by hash: hashed, compared and looked up as its hash alone, so
+/// that the table holds one pointer a token and no second copy of the key.
+struct ByHash(Arc<CachedToken>);
+
+impl Hash for ByHash {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash.hash(state)
+    }
+}
+
+impl PartialEq for ByHash {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.hash == other.0.hash
+    }
+}
+
+impl Eq for ByHash {}
+
+impl Borrow<TokenHash> for ByHash {
+    fn borrow(&self) -> &TokenHash {
+        &self.0.hash
+    }
+}
+
+/// A token in the table by id, as [`ByHash`] is by hash.
+struct ById(Arc<CachedToken>);
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes: lookups are by `&str`.
+        self.0.id.as_str().hash(state)
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        self.0.id.as_str()
+    }
+}
+
+/// Puts `key` in `table`, in place of an equal key if there is one (a plain insert would
+/// keep the old key, that is, the old token), in one step under the shard's lock: a
+/// reader sees the old token or the new one, never neither.
+fn put<K: Hash + Eq, S: std::hash::BuildHasher + Clone>(table: &DashMap<K, (), S>, key: K) {
+    match table.entry(key) {
+        Entry::Occupied(e) => {
+            e.replace_entry(());
+        }
+        Entry::Vacant(e) => {
+            e.insert(());
+        }
+    }
+}
+
 /// Live tokens by hash, and by id.
 pub struct TokenCache {
-    by_hash: DashMap<TokenHash, Arc<CachedToken>, PassThroughState>,
-    by_id: DashMap<CompactString, Arc<CachedToken>>,
+    by_hash: DashMap<ByHash, (), PassThroughState>,
+    by_id: DashMap<ById, ()>,
     /// One copy of each owner name and organization list in use.
     owners: DashSet<Arc<str>>,
     org_lists: DashSet<Arc<Orgs>>,
@@ -75,7 +140,7 @@ impl TokenCache {
     /// The live token with this hash.
     #[inline]
     pub fn get(&self, hash: &TokenHash) -> Option<Arc<CachedToken>> {
-        self.by_hash.get(hash).map(|e| Arc::clone(e.value()))
+        self.by_hash.get(hash).map(|e| Arc::clone(&e.key().0))
     }
 
     /// Whether `token`, admitted earlier, would still be admitted at `now`: its secret
@@ -89,7 +154,7 @@ impl TokenCache {
     /// live, removed when revoked, expired or gone.
     pub fn apply(&self, record: &TokenRecord, now: i64) {
         let live = record.revoked_at.is_none() && record.expires_at > now;
-        let prev = self.by_id.remove(record.id.as_str()).map(|(_, t)| t);
+        let prev = self.by_id.remove(record.id.as_str()).map(|(t, ())| t.0);
         if let Some(old) = &prev {
             if old.hash != record.hash || !live {
                 self.by_hash.remove(&old.hash);
@@ -114,8 +179,8 @@ impl TokenCache {
             last_used: AtomicI64::new(seen),
             flushed: AtomicI64::new(flushed),
         });
-        self.by_hash.insert(record.hash, token.clone());
-        self.by_id.insert(token.id.clone(), token);
+        put(&self.by_hash, ByHash(token.clone()));
+        put(&self.by_id, ById(token));
     }
 
     fn owner(&self, name: &str) -> Arc<str> {
@@ -138,16 +203,16 @@ impl TokenCache {
 
     /// Removes a token that no longer exists in the store.
     pub fn remove_id(&self, id: &str) {
-        if let Some((_, t)) = self.by_id.remove(id) {
-            self.by_hash.remove(&t.hash);
+        if let Some((t, ())) = self.by_id.remove(id) {
+            self.by_hash.remove(&t.0.hash);
         }
     }
 
     /// Drops tokens whose expiry has passed; returns how many.
     pub fn prune_expired(&self, now: i64) -> usize {
         let before = self.by_hash.len();
-        self.by_hash.retain(|_, t| t.expires_at > now);
-        self.by_id.retain(|_, t| t.expires_at > now);
+        self.by_hash.retain(|t, ()| t.0.expires_at > now);
+        self.by_id.retain(|t, ()| t.0.expires_at > now);
         // Names and lists no token refers to any more.
         self.owners.retain(|o| Arc::strong_count(o) > 1);
         self.org_lists.retain(|o| Arc::strong_count(o) > 1);
@@ -188,7 +253,7 @@ impl TokenCache {
     pub fn take_unflushed_uses(&self) -> Vec<(String, i64)> {
         let mut out = Vec::new();
         for e in self.by_hash.iter() {
-            let t = e.value();
+            let t = &e.key().0;
             let used = t.last_used.load(Ordering::Relaxed);
             if used > t.flushed.swap(used, Ordering::Relaxed) {
                 out.push((t.id.to_string(), used));
@@ -239,6 +304,27 @@ mod tests {
         // Already expired records are not held.
         cache.apply(&rec("b", &s1, 10), 10);
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_changed_token_with_the_same_secret_is_replaced_in_both_tables() {
+        let cache = TokenCache::default();
+        let s = TokenSecret::generate();
+        let mut r = rec("a", &s, 100);
+        cache.apply(&r, 0);
+        let old = cache.get(&s.hash()).unwrap();
+        r.scopes = ScopeSet::parse(&["code:read"]).unwrap();
+        r.expires_at = 200;
+        cache.apply(&r, 0);
+        let new = cache.get(&s.hash()).unwrap();
+        assert!(!Arc::ptr_eq(&old, &new));
+        assert_eq!((new.scopes, new.expires_at), (r.scopes, 200));
+        assert_eq!(cache.len(), 1);
+        // The table by id holds the new one too: past the old expiry it stays there, so
+        // removing it by id still removes it by hash.
+        assert_eq!(cache.prune_expired(150), 0);
+        cache.remove_id("a");
+        assert!(cache.get(&s.hash()).is_none() && cache.is_empty());
     }
 
     #[test]
