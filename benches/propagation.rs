@@ -60,10 +60,12 @@ async fn run(n: usize) {
     let mut instances = Vec::new();
     for i in 0..INSTANCES {
         let config = dir.path().join(format!("patgate-{i}.toml"));
+        // Every revoked token is polled until it is refused: hundreds of failed
+        // authentications from one address, which the lockout would answer with 429.
         std::fs::write(
             &config,
             format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"{url}\"\n\n[[routes]]\npath = \"/agents/**\"\nupstream = \"http://{upstream}\"\nrules = [{{ scope = \"agentpools:read\" }}]\n"
+                "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"{url}\"\n[brute_force]\nenabled = false\n\n[[routes]]\npath = \"/agents/**\"\nupstream = \"http://{upstream}\"\nrules = [{{ scope = \"agentpools:read\" }}]\n"
             ),
         )
         .unwrap();
