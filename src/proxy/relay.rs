@@ -330,7 +330,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
                 self.put_back(head);
                 return Ended::Fallback;
             };
-            let next = self.answer(&mut parts, head).await;
+            let next = self.answer(&parts, head).await;
             self.headers = std::mem::take(&mut parts.headers);
             self.headers.clear();
             match next {
@@ -395,7 +395,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
     }
 
     /// Answers one request.
-    async fn answer(&mut self, parts: &mut http::request::Parts, head: Bytes) -> Next {
+    async fn answer(&mut self, parts: &http::request::Parts, head: Bytes) -> Next {
         let proxy = self.proxy.clone();
         let live = proxy.live.load_full();
         let busy = InFlight::new(&self.activity);
