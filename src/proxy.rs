@@ -18,7 +18,8 @@ pub mod relay;
 pub mod upgrade;
 pub mod upstream;
 
-use std::net::SocketAddr;
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,6 +77,17 @@ pub struct Connection {
     pub tls: bool,
     /// Turns true when the server drains.
     pub stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// The client's address as the upstream is told it (`X-Forwarded-For`): the peer's,
+    /// made once, or the one trusted proxies named.
+    pub fn forwarded_for(&self, client: IpAddr) -> Cow<'_, HeaderValue> {
+        match client == self.peer.ip() {
+            true => Cow::Borrowed(&self.peer_ip),
+            false => Cow::Owned(headers::ip_value(client)),
+        }
+    }
 }
 
 /// Why a request was not forwarded, or failed upstream. [`Proxy::handle`] maps each to
@@ -454,12 +466,7 @@ impl Proxy {
             }
         }
         // The upstream is told the client's address, through trusted proxies.
-        let client_value = if client == conn.peer.ip() {
-            conn.peer_ip.clone()
-        } else {
-            headers::ip_value(client)
-        };
-        headers::prepare_upstream(&mut parts.headers, &permit, client_value, conn.tls);
+        headers::prepare_upstream(&mut parts.headers, &permit, &conn.forwarded_for(client), conn.tls);
         let client = SocketAddr::new(client, conn.peer.port());
         let forwarded = match target {
             Upstream::Http(target) => {

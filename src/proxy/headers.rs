@@ -235,13 +235,13 @@ impl Identity {
 
 /// Rewrites a client's request headers for the upstream, which is told the client's
 /// address (`client`, from [`ip_value`]) and whether it came over TLS.
-pub fn prepare_upstream(headers: &mut HeaderMap, permit: &Permit, client: HeaderValue, https: bool) {
+pub fn prepare_upstream(headers: &mut HeaderMap, permit: &Permit, client: &HeaderValue, https: bool) {
     let rewrite = Rewrite::of(headers);
     let host = rewrite.forwarded_host(headers).cloned();
     remove_where(headers, |n| !rewrite.keeps(n));
     // Up to six to add, in one growth of the table at most.
     headers.reserve(6);
-    rewrite.added(&client, https, host.as_ref(), &Identity::of(permit), |name, value| {
+    rewrite.added(client, https, host.as_ref(), &Identity::of(permit), |name, value| {
         headers.insert(name, value.clone());
     });
 }
@@ -335,7 +335,7 @@ pub(crate) mod tests {
     fn a_host_that_connection_names_is_not_forwarded() {
         let mut h = map(&[("connection", "host"), ("host", "gate.example")]);
         assert_eq!(Rewrite::of(&h).forwarded_host(&h), None);
-        prepare_upstream(&mut h, &permit(), ip_value("10.0.0.1".parse().unwrap()), false);
+        prepare_upstream(&mut h, &permit(), &ip_value("10.0.0.1".parse().unwrap()), false);
         assert!(!h.contains_key("host") && !h.contains_key("x-forwarded-host"));
         let h = map(&[("host", "gate.example"), ("host", "other.example")]);
         assert_eq!(Rewrite::of(&h).forwarded_host(&h).unwrap(), "gate.example");
@@ -397,7 +397,7 @@ pub(crate) mod tests {
             ("te", "trailers"),
             ("authorization", "Bearer x"),
         ]);
-        prepare_upstream(&mut h, &permit(), ip_value("10.0.0.1".parse().unwrap()), false);
+        prepare_upstream(&mut h, &permit(), &ip_value("10.0.0.1".parse().unwrap()), false);
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["x-patgate-user"], "alice");
@@ -415,7 +415,7 @@ pub(crate) mod tests {
             &[("upgrade", "websocket")][..],
         ] {
             let mut h = map(pairs);
-            prepare_upstream(&mut h, &permit(), ip_value("10.0.0.1".parse().unwrap()), false);
+            prepare_upstream(&mut h, &permit(), &ip_value("10.0.0.1".parse().unwrap()), false);
             for gone in ["connection", "upgrade", "http2-settings"] {
                 assert!(!h.contains_key(gone), "{gone} in {pairs:?}");
             }

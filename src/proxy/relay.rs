@@ -422,12 +422,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Relay<IO> {
         };
         // The same rewrite as the hyper side (see `Proxy::handle_inner` and
         // `HttpClient::forward`), written straight into the upstream's request head.
-        let other = (client != self.conn.peer.ip()).then(|| headers::ip_value(client));
+        let client = self.conn.forwarded_for(client);
         self.identity.update(&permit);
         let up = Upward {
             target: pq.as_str(),
             host: &target.host,
-            client: other.as_ref().unwrap_or(&self.conn.peer_ip),
+            client: &client,
             https: self.conn.tls,
             identity: &self.identity,
         };
@@ -918,7 +918,7 @@ mod tests {
                 })
                 .collect();
             let mut map = parts.headers.clone();
-            headers::prepare_upstream(&mut map, &permit, client.clone(), https);
+            headers::prepare_upstream(&mut map, &permit, &client, https);
             map.insert(header::HOST, upstream_host.clone());
             let mut hyper: Vec<(String, String)> = map
                 .iter()
