@@ -2,9 +2,8 @@
 //!
 //! A connection is admitted within the global and per-address limits, finishes its TLS
 //! handshake in time (HTTP/2 or HTTP/1.1 by ALPN; plain TCP is HTTP/1.1), and is then
-//! served with the limits below until it ends, falls idle, or the server drains: HTTP/2 by
-//! hyper, HTTP/1.1 by the relay ([`proxy::relay`]) for as long as its requests are plain
-//! ones without a body, then by hyper. hyper hands each request to
+//! served with the limits below until it ends, falls idle, or the server drains: HTTP/1 by
+//! patgate's own server ([`proxy::http1`]), HTTP/2 by hyper. Both hand each request to
 //! [`Proxy::handle`](crate::proxy::Proxy::handle).
 
 use std::future::Future;
@@ -19,7 +18,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use http_body_util::BodyExt;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -27,7 +26,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::proxy::client_addr::{client_key, TrustedProxies};
-use crate::proxy::framing::{FramingWatch, Watched};
 use crate::proxy::{self, Proxy};
 use crate::tls::{ListenerTls, TlsSlot};
 
@@ -169,7 +167,7 @@ async fn serve(
     };
     match &shared.tls {
         None => {
-            let conn = relay(tcp, connection(peer, false, &stop), &proxy, config, &activity, &place);
+            let conn = serve_http1(tcp, connection(peer, false, &stop), &proxy, config, &activity, &place);
             drive(conn, &activity, config.idle_timeout, false, &mut stop).await;
         }
         Some(slot) => {
@@ -186,10 +184,10 @@ async fn serve(
                 Ok(Ok(tls)) => tls,
             };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                let conn = serve_http2(tls, connection(peer, true, &stop), &proxy, &shared, &activity, &place);
+                let conn = serve_http2(tls, connection(peer, true, &stop), &proxy, &shared, &activity);
                 drive(conn, &activity, config.idle_timeout, true, &mut stop).await;
             } else {
-                let conn = relay(tls, connection(peer, true, &stop), &proxy, config, &activity, &place);
+                let conn = serve_http1(tls, connection(peer, true, &stop), &proxy, config, &activity, &place);
                 drive(conn, &activity, config.idle_timeout, false, &mut stop).await;
             }
         }
@@ -199,16 +197,15 @@ async fn serve(
 /// A connection's permit and its address's count, released when the last holder drops.
 type Place = Arc<(OwnedSemaphorePermit, Option<AddressGuard>)>;
 
-/// The service every request on a connection goes through: it counts the request in
-/// flight while the proxy works on it. On HTTP/2 (`streams` given), each stream also counts
-/// against `server.max_connections` and its address's limit until its answer is sent, as
-/// nginx's `limit_conn` counts them: one connection may not multiply itself past either.
+/// The service every request on an HTTP/2 connection goes through: it counts the request
+/// in flight while the proxy works on it, and each stream counts against
+/// `server.max_connections` and its address's limit until its answer is sent, as nginx's
+/// `limit_conn` counts them: one connection may not multiply itself past either.
 fn service(
     proxy: &Arc<Proxy>,
     conn: proxy::Connection,
     activity: &Arc<Activity>,
-    place: &Place,
-    streams: Option<Arc<Listener>>,
+    streams: Arc<Listener>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<proxy::Body>,
@@ -218,43 +215,29 @@ fn service(
     let conn = Arc::new(conn);
     let proxy = proxy.clone();
     let activity = activity.clone();
-    let place = place.clone();
-    service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        // Only a request that may turn into a tunnel carries the connection's place.
-        if req.headers().contains_key(http::header::UPGRADE) {
-            req.extensions_mut().insert(proxy::upgrade::Hold(place.clone()));
-        }
+    service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let proxy = proxy.clone();
         let conn = conn.clone();
         let activity = activity.clone();
         let busy = InFlight::new(&activity);
         let streams = streams.clone();
         async move {
-            let counted = match &streams {
-                None => None,
-                Some(l) => {
-                    // A place in all (server.max_connections), then one under the address.
-                    let Ok(slot) = l.slots.clone().try_acquire_owned() else {
-                        return Ok(proxy.refuse(&req, &conn, proxy::ProxyError::Busy));
-                    };
-                    let address = match l.trusted.load().contains(conn.peer.ip()) {
-                        true => None,
-                        false => match l.per_ip.enter(conn.peer.ip()) {
-                            Some(g) => Some(g),
-                            None => return Ok(proxy.refuse(&req, &conn, proxy::ProxyError::TooManyRequests)),
-                        },
-                    };
-                    Some((slot, address))
-                }
+            // A place in all (server.max_connections), then one under the address.
+            let Ok(slot) = streams.slots.clone().try_acquire_owned() else {
+                return Ok(proxy.refuse(&req, &conn, proxy::ProxyError::Busy));
+            };
+            let address = match streams.trusted.load().contains(conn.peer.ip()) {
+                true => None,
+                false => match streams.per_ip.enter(conn.peer.ip()) {
+                    Some(g) => Some(g),
+                    None => return Ok(proxy.refuse(&req, &conn, proxy::ProxyError::TooManyRequests)),
+                },
             };
             let response = proxy.handle(req, &conn).await;
             drop(busy);
             // HTTP/2 answers count while their bodies are sent: pings alone do not keep a
             // connection open, answers being sent do.
-            if streams.is_some() {
-                return Ok(response.map(|body| Sending::new(body, &activity, counted).boxed_unsync()));
-            }
-            Ok(response)
+            Ok(response.map(|body| Sending::new(body, &activity, Some((slot, address))).boxed_unsync()))
         }
     })
 }
@@ -307,57 +290,42 @@ fn connection(peer: SocketAddr, tls: bool, stop: &watch::Receiver<bool>) -> prox
         peer,
         peer_ip: proxy::headers::ip_value(peer.ip()),
         credential: Default::default(),
-        framing: None,
         upstream: Default::default(),
         tls,
         stop: stop.clone(),
     }
 }
 
-/// Serves HTTP/1.1 with the relay ([`proxy::relay`]), which hands the connection to
-/// hyper ([`serve_http1`]) at the first request it does not take.
-fn relay<IO>(io: IO, conn: proxy::Connection, proxy: &Arc<Proxy>, config: &Config, activity: &Arc<Activity>, place: &Place) -> impl Drain
+/// Serves HTTP/1 with patgate's own server ([`proxy::http1`]), which follows the drain
+/// signal itself.
+fn serve_http1<IO>(
+    io: IO,
+    conn: proxy::Connection,
+    proxy: &Arc<Proxy>,
+    config: &Config,
+    activity: &Arc<Activity>,
+    place: &Place,
+) -> impl Drain
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = proxy::relay::Limits {
+    let limits = proxy::http1::Limits {
         header_read_timeout: config.header_read_timeout,
         max_header_bytes: config.max_header_bytes,
     };
-    let (proxy, config, activity, place) = (proxy.clone(), config.clone(), activity.clone(), place.clone());
-    let mut stop = conn.stop.clone();
-    let served = proxy::relay::serve(
+    // Only a request that may turn into a tunnel takes the connection's place with it.
+    let hold = proxy::upgrade::Hold(place.clone());
+    SelfDraining(Box::pin(proxy::http1::serve(
         io,
         conn,
         proxy.clone(),
         limits,
         activity.clone(),
-        move |io, read_before, conn| async move {
-            let mut conn = std::pin::pin!(serve_http1(io, read_before, conn, &proxy, &config, &activity, &place));
-            let mut draining = *stop.borrow();
-            if draining {
-                conn.as_mut().drain();
-            }
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(error = %e, "Connection ended with an error");
-                        }
-                        return;
-                    }
-                    _ = stop.changed(), if !draining => {
-                        draining = true;
-                        conn.as_mut().drain();
-                    }
-                }
-            }
-        },
-    );
-    SelfDraining(Box::pin(served))
+        hold,
+    )))
 }
 
-/// A connection that follows the drain signal itself (the relay, and hyper after it).
+/// A connection that follows the drain signal itself.
 struct SelfDraining<F>(Pin<Box<F>>);
 
 impl<F: Future<Output = ()>> Future for SelfDraining<F> {
@@ -372,44 +340,9 @@ impl<F: Future<Output = ()>> Drain for SelfDraining<F> {
     fn drain(self: Pin<&mut Self>) {}
 }
 
-/// Serves HTTP/1.1 with hyper on `io`, whose first bytes, already read, are `read_before`.
-fn serve_http1<IO>(
-    io: IO,
-    read_before: bytes::Bytes,
-    mut conn: proxy::Connection,
-    proxy: &Arc<Proxy>,
-    config: &Config,
-    activity: &Arc<Activity>,
-    place: &Place,
-) -> impl Drain
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let framing = FramingWatch::new(config.max_header_bytes);
-    conn.framing = Some(framing.clone());
-    http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(config.max_header_bytes)
-        .keep_alive(true)
-        .serve_connection(
-            TokioIo::new(Watched::new(io, framing, read_before)),
-            service(proxy, conn, activity, place, None),
-        )
-        .with_upgrades()
-}
-
-/// Serves HTTP/2 on `conn` (whose `framing` stays unset: HTTP/2 frames bodies itself, with
-/// no Content-Length/Transfer-Encoding ambiguity). Streams of one connection run
-/// concurrently; none keeps an upstream connection of its own.
-fn serve_http2<IO>(
-    io: IO,
-    conn: proxy::Connection,
-    proxy: &Arc<Proxy>,
-    shared: &Arc<Listener>,
-    activity: &Arc<Activity>,
-    place: &Place,
-) -> impl Drain
+/// Serves HTTP/2 on `conn`. Streams of one connection run concurrently; none keeps an
+/// upstream connection of its own.
+fn serve_http2<IO>(io: IO, conn: proxy::Connection, proxy: &Arc<Proxy>, shared: &Arc<Listener>, activity: &Arc<Activity>) -> impl Drain
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -423,25 +356,12 @@ where
         .max_local_error_reset_streams(h.max_local_error_resets)
         .keep_alive_interval(h.keep_alive_interval)
         .keep_alive_timeout(h.keep_alive_timeout)
-        .serve_connection(TokioIo::new(io), service(proxy, conn, activity, place, Some(shared.clone())))
+        .serve_connection(TokioIo::new(io), service(proxy, conn, activity, shared.clone()))
 }
 
 /// A served connection that can be asked to finish what it is doing and close.
 trait Drain: Future<Output = Result<(), hyper::Error>> {
     fn drain(self: Pin<&mut Self>);
-}
-
-impl<I, S> Drain for http1::UpgradeableConnection<I, S>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::ResBody: http_body::Body + 'static,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn drain(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
 }
 
 impl<I, S, E> Drain for http2::Connection<I, S, E>

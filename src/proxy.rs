@@ -2,19 +2,23 @@
 //! request target and framing → path normalization → credential → token lookup →
 //! route and rule → scope and organization → forward → access log.
 //!
-//! `Proxy::admit` decides (everything up to forwarding), for hyper's requests and the
-//! relay's ([`relay`]) alike. [`Proxy::handle`] is where errors become answers for hyper's
-//! requests (`Proxy::handle_inner` does the work and returns a typed [`ProxyError`]); the
-//! relay writes the same answers from [`error_response`]. The request path reads only the
-//! in-memory token copy and the validated config: it never enters the store.
+//! HTTP/1 requests are read by patgate's own server ([`http1`]), HTTP/2 by hyper; both
+//! come to [`Proxy::handle`] as the same `http::Request`, and go through the same named
+//! phases: **admit** (`Proxy::admit`: target, path, credential, token, route, rule, scope,
+//! organization; it returns the [`auth::Permit`]), **plan** ([`plan::Plan`], made from the
+//! permit alone: what goes upstream and as whom), **exchange** with the upstream (HTTP,
+//! or git http-backend), **respond** (errors become answers in one place,
+//! [`error_response`]) and **log** (one access line per request). The request path reads
+//! only the in-memory token copy and the validated config: it never enters the store.
 
 pub mod cgi;
 pub mod client_addr;
-pub mod framing;
 pub mod headers;
+pub mod host;
+pub mod http1;
 pub mod lockout;
+pub mod plan;
 pub mod rate;
-pub mod relay;
 pub mod upgrade;
 pub mod upstream;
 
@@ -68,9 +72,6 @@ pub struct Connection {
     pub peer_ip: HeaderValue,
     /// The credential its last admitted request carried.
     pub credential: auth::LastCredential,
-    /// Notes, per request head, whether it had Content-Length next to Transfer-Encoding
-    /// (HTTP/1 only: HTTP/2 frames bodies itself).
-    pub framing: Option<framing::FramingWatch>,
     /// The HTTP upstream connection this client connection keeps between its requests.
     pub upstream: upstream::Sticky,
     /// Whether the client came over TLS.
@@ -98,8 +99,12 @@ pub enum ProxyError {
     AbsoluteForm,
     #[error("method {0} is not accepted")]
     MethodNotAllowed(Method),
-    #[error("request has both Content-Length and Transfer-Encoding")]
-    ContentLengthWithTransferEncoding,
+    #[error(transparent)]
+    Head(#[from] http1::head::HeadError),
+    #[error(transparent)]
+    Host(#[from] host::HostError),
+    #[error(transparent)]
+    Body(#[from] http1::body::BodyError),
     #[error(transparent)]
     Path(#[from] PathError),
     #[error(transparent)]
@@ -133,8 +138,10 @@ pub enum ProxyError {
 impl ProxyError {
     fn status(&self) -> StatusCode {
         match self {
+            ProxyError::Head(e) => e.status(),
             ProxyError::AbsoluteForm
-            | ProxyError::ContentLengthWithTransferEncoding
+            | ProxyError::Host(_)
+            | ProxyError::Body(_)
             | ProxyError::Path(_)
             | ProxyError::Query(_)
             | ProxyError::Auth(AuthError::Credential(_)) => StatusCode::BAD_REQUEST,
@@ -365,25 +372,41 @@ impl Proxy {
         AccessEntry::begin(req, conn).finish(Err(e))
     }
 
-    /// Everything before forwarding: request target and framing, path, credential and
-    /// token, route and rule, scope and organization. The relay ([`relay`]) decides here too.
+    /// Logs a request that was refused before it could be read (a head that is not valid
+    /// HTTP/1): the access line of a request the pipeline never saw.
+    pub(crate) fn log_unread(&self, conn: &Connection, e: &ProxyError) {
+        tracing::info!(
+            target: "patgate::access",
+            duration_ms = 0.0,
+            client.ip = %conn.peer.ip(),
+            http.status = e.status().as_u16(),
+            token.id = "-",
+            route = "-",
+            reason = %e,
+            "Request denied"
+        );
+    }
+
+    /// **Admit**: everything before forwarding: request target and `:authority`, path,
+    /// credential and token, route and rule, scope and organization. What it returns holds
+    /// the [`auth::Permit`], the only way to a [`plan::Plan`].
     fn admit<'a>(
         &self,
         head: &http::request::Parts,
-        both_lengths: bool,
         conn: &Connection,
         live: &'a Live,
         log: &mut AccessLog<'a>,
     ) -> Result<Admitted<'a>, ProxyError> {
-        // HTTP/2 always names scheme and authority; an HTTP/1 request may only name its path.
+        // HTTP/2 always names scheme and authority; an HTTP/1 request may only name its path
+        // (its `Host` was judged as it was read, by the same rule as `:authority` here).
         if head.version < http::Version::HTTP_2 && (head.uri.scheme().is_some() || head.uri.authority().is_some()) {
             return Err(ProxyError::AbsoluteForm);
         }
+        if head.version >= http::Version::HTTP_2 {
+            authority_of_h2(head)?;
+        }
         if head.method == Method::CONNECT || head.method == Method::TRACE {
             return Err(ProxyError::MethodNotAllowed(head.method.clone()));
-        }
-        if both_lengths {
-            return Err(ProxyError::ContentLengthWithTransferEncoding);
         }
         // Path.
         let path = rules::normalize(head.uri.path())?;
@@ -435,68 +458,52 @@ impl Proxy {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        // One framing note is taken for every request.
-        let both_lengths = conn.framing.as_ref().is_some_and(|f| f.next_had_both_lengths());
-        let (mut parts, body) = req.into_parts();
-        let Admitted {
-            path,
-            target,
-            permit,
-            client,
-        } = self.admit(&parts, both_lengths, conn, live, log)?;
-        // Forward.
-        // A body that arrives too slowly is cut; the alarm tells this 408 from an upstream failure.
+        let (parts, body) = req.into_parts();
+        // Admit.
+        let admitted = self.admit(&parts, conn, live, log)?;
+        let target = admitted.target;
+        // Plan, from the permit.
+        let plan = plan::Plan::new(admitted, parts, conn, &self.tokens);
+        // Exchange with the upstream. A body that arrives too slowly is cut; the alarm
+        // tells this 408 from an upstream failure, as the body's own error tells a body
+        // that was not what its head said.
+        let fault = plan.body_fault();
         let alarm = (!body.is_end_stream()).then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
         let mut body = rate::RateLimited::new(body, live.body_rate);
         if let Some(a) = &alarm {
             body = body.with_alarm(a.clone());
         }
-        // A client connection that stays open keeps its own upstream connection; one that
-        // ends with this request borrows from the worker's pool.
-        let keeps = parts.version == http::Version::HTTP_11 && !headers::asks_to_close(&parts.headers);
-        // HTTP/2 names the host in the request target only; the upstream is told it as usual.
-        if !parts.headers.contains_key(header::HOST) {
-            // Host and port only: userinfo in `:authority` goes nowhere.
-            let host = parts.uri.authority().map(|a| match a.port() {
-                Some(port) => format!("{}:{port}", a.host()),
-                None => a.host().to_owned(),
-            });
-            if let Some(host) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
-                parts.headers.insert(header::HOST, host);
-            }
-        }
-        // The upstream is told the client's address, through trusted proxies.
-        headers::prepare_upstream(&mut parts.headers, &permit, &conn.forwarded_for(client), conn.tls);
-        let client = SocketAddr::new(client, conn.peer.port());
-        let forwarded = match target {
-            Upstream::Http(target) => {
-                if headers::is_upgrade(&parts.headers) {
-                    // A tunnel lives on after this answer: it ends when the token does, or
-                    // when the server drains.
-                    let (tokens, permit, stop) = (self.tokens.clone(), permit.clone(), conn.stop.clone());
-                    let standing = move || match () {
-                        _ if *stop.borrow() => Err("the server is stopping"),
-                        _ if !permit.still_live(&tokens, crate::store::now()) => Err("its token is no longer live"),
-                        _ => Ok(()),
-                    };
-                    parts.extensions.insert(upgrade::Standing(Arc::new(standing)));
-                }
-                let sticky = keeps.then_some(&conn.upstream);
-                self.http.forward(target, parts, body, &path, &permit, sticky).await
-            }
-            Upstream::GitHttpBackend(root) => {
-                // git http-backend switches to nothing.
-                headers::drop_upgrade(&mut parts.headers);
-                Box::pin(self.cgi.run(root, parts, body, &path, &permit, client)).await
-            }
+        let exchanged = match target {
+            Upstream::Http(target) => self.http.forward(target, plan, body).await,
+            Upstream::GitHttpBackend(root) => Box::pin(self.cgi.run(root, plan, body)).await,
         };
-        match forwarded {
+        // Respond: what went wrong on the client's side comes first.
+        match exchanged {
+            Err(_) if fault.as_ref().and_then(|f| f.error()).is_some() => {
+                Err(fault.and_then(|f| f.error()).map_or(ProxyError::UpstreamFailed, ProxyError::Body))
+            }
             Err(_) if alarm.is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed)) => Err(rate::BodyTooSlow {
                 bytes_per_sec: live.body_rate.bytes_per_sec,
             }
             .into()),
             other => other,
         }
+    }
+}
+
+/// Judges an HTTP/2 request's `:authority` by the same rule as an HTTP/1 `Host`, and a
+/// `Host` beside it, which must name the same (RFC 9113 §8.3.1).
+fn authority_of_h2(head: &http::request::Parts) -> Result<(), host::HostError> {
+    let authority = head.uri.authority().map(|a| a.as_str());
+    if let Some(a) = authority {
+        host::check(a.as_bytes())?;
+    }
+    let mut hosts = head.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next(), authority) {
+        (_, Some(_), _) => Err(host::HostError::Repeated),
+        (Some(h), None, Some(a)) if h.as_bytes() != a.as_bytes() => Err(host::HostError::Differs),
+        (Some(h), None, _) => host::check(h.as_bytes()),
+        (None, None, _) => Ok(()),
     }
 }
 
@@ -545,7 +552,14 @@ mod tests {
         let cases: Vec<(ProxyError, StatusCode)> = vec![
             (ProxyError::AbsoluteForm, S::BAD_REQUEST),
             (ProxyError::MethodNotAllowed(Method::TRACE), S::METHOD_NOT_ALLOWED),
-            (ProxyError::ContentLengthWithTransferEncoding, S::BAD_REQUEST),
+            (ProxyError::Head(http1::head::HeadError::BothLengths), S::BAD_REQUEST),
+            (
+                ProxyError::Head(http1::head::HeadError::TooLarge),
+                S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ),
+            (ProxyError::Head(http1::head::HeadError::TransferCoding), S::NOT_IMPLEMENTED),
+            (ProxyError::Host(host::HostError::Userinfo), S::BAD_REQUEST),
+            (ProxyError::Body(http1::body::BodyError::Incomplete), S::BAD_REQUEST),
             (ProxyError::Path(PathError::DotSegment), S::BAD_REQUEST),
             (ProxyError::Auth(AuthError::Credential(CredentialError::BadBase64)), S::BAD_REQUEST),
             (ProxyError::Auth(AuthError::Missing), S::UNAUTHORIZED),

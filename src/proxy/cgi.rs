@@ -6,7 +6,6 @@
 //! does git staying silent for [`Config::response_timeout`] (a stalled upload).
 
 use std::ffi::OsStr;
-use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,16 +15,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::plan::Plan;
 use super::{Body, BoxError, ProxyError};
-use crate::auth::rules::NormalizedPath;
-use crate::auth::Permit;
 
 /// The most bytes of CGI response headers read.
 const MAX_CGI_HEADER: usize = 64 * 1024;
@@ -62,15 +60,7 @@ impl Runner {
     /// Serves one permitted request from the repositories under `root`. Waiting for a
     /// process slot and for git's response headers together take at most
     /// [`Config::response_timeout`]; past it the process is ended and the answer is 504.
-    pub async fn run<B>(
-        &self,
-        root: &Path,
-        parts: request::Parts,
-        body: B,
-        path: &NormalizedPath,
-        permit: &Permit,
-        peer: SocketAddr,
-    ) -> Result<Response<Body>, ProxyError>
+    pub async fn run<B>(&self, root: &Path, plan: Plan<'_>, body: B) -> Result<Response<Body>, ProxyError>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -78,7 +68,7 @@ impl Runner {
         let limit = self.config.response_timeout;
         let started = async {
             let slot = self.slots.clone().acquire_owned().await.map_err(|_| ProxyError::CgiUnavailable)?;
-            let mut child = self.command(root, &parts, path, permit, peer).spawn().map_err(|e| {
+            let mut child = self.command(root, &plan).spawn().map_err(|e| {
                 tracing::error!(binary = %self.config.binary.display(), error = %e, "Cannot start git http-backend");
                 ProxyError::CgiUnavailable
             })?;
@@ -109,7 +99,8 @@ impl Runner {
     }
 
     /// The `git http-backend` command with its CGI environment, and nothing else of ours.
-    fn command(&self, root: &Path, parts: &request::Parts, path: &NormalizedPath, permit: &Permit, peer: SocketAddr) -> Command {
+    fn command(&self, root: &Path, plan: &Plan<'_>) -> Command {
+        let (parts, path, permit, peer) = (plan.parts(), plan.path(), plan.permit(), plan.client());
         let mut cmd = Command::new(&self.config.binary);
         cmd.arg("http-backend")
             .env_clear()

@@ -144,9 +144,8 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
 }
 
 /// How a request's headers are rewritten for the upstream: which of the client's go on
-/// ([`Rewrite::keeps`]) and which patgate adds ([`Rewrite::added`]). Both sides of the
-/// proxy use it: hyper's rewrites a header table ([`prepare_upstream`]); the relay writes
-/// the upstream's request head straight from the client's headers.
+/// ([`Rewrite::keeps`]) and which patgate adds ([`Rewrite::added`]), applied to the
+/// request's header table by [`prepare_upstream`].
 pub struct Rewrite {
     upgrade: bool,
     /// What `Connection` names, besides the hop-by-hop headers removed anyway.
@@ -172,8 +171,9 @@ impl Rewrite {
 
     /// The `Host` the client asked for, as `X-Forwarded-Host` tells it (the first, unless
     /// it is not passed on).
+    /// An empty `Host` (valid for a target with no authority) is not passed on.
     pub fn forwarded_host<'h>(&self, headers: &'h HeaderMap) -> Option<&'h HeaderValue> {
-        headers.get(header::HOST).filter(|_| self.keeps(&header::HOST))
+        headers.get(header::HOST).filter(|h| !h.is_empty() && self.keeps(&header::HOST))
     }
 
     /// Gives `add` each header patgate sets, in order. No client header of these names
@@ -205,12 +205,10 @@ impl Rewrite {
     }
 }
 
-/// Who a token is, as header values (`X-Patgate-User`, `X-Patgate-Token-Id`): a value that
-/// is not a valid header value (it never is, from the store) is not sent. A connection
-/// keeps one and makes it again only when another token comes.
-#[derive(Default)]
+/// Who a token is, as header values (`X-Patgate-User`, `X-Patgate-Token-Id`), made from
+/// a permit and from nothing else: a value that is not a valid header value (it never is,
+/// from the store) is not sent.
 pub struct Identity {
-    of: Option<Permit>,
     user: Option<HeaderValue>,
     token_id: Option<HeaderValue>,
 }
@@ -219,16 +217,8 @@ impl Identity {
     /// The identity of `permit`'s token.
     pub fn of(permit: &Permit) -> Identity {
         Identity {
-            of: Some(permit.clone()),
             user: HeaderValue::from_bytes(permit.owner().as_bytes()).ok(),
             token_id: HeaderValue::from_str(permit.token_id()).ok(),
-        }
-    }
-
-    /// Makes this the identity of `permit`'s token, unless it already is.
-    pub fn update(&mut self, permit: &Permit) {
-        if !self.of.as_ref().is_some_and(|p| p.same_token(permit)) {
-            *self = Identity::of(permit);
         }
     }
 }
@@ -342,16 +332,17 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn an_identity_is_made_again_for_another_token_only() {
-        let (first, second) = (permit(), permit());
-        let mut identity = Identity::of(&first);
+    fn an_identity_is_made_from_the_permit() {
+        let identity = Identity::of(&permit());
         assert_eq!(identity.user.as_ref().unwrap(), "alice");
         assert_eq!(identity.token_id.as_ref().unwrap(), "t1");
-        identity.update(&first.clone());
-        assert!(identity.of.as_ref().unwrap().same_token(&first));
-        identity.update(&second);
-        assert!(identity.of.as_ref().unwrap().same_token(&second));
-        assert!(!first.same_token(&second));
+    }
+
+    #[test]
+    fn an_empty_host_is_not_forwarded() {
+        let mut h = map(&[("host", "")]);
+        prepare_upstream(&mut h, &permit(), &ip_value("10.0.0.1".parse().unwrap()), false);
+        assert!(!h.contains_key("x-forwarded-host"));
     }
 
     #[test]

@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use super::http1::OnUpgrade;
 use super::upstream::{Connector, HttpTarget};
 use super::{headers, Body, BoxError, ProxyError};
 
@@ -88,9 +88,14 @@ pub(super) async fn forward(
     tokio::spawn(async move {
         // Each side is handed over once its 101 has passed; neither may take longer
         // than the idle limit to get there.
-        let joined = tokio::time::timeout(idle, async { tokio::try_join!(client, upstream) }).await;
+        let joined = tokio::time::timeout(idle, async {
+            let upstream = upstream.await.map_err(|e| e.to_string())?;
+            let client = client.upgraded().await.map_err(str::to_owned)?;
+            Ok::<_, String>((client, upstream))
+        })
+        .await;
         match joined {
-            Ok(Ok((client, upstream))) => tunnel(TokioIo::new(client), TokioIo::new(upstream), idle, standing).await,
+            Ok(Ok((client, upstream))) => tunnel(client, TokioIo::new(upstream), idle, standing).await,
             Ok(Err(e)) => tracing::debug!(upstream = %authority, error = %e, "Upgrade not completed"),
             Err(_) => tracing::debug!(upstream = %authority, "Upgrade not completed in time"),
         }

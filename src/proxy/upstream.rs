@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{request, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -31,9 +31,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::plan::Plan;
 use super::{headers, upgrade, Body, BoxError, ProxyError};
 use crate::auth::rules::NormalizedPath;
-use crate::auth::Permit;
 
 /// Settings shared by every HTTP upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -489,26 +489,21 @@ impl HttpClient {
         Ok(response)
     }
 
-    /// Sends a permitted request to `target` and streams the answer back. An HTTP/1.1
+    /// Sends a permitted request (its [`Plan`]) to `target` and streams the answer back. An HTTP/1.1
     /// upgrade request (see [`headers::is_upgrade`]) goes on a connection of its own and,
     /// when the upstream switches protocols, becomes a tunnel ([`upgrade`]).
-    pub async fn forward<B>(
-        &self,
-        target: &HttpTarget,
-        mut parts: request::Parts,
-        body: B,
-        path: &NormalizedPath,
-        _permit: &Permit,
-        sticky: Option<&Sticky>,
-    ) -> Result<Response<Body>, ProxyError>
+    pub async fn forward<B>(&self, target: &HttpTarget, plan: Plan<'_>, body: B) -> Result<Response<Body>, ProxyError>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        let sticky = plan.sticky();
+        let (mut parts, path) = plan.into_parts();
+        let path = &path;
         let pq = target.path_and_query(&parts.uri, path)?;
-        // hyper puts the client connection's upgrade here for HTTP/1.1 requests that ask
-        // for one; only those may go upstream asking for one.
-        let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        // patgate's HTTP/1 server puts the client connection's upgrade here for HTTP/1.1
+        // requests that ask for one; only those may go upstream asking for one.
+        let client_upgrade = parts.extensions.remove::<super::http1::OnUpgrade>();
         let upgrade = match client_upgrade {
             Some(on) if parts.version == http::Version::HTTP_11 && headers::is_upgrade(&parts.headers) => Some(on),
             _ => {
@@ -531,6 +526,13 @@ impl HttpClient {
         parts.version = http::Version::HTTP_11;
         // The upstream serves the route's host; the client's stays in X-Forwarded-Host.
         parts.headers.insert(http::header::HOST, target.host.clone());
+        // A body of no known length goes chunked, whatever the method: hyper would send a
+        // GET's as none at all.
+        if !body.is_end_stream() && body.size_hint().exact().is_none() {
+            parts
+                .headers
+                .insert(http::header::TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
+        }
         let hold = parts.extensions.remove::<upgrade::Hold>();
         let standing = parts.extensions.remove::<upgrade::Standing>();
         let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());

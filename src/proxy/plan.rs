@@ -1,0 +1,98 @@
+//! **Plan**: what goes upstream, made from the [`Permit`] that admission returned and from
+//! nothing else of the caller's. The upstream's request headers are rewritten here, once
+//! ([`headers::prepare_upstream`]): the credential and every client-sent identity or
+//! forwarding header go, and patgate's own identity headers are made from the permit.
+//! Forwarding ([`super::upstream::HttpClient::forward`], [`super::cgi::Runner::run`])
+//! takes a `Plan`, so no request can reach an upstream without a permit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{header, request, HeaderValue};
+
+use super::http1::body::Watch;
+use super::upstream::Sticky;
+use super::{headers, upgrade, Admitted, Connection};
+use crate::auth::rules::NormalizedPath;
+use crate::auth::Permit;
+use crate::store::memory::TokenCache;
+
+/// A permitted request, ready for its upstream.
+pub struct Plan<'c> {
+    parts: request::Parts,
+    path: NormalizedPath,
+    permit: Permit,
+    client: SocketAddr,
+    sticky: Option<&'c Sticky>,
+}
+
+impl<'c> Plan<'c> {
+    /// The plan of an admitted request that came on `conn`.
+    pub(super) fn new(admitted: Admitted<'_>, mut parts: request::Parts, conn: &'c Connection, tokens: &Arc<TokenCache>) -> Plan<'c> {
+        let Admitted { path, permit, client, .. } = admitted;
+        // A client connection that stays open keeps its own upstream connection; one that
+        // ends with this request borrows from the worker's pool.
+        let keeps = parts.version == http::Version::HTTP_11 && !headers::asks_to_close(&parts.headers);
+        // HTTP/2 names the host in the request target only (judged by admission, with no
+        // userinfo); the upstream is told it as usual.
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(host) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        headers::prepare_upstream(&mut parts.headers, &permit, &conn.forwarded_for(client), conn.tls);
+        if headers::is_upgrade(&parts.headers) {
+            // A tunnel lives on after this answer: it ends when the token does, or when
+            // the server drains.
+            let (tokens, still, stop) = (tokens.clone(), permit.clone(), conn.stop.clone());
+            let standing = move || match () {
+                _ if *stop.borrow() => Err("the server is stopping"),
+                _ if !still.still_live(&tokens, crate::store::now()) => Err("its token is no longer live"),
+                _ => Ok(()),
+            };
+            parts.extensions.insert(upgrade::Standing(Arc::new(standing)));
+        }
+        Plan {
+            parts,
+            path,
+            permit,
+            client: SocketAddr::new(client, conn.peer.port()),
+            sticky: keeps.then_some(&conn.upstream),
+        }
+    }
+
+    /// On whose authority the request goes.
+    pub fn permit(&self) -> &Permit {
+        &self.permit
+    }
+
+    /// The path the rules judged, which the upstream is asked for.
+    pub fn path(&self) -> &NormalizedPath {
+        &self.path
+    }
+
+    /// The client's address (through trusted proxies) and port.
+    pub fn client(&self) -> SocketAddr {
+        self.client
+    }
+
+    /// The client connection's own upstream connection, when it keeps one.
+    pub fn sticky(&self) -> Option<&'c Sticky> {
+        self.sticky
+    }
+
+    /// The request as it goes upstream.
+    pub fn parts(&self) -> &request::Parts {
+        &self.parts
+    }
+
+    /// Why the request's body failed, for HTTP/1 requests with one.
+    pub(super) fn body_fault(&self) -> Option<Watch> {
+        self.parts.extensions.get::<Watch>().cloned()
+    }
+
+    /// The request's parts and path, to send: the plan is used up.
+    pub fn into_parts(self) -> (request::Parts, NormalizedPath) {
+        (self.parts, self.path)
+    }
+}
