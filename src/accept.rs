@@ -286,14 +286,7 @@ impl http_body::Body for Sending {
 
 /// What the request path is told of a new connection.
 fn connection(peer: SocketAddr, tls: bool, stop: &watch::Receiver<bool>) -> proxy::Connection {
-    proxy::Connection {
-        peer,
-        peer_ip: proxy::headers::ip_value(peer.ip()),
-        credential: Default::default(),
-        upstream: Default::default(),
-        tls,
-        stop: stop.clone(),
-    }
+    proxy::Connection::new(peer, tls, stop.clone())
 }
 
 /// Serves HTTP/1 with patgate's own server ([`proxy::http1`]), which follows the drain
@@ -452,7 +445,7 @@ async fn drive(conn: impl Drain, activity: &Activity, idle: Duration, multiplexe
 /// Whether a connection is doing anything: requests in flight, and whether a byte moved
 /// since the watchdog last looked.
 #[derive(Debug, Default)]
-pub(crate) struct Activity {
+pub struct Activity {
     moved: AtomicBool,
     /// Requests whose answer is not ready yet (waiting on the upstream is not idling).
     in_flight: AtomicUsize,

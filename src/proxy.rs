@@ -81,6 +81,18 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A new connection from `peer`; `stop` turns true when the server drains.
+    pub fn new(peer: SocketAddr, tls: bool, stop: tokio::sync::watch::Receiver<bool>) -> Connection {
+        Connection {
+            peer,
+            peer_ip: headers::ip_value(peer.ip()),
+            credential: Default::default(),
+            upstream: Default::default(),
+            tls,
+            stop,
+        }
+    }
+
     /// The client's address as the upstream is told it (`X-Forwarded-For`): the peer's,
     /// made once, or the one trusted proxies named.
     pub fn forwarded_for(&self, client: IpAddr) -> Cow<'_, HeaderValue> {

@@ -197,6 +197,22 @@ where
     let _ = std::future::poll_fn(|cx| Pin::new(&mut wire.io).poll_shutdown(cx)).await;
 }
 
+/// Serves one HTTP/1 connection on any byte stream, as the listener would but without its
+/// connection limits and idle watchdog: for tests that drive the proxy without sockets
+/// (over `tokio::io::duplex`) and for embedding. `stop` turns true when the server drains.
+pub async fn serve_stream<IO>(
+    io: IO,
+    peer: std::net::SocketAddr,
+    proxy: Arc<Proxy>,
+    limits: Limits,
+    stop: tokio::sync::watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Connection::new(peer, false, stop);
+    serve(io, conn, proxy, limits, Arc::new(Activity::default()), upgrade::Hold(Arc::new(()))).await
+}
+
 /// What the answer to one request depends on.
 struct Exchange {
     /// The request was `HEAD`: the answer has no body, whatever its headers say.
