@@ -108,10 +108,14 @@ impl Listener {
     }
 }
 
+/// How often a failing accept is logged.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// Accepts connections until `stop` turns true; each is served on this thread's loop.
 pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, shared: Arc<Listener>, stop: watch::Receiver<bool>) {
     let mut stopping = stop.clone();
     let mut shutdown = std::pin::pin!(stopping.wait_for(|&s| s));
+    let (mut failed, mut last_warned) = (0u64, None);
     loop {
         let slot = tokio::select! {
             _ = &mut shutdown => return,
@@ -122,8 +126,14 @@ pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, shared: Arc<L
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(error = %e, "Accept failed");
+                    // Out of file descriptors and the like: pause rather than spin, and say
+                    // so once in a while, not on every try.
+                    failed += 1;
+                    if last_warned.is_none_or(|t: std::time::Instant| t.elapsed() >= ACCEPT_WARN_EVERY) {
+                        tracing::warn!(error = %e, failures = failed, "Accept failed");
+                        last_warned = Some(std::time::Instant::now());
+                        failed = 0;
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

@@ -17,6 +17,39 @@ use crate::proxy::{Live, Proxy, Shared};
 use crate::store::memory::TokenCache;
 use crate::store::{follow, Store, StoreError};
 
+/// Descriptors kept for everything but proxied connections: the listeners, the store, log
+/// files, git http-backend's pipes.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Raises the soft limit on open files to the hard one (as nginx's `worker_rlimit_nofile`
+/// and Go's runtime do: a shell starts programs with 1024), and returns how many proxied
+/// connections it covers, at two descriptors each (client and upstream), past the admin
+/// listener's and the reserve. When that is fewer than `server.max_connections`, it says so
+/// once: connections past it wait in the listener's accept queue rather than fail admitted
+/// ones with "Too many open files".
+fn descriptors_allow(max_connections: usize, admin_connections: usize) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot read or raise the open-file limit");
+            return max_connections;
+        }
+    };
+    let spare = limit.saturating_sub(RESERVED_DESCRIPTORS + admin_connections as u64);
+    let covered = usize::try_from(spare / 2).unwrap_or(usize::MAX).max(1);
+    if covered < max_connections {
+        tracing::warn!(
+            open_files = limit,
+            server.max_connections = max_connections,
+            connections = covered,
+            "The open-file limit covers fewer connections than server.max_connections; the rest wait to be accepted (raise LimitNOFILE or ulimit -n)"
+        );
+        return covered;
+    }
+    tracing::debug!(open_files = limit, "Open-file limit");
+    max_connections
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -82,7 +115,8 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
         }
     }
 
-    let max = config.proxy.max_connections.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize) as u32;
+    let max = descriptors_allow(config.proxy.max_connections, config.admin.max_connections);
+    let max = max.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize) as u32;
     let listener = Arc::new(Listener::new(
         config.accept.clone(),
         max as usize,

@@ -241,3 +241,68 @@ fn failures_on_the_admin_api_and_the_proxy_count_in_one_table() {
     assert_eq!(get(&p, D, &good.token, "").status, 200);
     assert_eq!(admin(D, &good.token).status, 200);
 }
+
+/// One kept-alive request on `s`: true when its 200 came within `limit`.
+fn answered(s: &mut std::net::TcpStream, token: &str, limit: Duration) -> bool {
+    let raw = format!(
+        "GET /acme/_apis/distributedtask/pools HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\r\n",
+        basic("x", token)
+    );
+    if s.write_all(raw.as_bytes()).is_err() {
+        return false;
+    }
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 1024];
+    while !(got.starts_with(b"HTTP/1.1 ") && got.ends_with(b"\r\n\r\nok\n")) {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+        }
+    }
+    got.starts_with(b"HTTP/1.1 200 ")
+}
+
+/// With an open-file limit too small for `server.max_connections`, patgate says so once at
+/// start and serves as many connections as the limit covers (two descriptors each); the
+/// next waits to be accepted, and is served as soon as one closes. None is failed with 502.
+#[test]
+fn connections_past_the_open_file_limit_wait_instead_of_failing() {
+    let up = spawn_upstream(false);
+    // 400 descriptors, 64 kept, 256 for the admin listener: 40 connections.
+    let p = TestPatgate::start_with_open_files(400, &agents_route(up.addr, "10s"));
+    assert!(
+        p.log_shows("The open-file limit covers fewer connections than server.max_connections"),
+        "{}",
+        p.log()
+    );
+    assert!(p.log_shows("connections=40"), "{}", p.log());
+    let t = p.mint_live("agentpools:manage", "acme");
+    let mut open: Vec<std::net::TcpStream> = (0..40).map(|_| std::net::TcpStream::connect(p.addr).unwrap()).collect();
+    for s in open.iter_mut() {
+        assert!(answered(s, &t.token, Duration::from_secs(10)));
+    }
+    let mut waiting = std::net::TcpStream::connect(p.addr).unwrap();
+    assert!(
+        !answered(&mut waiting, &t.token, Duration::from_millis(1500)),
+        "a 41st connection was served"
+    );
+    drop(open.pop());
+    // The request it sent is still in its socket: read what comes now.
+    waiting.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 1024];
+    while !got.ends_with(b"ok\n") {
+        match waiting.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+        }
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&got));
+    for s in open.iter_mut() {
+        assert!(answered(s, &t.token, Duration::from_secs(10)), "a kept connection failed");
+    }
+    assert!(!p.log().contains("Too many open files"), "{}", p.log());
+    // The admin listener keeps its own room.
+    assert_eq!(p.api("GET", "/admin/v1/ready", None, None).status, 200);
+}

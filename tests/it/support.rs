@@ -46,6 +46,11 @@ impl TestPatgate {
         Self::start_full(server, extra, &[])
     }
 
+    /// Starts patgate with its open-file limit (soft and hard) set to `n`, as `prlimit` sets it.
+    pub fn start_with_open_files(n: u64, extra: &str) -> TestPatgate {
+        Self::start_full("", extra, &[("PATGATE_TEST_NOFILE", &n.to_string())])
+    }
+
     fn start_full(server: &str, extra: &str, env: &[(&str, &str)]) -> TestPatgate {
         let dir = tempfile::tempdir().unwrap();
         let repos = dir.path().join("repos");
@@ -77,7 +82,14 @@ impl TestPatgate {
             ),
         )
         .unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match env.iter().find(|(k, _)| *k == "PATGATE_TEST_NOFILE") {
+            Some((_, n)) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("--config")
             .arg(&config)
             .arg("serve")
