@@ -3,7 +3,8 @@
 # proxies doing the cheapest auth they can (admit exactly one Authorization value, strip it
 # upstream), all with keep-alive to the upstream and no logging, each at one and two workers:
 #   nginx-1w, nginx-2w      the reference ../shared/bench/nginx-proxy.conf (its `map`),
-#                           worker_processes 1 and 2, plus `listen ... ssl http2`
+#                           worker_processes 1 and 2, plus `listen ... ssl http2`, and
+#                           keepalive_requests 1000000 (below)
 #   haproxy-1w, haproxy-2w  HAProxy (Debian's 2.6), nbthread 1 and 2: `http-request deny
 #                           deny_status 401 unless { req.fhdr(authorization) -m str ... }`
 #                           (fhdr: the whole value, commas and all, as nginx's map compares
@@ -164,6 +165,9 @@ sed -e "s/127\.0\.0\.1:18081/127.0.0.1:$up/" "$shared/nginx-upstream.conf" > "$r
 # The nginx proxies: the reference config with its worker count, our ports, a TLS listener
 # (nginx 1.22 leaves TLS 1.3 out of its default ssl_protocols), the map key set to the exact
 # value wrk and curl send, and the same location (same header check) for /sink/ and /post/.
+# keepalive_requests goes from 1000 to 1000000: with 1000, nginx ends every HTTP/2
+# connection with GOAWAY after 1000 requests, h2load does not reconnect, and the rest of
+# the run measured idle time (HAProxy and patgate set no such limit).
 location() { # name: a location like the reference's `location /`, to upstream `name`
   printf '    location /%s/ {\\n      if ($allowed = 0) { return 401; }\\n      proxy_http_version 1.1;\\n      proxy_set_header Connection "";\\n      proxy_set_header Authorization "";\\n      proxy_pass http://%s;\\n    }\\n' "$1" "$1"
 }
@@ -173,13 +177,14 @@ nginx_conf() { # workers port tls-port -> $run/nginx-<workers>w.conf
       -e "s/^pid nginx-proxy\.pid;$/pid nginx-$1w.pid;/" \
       -e "s/^error_log nginx-proxy\.err warn;$/error_log nginx-$1w.err warn;/" \
       -e "s/127\.0\.0\.1:18081/127.0.0.1:$up/" \
+      -e "s/^  access_log off;$/  access_log off;\n  keepalive_requests 1000000;/" \
       -e "s|^    listen 127\.0\.0\.1:18082;$|    listen 127.0.0.1:$2;\n    listen 127.0.0.1:$3 ssl http2;\n    ssl_certificate $run/cert.pem;\n    ssl_certificate_key $run/key.pem;\n    ssl_protocols TLSv1.2 TLSv1.3;|" \
       -e "s|\"Basic [^\"]*\" 1;|\"$auth\" 1;|" \
       -e "s|^\(  upstream up .*\)$|\1\n  upstream sink { server 127.0.0.1:$sink; keepalive 64; }\n  upstream post { server 127.0.0.1:$csink; keepalive 64; }|" \
       -e "s|^\(    location / {\)$|$(location sink)$(location post)\1|" \
       "$shared/nginx-proxy.conf" > "$f"
   grep -qx "worker_processes $1;" "$f" && grep -qx "pid nginx-$1w.pid;" "$f" && grep -qF "\"$auth\" 1;" "$f" \
-    && grep -qF "listen 127.0.0.1:$3 ssl http2;" "$f" && grep -q 'proxy_pass http://sink;' "$f" \
+    && grep -qx '  keepalive_requests 1000000;' "$f" && grep -qF "listen 127.0.0.1:$3 ssl http2;" "$f" && grep -q 'proxy_pass http://sink;' "$f" \
     && grep -q 'proxy_pass http://post;' "$f" && grep -q 'proxy_pass http://up;' "$f" \
     || die "could not adapt nginx-proxy.conf"
 }
