@@ -130,11 +130,18 @@ impl Config {
         if f.server.max_header_bytes < 8192 {
             return Err(cx.err("server.max_header_bytes", "must be at least 8192"));
         }
+        if f.server.max_header_bytes > 1024 * 1024 {
+            return Err(cx.err("server.max_header_bytes", "must be at most 1048576"));
+        }
+        if !(8192..=1024 * 1024).contains(&f.upstream.max_response_head_bytes) {
+            return Err(cx.err("upstream.max_response_head_bytes", "must be from 8192 to 1048576"));
+        }
         let upstream = proxy::upstream::Config {
             connect_timeout: cx.duration("upstream.connect_timeout", &f.upstream.connect_timeout)?,
             response_timeout: cx.duration("upstream.response_timeout", &f.upstream.response_timeout)?,
             pool_idle_timeout: cx.duration("upstream.pool_idle_timeout", &f.upstream.pool_idle_timeout)?,
             pool_max_idle_per_host: f.upstream.pool_max_idle_per_host,
+            max_response_head_bytes: f.upstream.max_response_head_bytes,
             trust: match f.upstream.ca_file.as_str() {
                 "" => proxy::upstream::Trust::System,
                 ca => proxy::upstream::Trust::bundle(Path::new(ca)).map_err(|e| cx.err("upstream.ca_file", format!("`{ca}` {e}")))?,

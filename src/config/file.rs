@@ -180,6 +180,9 @@ pub struct UpstreamFile {
     pub response_timeout: String,
     pub pool_idle_timeout: String,
     pub pool_max_idle_per_host: usize,
+    /// The most bytes of an upstream's answer head, and of what one upstream connection
+    /// reads at a time (what an idle one keeps).
+    pub max_response_head_bytes: usize,
     /// A PEM bundle of CA certificates that https upstreams are verified against, instead
     /// of the system's root certificates; empty: the system's.
     pub ca_file: String,
@@ -192,6 +195,7 @@ impl Default for UpstreamFile {
             response_timeout: "60s".into(),
             pool_idle_timeout: "90s".into(),
             pool_max_idle_per_host: 64,
+            max_response_head_bytes: 16 * 1024,
             ca_file: String::new(),
         }
     }

@@ -42,7 +42,9 @@ use crate::accept::{Activity, InFlight};
 use body::{BodyError, Feed, RequestBody, Room};
 use head::{Framing, Head};
 
-/// What one read asks room for: for a head, and for a body.
+/// What one read asks room for: the first of a head (what an idle connection holds while
+/// it waits), the rest of a head, and a body.
+const FIRST_READ: usize = 2 * 1024;
 const HEAD_READ: usize = 8 * 1024;
 const BODY_READ: usize = 64 * 1024;
 /// Data frames up to this size are copied next to their framing; larger ones are written
@@ -347,7 +349,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
                     return Ok(Some(head));
                 }
             }
-            self.rbuf.reserve(HEAD_READ);
+            self.rbuf.reserve(if self.rbuf.is_empty() { FIRST_READ } else { HEAD_READ });
             let (io, rbuf, timer, stop) = (&mut self.io, &mut self.rbuf, &mut self.timer, &conn.stop);
             let read = std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = poll_read_buf(io, cx, rbuf) {
@@ -633,9 +635,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
         })
     }
 
-    /// Gives back buffers that grew past what an idle connection keeps.
+    /// Gives back what an idle connection need not keep: the read buffer, unless the next
+    /// request's bytes are in it already (8 KiB a connection, against one allocation a
+    /// request), and any write buffer that grew.
     fn idle(&mut self) {
-        if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_IDLE {
+        if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
         if self.out.tail.capacity() > KEEP_IDLE {

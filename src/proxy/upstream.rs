@@ -42,6 +42,8 @@ pub struct Config {
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// The most bytes of an answer head, and of one read from an upstream connection.
+    pub max_response_head_bytes: usize,
     /// What https upstreams are verified against.
     pub trust: Trust,
 }
@@ -419,6 +421,7 @@ impl AsyncWrite for Stream {
 pub struct HttpClient {
     connector: Connector,
     client: Client<Connector, Body>,
+    max_buf: usize,
 }
 
 impl HttpClient {
@@ -426,16 +429,29 @@ impl HttpClient {
     pub fn new(config: &Config) -> Self {
         let connector = Connector::new(config);
         let client = Client::builder(TokioExecutor::new())
+            .http1_max_buf_size(config.max_response_head_bytes)
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .build(connector.clone());
-        HttpClient { connector, client }
+        HttpClient {
+            connector,
+            client,
+            max_buf: config.max_response_head_bytes,
+        }
     }
 
     /// The connector every upstream connection is opened with.
     pub fn connector(&self) -> &Connector {
         &self.connector
+    }
+
+    /// How an upstream connection is set up: its read buffer, and so the most an idle
+    /// one holds, is `upstream.max_response_head_bytes`.
+    pub(super) fn handshake(&self) -> hyper::client::conn::http1::Builder {
+        let mut b = hyper::client::conn::http1::Builder::new();
+        b.max_buf_size(self.max_buf);
+        b
     }
 
     /// Opens a new HTTP/1 connection to `target`; its driver runs as a task of its own.
@@ -445,7 +461,7 @@ impl HttpClient {
             .open(target.tls, &target.authority)
             .await
             .map_err(|_| ProxyError::UpstreamUnreachable)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| {
+        let (sender, conn) = self.handshake().handshake(TokioIo::new(io)).await.map_err(|e| {
             tracing::warn!(upstream = %target.authority, error = %e, "Upstream unreachable");
             ProxyError::UpstreamUnreachable
         })?;
@@ -691,6 +707,7 @@ mod tests {
             response_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(5),
             pool_max_idle_per_host: 1,
+            max_response_head_bytes: 16 * 1024,
             trust,
         })
     }
