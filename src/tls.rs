@@ -112,6 +112,9 @@ pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<Arc<ServerConfi
     };
     let mut config = builder.with_single_cert(chain, key).map_err(TlsError::Rejected)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // Sessions resume from tickets (keys rotated every six hours, shared by every worker)
+    // as well as from the server's cache: a client that comes back skips the key exchange.
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Rejected)?;
     Ok(Arc::new(config))
 }
 
@@ -181,6 +184,7 @@ mod tests {
         };
         let c = server_config(&files, ALPN_PROXY).unwrap();
         assert_eq!(c.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert!(c.ticketer.enabled(), "sessions resume from tickets");
         let files = TlsFiles {
             client_ca: Some(files.cert.clone()),
             ..files
