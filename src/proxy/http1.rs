@@ -422,38 +422,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
                 Room::Frame => {}
             }
             // The client waits for leave to send its body: give it first.
-            if let Some(written) = reading.expect_continue {
-                match Pin::new(&mut self.io).poll_write(cx, &CONTINUE[written..]) {
-                    Poll::Ready(Ok(n)) if n > 0 && written + n < CONTINUE.len() => {
-                        reading.expect_continue = Some(written + n);
-                        continue;
-                    }
-                    Poll::Ready(Ok(n)) if n > 0 => match Pin::new(&mut self.io).poll_flush(cx) {
-                        Poll::Ready(Ok(())) => reading.expect_continue = None,
-                        Poll::Ready(Err(_)) => {
-                            reading.fail(BodyError::Incomplete);
-                            return Poll::Ready(());
-                        }
-                        Poll::Pending => {
-                            reading.expect_continue = Some(CONTINUE.len());
-                            return Poll::Pending;
-                        }
-                    },
-                    Poll::Ready(_) if written == CONTINUE.len() => match Pin::new(&mut self.io).poll_flush(cx) {
-                        Poll::Ready(Ok(())) => reading.expect_continue = None,
-                        Poll::Ready(Err(_)) => {
-                            reading.fail(BodyError::Incomplete);
-                            return Poll::Ready(());
-                        }
-                        Poll::Pending => return Poll::Pending,
-                    },
-                    Poll::Ready(_) => {
+            if let Some(written) = &mut reading.expect_continue {
+                match poll_continue(&mut self.io, cx, written) {
+                    Poll::Ready(Ok(())) => reading.expect_continue = None,
+                    Poll::Ready(Err(_)) => {
                         reading.fail(BodyError::Incomplete);
                         return Poll::Ready(());
                     }
                     Poll::Pending => return Poll::Pending,
                 }
-                continue;
             }
             if !self.rbuf.is_empty() {
                 let Some(feed) = &reading.feed else { return Poll::Ready(()) };
@@ -689,6 +666,19 @@ fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 fn poll_read_buf<IO: AsyncRead + Unpin>(io: &mut IO, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
     use tokio::io::AsyncReadExt;
     std::pin::pin!(io.read_buf(buf)).poll(cx)
+}
+
+/// Writes what is left of `100 Continue` past `written`, then flushes it.
+fn poll_continue<IO: AsyncWrite + Unpin>(io: &mut IO, cx: &mut Context<'_>, written: &mut usize) -> Poll<io::Result<()>> {
+    while *written < CONTINUE.len() {
+        match Pin::new(&mut *io).poll_write(cx, &CONTINUE[*written..]) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => *written += n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    Pin::new(io).poll_flush(cx)
 }
 
 /// Writes all of `out`.
