@@ -836,3 +836,39 @@ fn a_header_list_over_max_header_bytes_is_refused_before_the_upstream() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].header("x-big"), vec!["a".repeat(6_000)]);
 }
+
+/// `:authority` is held to the rule an HTTP/1 `Host` is: userinfo or a bad port gets 400,
+/// and so does a `Host` beside it that names another; the upstream sees none of them.
+#[test]
+fn an_invalid_authority_or_a_host_that_differs_gets_400() {
+    let ca = TestCa::new("patgate h2 CA");
+    let up = Gated::spawn();
+    up.open();
+    let (p, _certs) = start(&ca, up.addr, "", &[]);
+    rt().block_on(async {
+        let token = mint_live(&p, &ca).await;
+        let mut send = hyper_client(p.addr, &ca).await;
+        let port = p.addr.port();
+        let with = |uri: String, host: Option<&str>| {
+            let mut b = hyper::Request::get(uri).header("authorization", format!("Bearer {token}"));
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            b.body(Empty::new()).unwrap()
+        };
+        let ok = send
+            .send_request(with(format!("https://localhost:{port}{AGENTS}"), None))
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200);
+        let before = up.arrived();
+        for (uri, host) in [
+            (format!("https://u:p@localhost:{port}{AGENTS}"), None),
+            (format!("https://localhost:{port}{AGENTS}"), Some("evil.example")),
+        ] {
+            let r = send.send_request(with(uri.clone(), host)).await.unwrap();
+            assert_eq!(r.status(), 400, "{uri} {host:?}");
+        }
+        assert_eq!(up.arrived(), before);
+    });
+}
