@@ -533,6 +533,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
         tail.put_slice(b"\r\n");
         // The body.
         let mut ended = matches!(framing, Out::Empty | Out::Length(0));
+        let mut broken = false;
         std::future::poll_fn(|cx| loop {
             // The next frame is gathered with what is to be written while that is small, so
             // that a head and a small body go in one write.
@@ -576,8 +577,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
                         continue;
                     }
                     Poll::Ready(Some(Err(e))) => {
+                        // What came before it still goes out; then the connection ends.
                         tracing::debug!(error = %e, "Answer body failed");
-                        return Poll::Ready(Err(short("the answer's body failed")));
+                        broken = true;
+                        ended = true;
+                        continue;
                     }
                     Poll::Pending => waiting = true,
                 }
@@ -593,7 +597,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
                 }
             }
             if ended {
-                return Pin::new(&mut self.io).poll_flush(cx);
+                return match Pin::new(&mut self.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) if broken => Poll::Ready(Err(short("the answer's body failed"))),
+                    other => other,
+                };
             }
             if waiting {
                 // Written whole: what is sent so far reaches the client while the rest comes.
