@@ -1,18 +1,22 @@
 //! `Authorization` parsing (`patgate::auth::credentials`): never panics, refuses what is
-//! too long or not visible ASCII, yields only well-formed tokens, and reads a header the
-//! same way from raw bytes and from a request's `HeaderMap`.
+//! too long or not visible ASCII, yields only tokens of the token's shape (prefix, length,
+//! base62: the checksum is checked on the request path only when the lookup misses), and
+//! reads a header the same way from raw bytes and from a request's `HeaderMap`.
 #![no_main]
 
 use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use libfuzzer_sys::fuzz_target;
 use patgate::auth::credentials::{self, Credential, CredentialError, MAX_AUTHORIZATION_LEN};
-use patgate::auth::token::has_valid_shape;
+use patgate::auth::token::{TokenSecret, PREFIX, TOKEN_LEN};
 
 fuzz_target!(|data: &[u8]| {
     let parsed = credentials::parse(data);
     match &parsed {
         Ok(Credential::Token(t)) => {
-            assert!(has_valid_shape(t.expose()), "a Token that fails the shape check");
+            let text = t.expose();
+            assert!(TokenSecret::parse_shape(text).is_some(), "a Token that fails the shape check");
+            assert!(text.len() == TOKEN_LEN && text.starts_with(PREFIX));
+            assert!(text[PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric()));
             assert!(data.len() <= MAX_AUTHORIZATION_LEN);
             // The secret never prints.
             assert!(!format!("{t:?}").contains(t.expose()));
