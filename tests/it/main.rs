@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod cli;
 mod cluster;
+mod differential;
 mod faults;
 mod git;
 mod h2;
