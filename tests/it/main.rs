@@ -7,6 +7,7 @@ mod admin;
 mod cli;
 mod cluster;
 mod differential;
+mod duplex;
 mod faults;
 mod git;
 mod h2;
