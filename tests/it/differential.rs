@@ -99,12 +99,11 @@ const ALLOWED: &[(Why, &str)] = &[
 ];
 
 /// The differences the other way, each keyed by what patgate reads in a head that hyper
-/// refuses: the kind of head, hyper's error, and why patgate may read it.
-const LOOSER: &[(Looser, &str, &str)] = &[(
-    Looser::EmptyTransferCodingElement,
-    "invalid transfer-encoding parsed",
-    "patgate reads `Transfer-Encoding` with empty list elements as the elements it has (`, chunked,`, or `chunked` and an empty second line, is `chunked`), as RFC 9110 §5.6.1 asks of a recipient; hyper refuses the request (400). patgate decodes and frames the body itself, so no other reading of it reaches the upstream.",
-)];
+/// refuses: the kind of head, hyper's error, and why patgate may read it. None now: a
+/// `Transfer-Encoding` with empty list elements (`, chunked,`, or `chunked` and an empty
+/// second line) was one, and is refused (501) since; the case stays, to be found if it
+/// comes back.
+const LOOSER: &[(Looser, &str, &str)] = &[];
 
 /// What makes a head one that patgate reads and hyper refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -503,12 +502,12 @@ fn table_of_tricky_inputs() {
         (
             "TE chunked and an empty TE line",
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n1\r\nx\r\n0\r\n\r\n",
-            Looser(self::Looser::EmptyTransferCodingElement),
+            Same,
         ),
         (
             "TE with empty list elements",
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: , chunked,\r\n\r\n1\r\nx\r\n0\r\n\r\n",
-            Looser(self::Looser::EmptyTransferCodingElement),
+            Same,
         ),
         ("an empty TE", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n", Same),
         ("TE chunked, gzip", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", Same),

@@ -221,9 +221,10 @@ fn judge(bytes: &Bytes, spans: &Spans) -> Result<Head, HeadError> {
         false => false,
         true if !spans.http11 => return Err(HeadError::TransferEncodingOnHttp10),
         true => {
-            let mut codings = tokens(h, &header::TRANSFER_ENCODING);
-            match (codings.next(), codings.next()) {
-                (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => true,
+            // Exactly one element, `chunked`, on one line: no empty element beside it either.
+            let mut lines = h.get_all(header::TRANSFER_ENCODING).iter();
+            match (lines.next(), lines.next()) {
+                (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => true,
                 _ => return Err(HeadError::TransferCoding),
             }
         }
@@ -356,6 +357,8 @@ mod tests {
                 E::TransferCoding,
             ),
             ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n", E::TransferCoding),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: , chunked,\r\n\r\n", E::TransferCoding),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n", E::TransferCoding),
             ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", E::TransferEncodingOnHttp10),
             ("GET / HTTP/1.1\r\n\r\n", E::Host(HostError::Missing)),
             ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", E::Host(HostError::Repeated)),
