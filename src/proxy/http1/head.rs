@@ -357,8 +357,14 @@ mod tests {
                 E::TransferCoding,
             ),
             ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n", E::TransferCoding),
-            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: , chunked,\r\n\r\n", E::TransferCoding),
-            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n", E::TransferCoding),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: , chunked,\r\n\r\n",
+                E::TransferCoding,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n",
+                E::TransferCoding,
+            ),
             ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", E::TransferEncodingOnHttp10),
             ("GET / HTTP/1.1\r\n\r\n", E::Host(HostError::Missing)),
             ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", E::Host(HostError::Repeated)),
