@@ -4,7 +4,7 @@
 //! upgrades; bodies stream both ways and are never buffered whole. An https upstream is
 //! verified against the system's root certificates, or only against the `upstream.ca_file`
 //! bundle when one is set, with its host as SNI and HTTP/1.1 as the one ALPN protocol.
-//! Nothing here judges a request: [`HttpClient::forward`] takes a [`Permit`].
+//! Nothing here judges a request: [`HttpClient::forward`] takes a [`Plan`], which only a permit makes.
 
 use std::future::Future;
 use std::io;

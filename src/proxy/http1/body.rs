@@ -1,5 +1,5 @@
 //! A request body as the pipeline reads it: an [`http_body::Body`] whose frames the
-//! connection ([`super::serve`]) decodes from the client's bytes when they are asked for,
+//! connection (`super::serve`) decodes from the client's bytes when they are asked for,
 //! one frame ahead at most, so a slow upstream slows the client (no buffering without bound).
 //!
 //! The body and the connection meet in one small shared slot: the body asks (`want`) and
