@@ -14,7 +14,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use patgate::auth::token::TokenSecret;
@@ -22,110 +22,13 @@ use patgate::proxy::{CHALLENGE, UNAUTHORIZED_BODY};
 
 use crate::support::*;
 
-// ---------------------------------------------------------------------------------------
-// A recording HTTP upstream that also says whether each body arrived whole.
-// ---------------------------------------------------------------------------------------
+/// The recording upstream (`support::spawn_upstream`), as the tables use it.
+type Recorder = Upstream;
 
-/// One request as the upstream saw it. `body` is `None` while it still streams in,
-/// `Some(Err)` when it ended broken.
-#[derive(Debug, Clone)]
-struct Got {
-    method: String,
-    uri: String,
-    headers: Vec<(String, String)>,
-    body: Option<Result<Vec<u8>, String>>,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> Vec<String> {
-        self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect()
-    }
-
-    fn case(&self) -> Option<String> {
-        self.header("x-case").into_iter().next()
-    }
-}
-
-struct Recorder {
-    addr: SocketAddr,
-    got: Arc<Mutex<Vec<Got>>>,
-}
-
-impl Recorder {
-    /// What reached the upstream for one case.
-    fn case(&self, case: &str) -> Vec<Got> {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|g| g.case().as_deref() == Some(case))
-            .cloned()
-            .collect()
-    }
-
-    fn all(&self) -> Vec<Got> {
-        self.got.lock().unwrap().clone()
-    }
-}
-
-/// Answers 200 "ok" once a request's body is whole; records the head as soon as it arrives.
 fn spawn_recorder() -> Recorder {
-    use http_body_util::BodyExt;
-    let got: Arc<Mutex<Vec<Got>>> = Arc::new(Mutex::new(Vec::new()));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let rec = got.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
-                let rec = rec.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let rec = rec.clone();
-                        async move {
-                            let headers = req
-                                .headers()
-                                .iter()
-                                .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                                .collect();
-                            let index = {
-                                let mut r = rec.lock().unwrap();
-                                r.push(Got {
-                                    method: req.method().to_string(),
-                                    uri: req.uri().to_string(),
-                                    headers,
-                                    body: None,
-                                });
-                                r.len() - 1
-                            };
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes().to_vec())
-                                .map_err(|e| e.to_string());
-                            rec.lock().unwrap()[index].body = Some(body);
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
-                                b"ok\n",
-                            ))))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
-    });
-    Recorder { addr, got }
+    spawn_upstream(false)
 }
 
-/// The agents route: GET (and HEAD) need `agentpools:read`; POST, PUT and DELETE need
-/// `agentpools:manage`; any other method matches no rule.
 fn agents_route(rec: &Recorder) -> String {
     format!(
         "[[routes]]\npath = \"/{{org}}/agents/**\"\nupstream = \"http://{}\"\nrules = [ {{ methods = [\"GET\"], scope = \"agentpools:read\" }}, {{ methods = [\"POST\", \"PUT\", \"DELETE\"], scope = \"agentpools:manage\" }} ]\n",
@@ -191,144 +94,6 @@ impl GitRecorder {
             .filter(|e| e.get("HTTP_X_CASE").map(String::as_str) == Some(case))
             .collect()
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// Raw HTTP/1.1 over one connection, answers read one by one (keep-alive and pipelining).
-// ---------------------------------------------------------------------------------------
-
-struct Conn {
-    s: TcpStream,
-    buf: Vec<u8>,
-    eof: bool,
-    /// The next answer is to a HEAD request: no body follows its head.
-    head: bool,
-}
-
-impl Conn {
-    fn open(addr: SocketAddr) -> Conn {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Conn {
-            s,
-            buf: Vec::new(),
-            eof: false,
-            head: false,
-        }
-    }
-
-    fn send(&mut self, raw: &[u8]) -> bool {
-        self.s.write_all(raw).is_ok()
-    }
-
-    /// Reads more bytes; false at the end of the stream (or a reset, or the read timeout).
-    fn fill(&mut self) -> bool {
-        if self.eof {
-            return false;
-        }
-        let mut chunk = [0u8; 16384];
-        match self.s.read(&mut chunk) {
-            Ok(0) => {
-                self.eof = true;
-                false
-            }
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
-            Err(_) => {
-                self.eof = true;
-                false
-            }
-        }
-    }
-
-    /// The next answer, or `None` when the connection ended (or stalled) before a whole one.
-    fn answer(&mut self) -> Option<RawResponse> {
-        loop {
-            if let Some((r, used)) = parse_answer(&self.buf, self.eof, self.head) {
-                self.buf.drain(..used);
-                return Some(r);
-            }
-            if !self.fill() {
-                // Stalled or closed: an answer without framing ends at the close.
-                let r = parse_answer(&self.buf, true, self.head);
-                if let Some((r, used)) = r {
-                    if self.eof {
-                        self.buf.drain(..used);
-                        return Some(r);
-                    }
-                }
-                return None;
-            }
-        }
-    }
-
-    /// Waits up to `limit` for the server to close the connection; true if it did.
-    fn closed_within(&mut self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        self.s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        while Instant::now() < deadline {
-            self.fill();
-            if self.eof {
-                return true;
-            }
-        }
-        false
-    }
-}
-
-/// Parses one answer from the front of `buf`; the bytes it used. With `at_eof`, an answer
-/// with neither length nor chunking ends where the bytes end.
-fn parse_answer(buf: &[u8], at_eof: bool, head_request: bool) -> Option<(RawResponse, usize)> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-    let mut r = RawResponse {
-        status,
-        head,
-        body: String::new(),
-    };
-    let start = end + 4;
-    if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
-        return Some((r, start));
-    }
-    if let Some(len) = r.header("content-length").and_then(|l| l.parse::<usize>().ok()) {
-        if buf.len() < start + len {
-            return None;
-        }
-        r.body = String::from_utf8_lossy(&buf[start..start + len]).into_owned();
-        return Some((r, start + len));
-    }
-    if r.header("transfer-encoding").is_some() {
-        let mut at = start;
-        let mut body = Vec::new();
-        loop {
-            let line_end = buf[at..].windows(2).position(|w| w == b"\r\n")? + at;
-            let size_text = String::from_utf8_lossy(&buf[at..line_end]).into_owned();
-            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-            at = line_end + 2;
-            if size == 0 {
-                // No trailers from patgate: the final CRLF.
-                if buf.len() < at + 2 {
-                    return None;
-                }
-                r.body = String::from_utf8_lossy(&body).into_owned();
-                return Some((r, at + 2));
-            }
-            if buf.len() < at + size + 2 {
-                return None;
-            }
-            body.extend_from_slice(&buf[at..at + size]);
-            at += size + 2;
-        }
-    }
-    if at_eof {
-        r.body = String::from_utf8_lossy(&buf[start..]).into_owned();
-        return Some((r, buf.len()));
-    }
-    None
 }
 
 /// Sends one request on a new connection and reads one answer (status 0: none came).

@@ -99,8 +99,9 @@ fn start(up: &Scripted) -> (TestPatgate, String) {
     (p, t.token)
 }
 
-/// Reads one answer: its head, and its body as framed (by length, by chunks, or to the
-/// end when `to_end`).
+/// Reads one answer: its head, and its body as it is framed on the wire (by length, the
+/// chunks with their sizes, or to the end). Apart from `support::Conn`, which decodes: these
+/// tests are about the framing itself.
 fn read_one(s: &mut TcpStream, head_only: bool) -> (String, Vec<u8>) {
     let mut got = Vec::new();
     let mut b = [0u8; 1];

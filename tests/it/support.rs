@@ -1,7 +1,7 @@
 //! Test support: a patgate process on an ephemeral port with its own store and
 //! repositories, a recording HTTP upstream, the real git client, and raw HTTP.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -447,42 +447,156 @@ pub fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
 }
 
 /// Sends `raw` on `s` and reads one answer.
-pub fn http_on(mut s: TcpStream, raw: &[u8]) -> RawResponse {
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(raw).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("reading the answer: {e}"),
-        }
-        if let Some(r) = complete(&buf) {
-            return r;
-        }
-    }
-    complete(&buf).unwrap_or_else(|| panic!("no complete answer: {:?}", String::from_utf8_lossy(&buf)))
+pub fn http_on(s: TcpStream, raw: &[u8]) -> RawResponse {
+    let mut c = Conn::on(s);
+    c.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.head = raw.starts_with(b"HEAD ");
+    c.s.write_all(raw).unwrap();
+    c.answer()
+        .unwrap_or_else(|| panic!("no complete answer: {:?}", String::from_utf8_lossy(&c.buf)))
 }
 
-fn complete(buf: &[u8]) -> Option<RawResponse> {
-    let text = String::from_utf8_lossy(buf);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let r = RawResponse {
+// ---------------------------------------------------------------------------------------
+// Raw HTTP/1.1 over one connection, answers read one by one (keep-alive and pipelining).
+// ---------------------------------------------------------------------------------------
+
+/// The one raw HTTP/1.1 client of the tests.
+pub struct Conn {
+    pub s: TcpStream,
+    pub buf: Vec<u8>,
+    pub eof: bool,
+    /// The next answer is to a HEAD request: no body follows its head.
+    pub head: bool,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> Conn {
+        Conn::on(TcpStream::connect(addr).unwrap())
+    }
+
+    /// The client of a connection already open.
+    pub fn on(s: TcpStream) -> Conn {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Conn {
+            s,
+            buf: Vec::new(),
+            eof: false,
+            head: false,
+        }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) -> bool {
+        self.s.write_all(raw).is_ok()
+    }
+
+    /// Reads more bytes; false at the end of the stream (or a reset, or the read timeout).
+    pub fn fill(&mut self) -> bool {
+        if self.eof {
+            return false;
+        }
+        let mut chunk = [0u8; 16384];
+        match self.s.read(&mut chunk) {
+            Ok(0) => {
+                self.eof = true;
+                false
+            }
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+            Err(_) => {
+                self.eof = true;
+                false
+            }
+        }
+    }
+
+    /// The next answer, or `None` when the connection ended (or stalled) before a whole one.
+    pub fn answer(&mut self) -> Option<RawResponse> {
+        loop {
+            if let Some((r, used)) = parse_answer(&self.buf, self.eof, self.head) {
+                self.buf.drain(..used);
+                return Some(r);
+            }
+            if !self.fill() {
+                // Stalled or closed: an answer without framing ends at the close.
+                let r = parse_answer(&self.buf, true, self.head);
+                if let Some((r, used)) = r {
+                    if self.eof {
+                        self.buf.drain(..used);
+                        return Some(r);
+                    }
+                }
+                return None;
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the server to close the connection; true if it did.
+    pub fn closed_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        self.s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        while Instant::now() < deadline {
+            self.fill();
+            if self.eof {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Parses one answer from the front of `buf`; the bytes it used. With `at_eof`, an answer
+/// with neither length nor chunking ends where the bytes end.
+pub fn parse_answer(buf: &[u8], at_eof: bool, head_request: bool) -> Option<(RawResponse, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    let mut r = RawResponse {
         status,
-        head: head.to_owned(),
-        body: body.to_owned(),
+        head,
+        body: String::new(),
     };
+    let start = end + 4;
+    if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+        return Some((r, start));
+    }
     if let Some(len) = r.header("content-length").and_then(|l| l.parse::<usize>().ok()) {
-        if body.len() < len {
+        if buf.len() < start + len {
             return None;
         }
-    } else if r.header("transfer-encoding").is_some() && !body.ends_with("0\r\n\r\n") {
-        return None;
+        r.body = String::from_utf8_lossy(&buf[start..start + len]).into_owned();
+        return Some((r, start + len));
     }
-    Some(r)
+    if r.header("transfer-encoding").is_some() {
+        let mut at = start;
+        let mut body = Vec::new();
+        loop {
+            let line_end = buf[at..].windows(2).position(|w| w == b"\r\n")? + at;
+            let size_text = String::from_utf8_lossy(&buf[at..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            at = line_end + 2;
+            if size == 0 {
+                // No trailers from patgate: the final CRLF.
+                if buf.len() < at + 2 {
+                    return None;
+                }
+                r.body = String::from_utf8_lossy(&body).into_owned();
+                return Some((r, at + 2));
+            }
+            if buf.len() < at + size + 2 {
+                return None;
+            }
+            body.extend_from_slice(&buf[at..at + size]);
+            at += size + 2;
+        }
+    }
+    if at_eof {
+        r.body = String::from_utf8_lossy(&buf[start..]).into_owned();
+        return Some((r, buf.len()));
+    }
+    None
 }
 
 /// An admin API answer: its status, its JSON body, and the raw answer.
@@ -513,26 +627,50 @@ impl From<RawResponse> for Api {
     }
 }
 
-/// What a recording upstream saw of one request.
+/// What a recording upstream saw of one request: the head as soon as it arrived, the body
+/// once it ended (`None` while it still streams in, `Some(Err)` when it ended broken).
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: String,
     pub uri: String,
     pub headers: Vec<(String, String)>,
     pub body_len: usize,
+    pub body: Option<Result<Vec<u8>, String>>,
 }
 
 impl Seen {
     pub fn header(&self, name: &str) -> Vec<String> {
         self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect()
     }
+
+    /// The `X-Case` header the hostile-input tables name their requests with.
+    pub fn case(&self) -> Option<String> {
+        self.header("x-case").into_iter().next()
+    }
 }
 
-/// An HTTP upstream that records every request and answers 200 "ok", or never answers
-/// when `hang` is set.
+/// The one recording HTTP upstream of the tests: records every request and answers 200
+/// "ok" once its body is whole, or never answers when `hang` is set.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    /// What reached the upstream for one `X-Case`.
+    pub fn case(&self, case: &str) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|g| g.case().as_deref() == Some(case))
+            .cloned()
+            .collect()
+    }
+
+    pub fn all(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
 }
 
 pub fn spawn_upstream(hang: bool) -> Upstream {
@@ -553,20 +691,33 @@ pub fn spawn_upstream(hang: bool) -> Upstream {
                     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let rec = rec.clone();
                         async move {
-                            let method = req.method().to_string();
-                            let uri = req.uri().to_string();
                             let headers = req
                                 .headers()
                                 .iter()
                                 .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                                 .collect();
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-                            rec.lock().unwrap().push(Seen {
-                                method,
-                                uri,
-                                headers,
-                                body_len: body,
-                            });
+                            let index = {
+                                let mut r = rec.lock().unwrap();
+                                r.push(Seen {
+                                    method: req.method().to_string(),
+                                    uri: req.uri().to_string(),
+                                    headers,
+                                    body_len: 0,
+                                    body: None,
+                                });
+                                r.len() - 1
+                            };
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().to_vec())
+                                .map_err(|e| e.to_string());
+                            {
+                                let mut r = rec.lock().unwrap();
+                                r[index].body_len = body.as_ref().map_or(0, Vec::len);
+                                r[index].body = Some(body);
+                            }
                             if hang {
                                 tokio::time::sleep(Duration::from_secs(3600)).await;
                             }
