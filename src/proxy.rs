@@ -21,6 +21,7 @@ pub mod plan;
 pub mod rate;
 pub mod upgrade;
 pub mod upstream;
+mod wire;
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};

@@ -22,7 +22,6 @@ pub mod body;
 pub mod chunked;
 pub mod head;
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -37,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::wire::{poll_read_buf, poll_write_out, put_header, Output};
 use super::{error_response, headers, upgrade, Body, Connection, Proxy, ProxyError};
 use crate::accept::{Activity, InFlight};
 use body::{BodyError, Feed, RequestBody, Room};
@@ -47,9 +47,6 @@ use head::{Framing, Head};
 const FIRST_READ: usize = 2 * 1024;
 const HEAD_READ: usize = 8 * 1024;
 const BODY_READ: usize = 64 * 1024;
-/// Data frames up to this size are copied next to their framing; larger ones are written
-/// as they are.
-const COPY_BELOW: usize = 8 * 1024;
 /// A buffer larger than this is given back when its connection falls idle, so that an idle
 /// connection costs little whatever its last request was.
 const KEEP_IDLE: usize = 16 * 1024;
@@ -311,31 +308,6 @@ struct Wire<IO> {
     timer: Lazy,
 }
 
-/// What is to be written, in order: whole pieces, then the bytes gathered after them.
-#[derive(Default)]
-struct Output {
-    pieces: VecDeque<Bytes>,
-    tail: BytesMut,
-}
-
-impl Output {
-    fn is_empty(&self) -> bool {
-        self.pieces.is_empty() && self.tail.is_empty()
-    }
-
-    /// Adds a data frame: copied when small, else queued as it is.
-    fn data(&mut self, data: Bytes) {
-        if data.len() < COPY_BELOW {
-            self.tail.put_slice(&data);
-        } else {
-            if !self.tail.is_empty() {
-                self.pieces.push_back(self.tail.split().freeze());
-            }
-            self.pieces.push_back(data);
-        }
-    }
-}
-
 impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
     /// Reads the next request head: `Ok(None)` when the connection is to close quietly
     /// (the client closed, the head took too long, the server drains while it waits).
@@ -538,11 +510,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
             // The next frame is gathered with what is to be written while that is small, so
             // that a head and a small body go in one write.
             let mut waiting = ended;
-            if !ended && self.out.pieces.is_empty() && self.out.tail.len() < COPY_BELOW {
+            if !ended && self.out.has_room() {
                 match Pin::new(&mut body).poll_frame(cx) {
                     Poll::Ready(None) => {
                         match framing {
-                            Out::Chunked => self.out.tail.put_slice(b"0\r\n\r\n"),
+                            Out::Chunked => self.out.last_chunk(),
                             Out::Length(left) if left > 0 => return Poll::Ready(Err(short("the answer ended before its length"))),
                             _ => {}
                         }
@@ -556,13 +528,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
                             continue;
                         }
                         match &mut framing {
-                            Out::Chunked => {
-                                let mut size = [0u8; 16];
-                                self.out.tail.put_slice(hex(data.len(), &mut size));
-                                self.out.tail.put_slice(b"\r\n");
-                                self.out.data(data);
-                                self.out.tail.put_slice(b"\r\n");
-                            }
+                            Out::Chunked => self.out.chunk(data),
                             Out::Length(left) => {
                                 let n = data.len() as u64;
                                 if n > *left {
@@ -626,12 +592,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
         if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
-        if self.out.tail.capacity() > KEEP_IDLE {
-            self.out.tail = BytesMut::new();
-        }
-        if self.out.pieces.capacity() > 8 {
-            self.out.pieces = VecDeque::new();
-        }
+        self.out.shrink(KEEP_IDLE);
     }
 }
 
@@ -648,33 +609,6 @@ fn short(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-/// `n` in lower-case hex, in `buf`.
-fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
-}
-
-fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.put_slice(name);
-    out.put_slice(b": ");
-    out.put_slice(value);
-    out.put_slice(b"\r\n");
-}
-
-/// Reads into the spare room of `buf` (reserved by the caller): one read, as
-/// [`tokio::io::AsyncReadExt::read_buf`] makes it.
-fn poll_read_buf<IO: AsyncRead + Unpin>(io: &mut IO, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
-    use tokio::io::AsyncReadExt;
-    std::pin::pin!(io.read_buf(buf)).poll(cx)
-}
-
 /// Writes what is left of `100 Continue` past `written`, then flushes it.
 fn poll_continue<IO: AsyncWrite + Unpin>(io: &mut IO, cx: &mut Context<'_>, written: &mut usize) -> Poll<io::Result<()>> {
     while *written < CONTINUE.len() {
@@ -686,32 +620,6 @@ fn poll_continue<IO: AsyncWrite + Unpin>(io: &mut IO, cx: &mut Context<'_>, writ
         }
     }
     Pin::new(io).poll_flush(cx)
-}
-
-/// Writes all of `out`.
-fn poll_write_out<IO: AsyncWrite + Unpin>(io: &mut IO, cx: &mut Context<'_>, out: &mut Output) -> Poll<io::Result<()>> {
-    loop {
-        let piece: &[u8] = match out.pieces.front() {
-            Some(p) => p,
-            None if !out.tail.is_empty() => &out.tail,
-            None => return Poll::Ready(Ok(())),
-        };
-        let n = match Pin::new(&mut *io).poll_write(cx, piece) {
-            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            Poll::Ready(Ok(n)) => n,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Pending,
-        };
-        match out.pieces.front_mut() {
-            Some(p) => {
-                p.advance(n);
-                if p.is_empty() {
-                    out.pieces.pop_front();
-                }
-            }
-            None => out.tail.advance(n),
-        }
-    }
 }
 
 /// A timer that is moved lazily: the one timer of a connection serves every request head's
@@ -767,14 +675,6 @@ mod date {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunk_sizes_are_lower_case_hex() {
-        let mut b = [0u8; 16];
-        assert_eq!(hex(0, &mut b), b"0");
-        assert_eq!(hex(255, &mut b), b"ff");
-        assert_eq!(hex(65536, &mut b), b"10000");
-    }
 
     #[tokio::test(start_paused = true)]
     async fn the_lazy_timer_is_never_late() {

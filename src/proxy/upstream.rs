@@ -6,23 +6,17 @@
 //! bundle when one is set, with its host as SNI and HTTP/1.1 as the one ALPN protocol.
 //! Nothing here judges a request: [`HttpClient::forward`] takes a [`Plan`], which only a permit makes.
 
-use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
@@ -30,6 +24,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+
+mod answer;
+mod exchange;
+
+pub use answer::{AnswerError, AnswerFraming, AnswerHead};
+pub use exchange::Sticky;
 
 use super::plan::Plan;
 use super::{headers, upgrade, Body, BoxError, ProxyError};
@@ -167,14 +167,6 @@ impl HttpTarget {
             }
         }
     }
-
-    fn scheme(&self) -> Scheme {
-        if self.tls {
-            Scheme::HTTPS
-        } else {
-            Scheme::HTTP
-        }
-    }
 }
 
 /// The prefix of the built-in git upstream.
@@ -222,33 +214,6 @@ impl Upstream {
 fn bare_host(authority: &Authority) -> &str {
     let host = authority.host();
     host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
-}
-
-/// The upstream connection a client connection keeps for its next request: HTTP/1
-/// requests on one connection come one after another, so one upstream connection serves
-/// them all, with no pool to consult. It closes when the client connection does.
-#[derive(Default)]
-pub struct Sticky(Mutex<Option<(bool, http::HeaderValue, SendRequest<Body>)>>);
-
-impl Sticky {
-    fn take(&self, target: &HttpTarget) -> Option<SendRequest<Body>> {
-        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match slot.take() {
-            // The same scheme and authority, byte for byte.
-            Some((tls, host, s)) if tls == target.tls && host == target.host && !s.is_closed() => Some(s),
-            _ => None,
-        }
-    }
-
-    fn put(&self, target: &HttpTarget, sender: SendRequest<Body>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((target.tls, target.host.clone(), sender));
-    }
-}
-
-impl std::fmt::Debug for Sticky {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Sticky")
-    }
 }
 
 /// Why no connection to an upstream could be opened. It is logged where it happens, with
@@ -335,40 +300,10 @@ impl Connector {
     }
 }
 
-/// The pool's way in: it asks for `scheme://authority`.
-impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<Stream>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connector = self.clone();
-        Box::pin(async move {
-            let tls = match uri.scheme_str() {
-                Some("https") => true,
-                Some("http") => false,
-                _ => return Err(ConnectError::Scheme),
-            };
-            let authority = uri.authority().ok_or(ConnectError::Scheme)?;
-            connector.open(tls, authority).await.map(TokioIo::new)
-        })
-    }
-}
-
 /// An open upstream connection, plain or TLS.
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl Connection for Stream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
 }
 
 impl AsyncRead for Stream {
@@ -417,92 +352,23 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// The client for HTTP upstreams: a connector, and the pool built on it.
+/// The client for HTTP upstreams: a connector, and the pool of idle connections.
 pub struct HttpClient {
-    connector: Connector,
-    client: Client<Connector, Body>,
-    max_buf: usize,
+    client: exchange::Client,
 }
 
 impl HttpClient {
     /// Builds the client.
     pub fn new(config: &Config) -> Self {
-        let connector = Connector::new(config);
-        let client = Client::builder(TokioExecutor::new())
-            .http1_max_buf_size(config.max_response_head_bytes)
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .build(connector.clone());
+        let pool = exchange::Pool::new(config.pool_max_idle_per_host, config.pool_idle_timeout);
         HttpClient {
-            connector,
-            client,
-            max_buf: config.max_response_head_bytes,
+            client: exchange::Client::new(Connector::new(config), pool, config.max_response_head_bytes),
         }
     }
 
     /// The connector every upstream connection is opened with.
     pub fn connector(&self) -> &Connector {
-        &self.connector
-    }
-
-    /// How an upstream connection is set up: its read buffer, and so the most an idle
-    /// one holds, is `upstream.max_response_head_bytes`.
-    pub(super) fn handshake(&self) -> hyper::client::conn::http1::Builder {
-        let mut b = hyper::client::conn::http1::Builder::new();
-        b.max_buf_size(self.max_buf);
-        b
-    }
-
-    /// Opens a new HTTP/1 connection to `target`; its driver runs as a task of its own.
-    async fn connect(&self, target: &HttpTarget) -> Result<SendRequest<Body>, ProxyError> {
-        let io = self
-            .connector
-            .open(target.tls, &target.authority)
-            .await
-            .map_err(|_| ProxyError::UpstreamUnreachable)?;
-        let (sender, conn) = self.handshake().handshake(TokioIo::new(io)).await.map_err(|e| {
-            tracing::warn!(upstream = %target.authority, error = %e, "Upstream unreachable");
-            ProxyError::UpstreamUnreachable
-        })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "Upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
-    }
-
-    /// Sends on the client connection's own upstream connection, opening it when there is
-    /// none. A request that a reused connection turned away unsent (it had just closed)
-    /// goes once more on a new one.
-    async fn send_sticky(&self, sticky: &Sticky, target: &HttpTarget, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        let failed = |e: &dyn std::fmt::Display| {
-            tracing::warn!(upstream = %target.authority, error = %e, "Upstream failed");
-            ProxyError::UpstreamFailed
-        };
-        let (mut sender, reused) = match sticky.take(target) {
-            Some(s) => (s, true),
-            None => (Box::pin(self.connect(target)).await?, false),
-        };
-        if sender.ready().await.is_err() {
-            sender = Box::pin(self.connect(target)).await?;
-            sender.ready().await.map_err(|e| failed(&e))?;
-        }
-        let response = match sender.try_send_request(req).await {
-            Ok(r) => r,
-            Err(mut e) if reused => match e.take_message() {
-                Some(req) => {
-                    sender = Box::pin(self.connect(target)).await?;
-                    sender.ready().await.map_err(|e| failed(&e))?;
-                    sender.send_request(req).await.map_err(|e| failed(&e))?
-                }
-                None => return Err(failed(e.error())),
-            },
-            Err(e) => return Err(failed(e.error())),
-        };
-        sticky.put(target, sender);
-        Ok(response)
+        &self.client.connector
     }
 
     /// Sends a permitted request (its [`Plan`]) to `target` and streams the answer back. An HTTP/1.1
@@ -527,59 +393,40 @@ impl HttpClient {
                 None
             }
         };
-        // On a connection of its own (sticky, or an upgrade's) the request goes in origin
-        // form; the pool finds its connection by scheme and authority.
-        parts.uri = if sticky.is_some() || upgrade.is_some() {
-            Uri::from(pq)
-        } else {
-            Uri::builder()
-                .scheme(target.scheme())
-                .authority(target.authority.clone())
-                .path_and_query(pq)
-                .build()
-                .map_err(|_| ProxyError::UpstreamFailed)?
-        };
+        parts.uri = Uri::from(pq);
         parts.version = http::Version::HTTP_11;
         // The upstream serves the route's host; the client's stays in X-Forwarded-Host.
         parts.headers.insert(http::header::HOST, target.host.clone());
-        // A body of no known length goes chunked, whatever the method: hyper would send a
-        // GET's as none at all.
-        if !body.is_end_stream() && body.size_hint().exact().is_none() {
-            parts
-                .headers
-                .insert(http::header::TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
-        }
-        let hold = parts.extensions.remove::<upgrade::Hold>();
-        let standing = parts.extensions.remove::<upgrade::Standing>();
-        let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-        if let Some(client_upgrade) = upgrade {
-            return Box::pin(upgrade::forward(&self.connector, target, req, client_upgrade, hold, standing)).await;
-        }
-        let sent = async {
-            match sticky {
-                Some(sticky) => self.send_sticky(sticky, target, req).await,
-                None => self.client.request(req).await.map_err(|e| {
-                    // The connector has logged why it could not connect.
-                    if e.is_connect() {
-                        ProxyError::UpstreamUnreachable
-                    } else {
-                        tracing::warn!(upstream = %target.authority, error = %e, "Upstream failed");
-                        ProxyError::UpstreamFailed
-                    }
-                }),
+        // A body of no known length goes chunked, whatever the method; one of a known
+        // length says it.
+        if !body.is_end_stream() {
+            match body.size_hint().exact() {
+                None => {
+                    parts.headers.remove(http::header::CONTENT_LENGTH);
+                    parts
+                        .headers
+                        .insert(http::header::TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
+                }
+                Some(n) => {
+                    parts.headers.insert(http::header::CONTENT_LENGTH, n.into());
+                }
             }
-        };
+        }
+        let body = body.map_err(Into::into).boxed_unsync();
+        if let Some(client_upgrade) = upgrade {
+            let hold = parts.extensions.remove::<upgrade::Hold>();
+            let standing = parts.extensions.remove::<upgrade::Standing>();
+            let req = Request::from_parts(parts, body);
+            return Box::pin(upgrade::forward(self.connector(), target, req, client_upgrade, hold, standing)).await;
+        }
+        let sent = self.client.exchange(target, sticky, &parts, body);
         let response = match tokio::time::timeout(target.response_timeout, sent).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout(target.response_timeout)),
             Ok(r) => r?,
         };
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            tracing::warn!(upstream = %target.authority, "Upstream switched protocols unasked");
-            return Err(ProxyError::UpstreamFailed);
-        }
         let (mut parts, body) = response.into_parts();
         headers::prepare_response(&mut parts.headers);
-        Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync()))
+        Ok(Response::from_parts(parts, body))
     }
 }
 
