@@ -4,6 +4,7 @@ mod certs;
 mod support;
 
 mod admin;
+mod answers;
 mod cli;
 mod cluster;
 mod differential;
