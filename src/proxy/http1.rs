@@ -64,11 +64,17 @@ pub struct Limits {
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// The client's connection after a `101`: the bytes it sent past the upgrade request's
-/// head (read already), then the rest.
+/// A connection after a `101`: the bytes its peer sent past the head (read already), then
+/// the rest. The client's (its upgrade request's head), and the upstream's (its `101`).
 pub struct Upgraded {
     pre: Bytes,
     io: Box<dyn Io>,
+}
+
+impl Upgraded {
+    pub(crate) fn new(pre: Bytes, io: Box<dyn Io>) -> Upgraded {
+        Upgraded { pre, io }
+    }
 }
 
 impl AsyncRead for Upgraded {
@@ -252,6 +258,8 @@ struct Reading {
     done: bool,
     /// The body was not what its head said, or the client left before its end.
     failed: bool,
+    /// How many frames (and ends) were fed to the body so far.
+    fed: u64,
 }
 
 enum Decoding {
@@ -269,6 +277,7 @@ impl Reading {
             expect_continue: None,
             done: true,
             failed: false,
+            fed: 0,
         }
     }
 
@@ -285,6 +294,7 @@ impl Reading {
             expect_continue: expect_continue.then_some(0),
             done: false,
             failed: false,
+            fed: 0,
         };
         (body, reading)
     }
@@ -355,10 +365,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
         F: Future<Output = Response<Body>>,
     {
         std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = handling.as_mut().poll(cx) {
-                return Poll::Ready(Some(r));
-            }
-            if self.poll_body(cx, reading).is_ready() && reading.done {
+            // The pipeline goes on at once with what the body was fed, rather than when the
+            // task is woken again: a small body then goes upstream with its head.
+            let body_ready = loop {
+                if let Poll::Ready(r) = handling.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                let fed = reading.fed;
+                let ready = self.poll_body(cx, reading).is_ready();
+                if reading.fed == fed {
+                    break ready;
+                }
+            };
+            if body_ready && reading.done {
                 // What the client sends now is its next request, kept for later, within
                 // the head limit; its end means it is gone.
                 while self.rbuf.len() < self.limits.max_header_bytes {
@@ -411,6 +430,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
                         let n = usize::try_from(*left).unwrap_or(usize::MAX).min(self.rbuf.len());
                         *left -= n as u64;
                         feed.put(Ok(self.rbuf.split_to(n).freeze()));
+                        reading.fed += 1;
                         if *left == 0 {
                             feed.end();
                             reading.done = true;
@@ -432,10 +452,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
                         }
                         if let Some(data) = data {
                             feed.put(Ok(data));
+                            reading.fed += 1;
                             continue;
                         }
                         if decoder.is_done() {
                             feed.end();
+                            reading.fed += 1;
                             reading.done = true;
                             continue;
                         }

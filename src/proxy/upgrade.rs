@@ -16,15 +16,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::http1::OnUpgrade;
-use super::upstream::{Connector, HttpTarget};
-use super::{headers, Body, BoxError, ProxyError};
+use super::upstream::{HttpTarget, Switch};
+use super::{headers, Body, ProxyError};
 
 /// Something to keep alive for as long as an upgraded connection lives, such as the
 /// client connection's slot under `server.max_connections`: the server puts it in the
@@ -41,75 +40,48 @@ pub struct Standing(pub Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>)
 /// How often a tunnel asks whether its credential still stands.
 pub const RECHECK: Duration = Duration::from_secs(1);
 
-/// Sends an upgrade request (in origin form, headers prepared) on a new connection to
-/// `target`; on a 101 that names a protocol the client offered, answers 101 and joins the
-/// client's connection (`client`) to the upstream's in a task of its own.
-pub(super) async fn forward(
-    connector: &Connector,
+/// Joins the client's connection to the upstream's when the upstream switched (`101`)
+/// to a protocol the client offered (`offered`: the request's `Upgrade` values): answers
+/// 101, and a task copies bytes both ways once the client's side has switched. Any other
+/// answer goes back as it is.
+pub(super) fn join(
     target: &HttpTarget,
-    req: Request<Body>,
+    switched: Switch,
+    offered: &[HeaderValue],
     client: OnUpgrade,
     hold: Option<Hold>,
     standing: Option<Standing>,
 ) -> Result<Response<Body>, ProxyError> {
-    let offered: Vec<HeaderValue> = req.headers().get_all(header::UPGRADE).iter().cloned().collect();
-    let sent = async {
-        let io = connector
-            .open(target.tls, &target.authority)
-            .await
-            .map_err(|_| ProxyError::UpstreamUnreachable)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io))
-            .await
-            .map_err(|e| failed(target, &e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "Upstream connection ended with an error");
-            }
-        });
-        sender.send_request(req).await.map_err(|e| failed(target, &e))
-    };
-    let mut response = match tokio::time::timeout(target.response_timeout, sent).await {
-        Err(_) => return Err(ProxyError::UpstreamTimeout(target.response_timeout)),
-        Ok(r) => r?,
-    };
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+    let (head, upstream) = match switched {
         // The client's connection goes on as HTTP; this one closes when the body is read.
-        let (mut parts, body) = response.into_parts();
-        headers::prepare_response(&mut parts.headers);
-        return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync()));
-    }
-    if !headers::upgrade_accepted(&offered, response.headers()) {
+        Switch::Answer(response) => {
+            let (mut parts, body) = response.into_parts();
+            headers::prepare_response(&mut parts.headers);
+            return Ok(Response::from_parts(parts, body));
+        }
+        Switch::Switched(head, upstream) => (head, upstream),
+    };
+    if !headers::upgrade_accepted(offered, &head.headers) {
         tracing::warn!(upstream = %target.authority, "Upstream switched to a protocol the client did not offer");
         return Err(ProxyError::UpstreamFailed);
     }
-    let upstream = hyper::upgrade::on(&mut response);
     let idle = target.response_timeout;
     let authority = target.authority.clone();
     tokio::spawn(async move {
-        // Each side is handed over once its 101 has passed; neither may take longer
+        // The client's side is handed over once its 101 has passed; it may not take longer
         // than the idle limit to get there.
-        let joined = tokio::time::timeout(idle, async {
-            let upstream = upstream.await.map_err(|e| e.to_string())?;
-            let client = client.upgraded().await.map_err(str::to_owned)?;
-            Ok::<_, String>((client, upstream))
-        })
-        .await;
-        match joined {
-            Ok(Ok((client, upstream))) => tunnel(client, TokioIo::new(upstream), idle, standing).await,
+        match tokio::time::timeout(idle, client.upgraded()).await {
+            Ok(Ok(client)) => tunnel(client, upstream, idle, standing).await,
             Ok(Err(e)) => tracing::debug!(upstream = %authority, error = %e, "Upgrade not completed"),
             Err(_) => tracing::debug!(upstream = %authority, "Upgrade not completed in time"),
         }
         drop(hold);
     });
-    let (mut parts, _) = response.into_parts();
-    headers::prepare_upgrade_response(&mut parts.headers);
-    let empty = Empty::new().map_err(|never| match never {}).boxed_unsync();
-    Ok(Response::from_parts(parts, empty))
-}
-
-fn failed(target: &HttpTarget, e: &hyper::Error) -> ProxyError {
-    tracing::warn!(upstream = %target.authority, error = %e, "Upstream failed");
-    ProxyError::UpstreamFailed
+    let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *response.headers_mut() = head.headers;
+    headers::prepare_upgrade_response(response.headers_mut());
+    Ok(response)
 }
 
 /// Copies bytes both ways until both directions have ended, either side fails, nothing

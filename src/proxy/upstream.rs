@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{Response, Uri};
 use http_body_util::BodyExt;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -25,11 +25,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-mod answer;
+pub mod answer;
 mod exchange;
 
-pub use answer::{AnswerError, AnswerFraming, AnswerHead};
 pub use exchange::Sticky;
+pub(crate) use exchange::Switch;
 
 use super::plan::Plan;
 use super::{headers, upgrade, Body, BoxError, ProxyError};
@@ -413,11 +413,15 @@ impl HttpClient {
             }
         }
         let body = body.map_err(Into::into).boxed_unsync();
-        if let Some(client_upgrade) = upgrade {
+        if let Some(client) = upgrade {
             let hold = parts.extensions.remove::<upgrade::Hold>();
             let standing = parts.extensions.remove::<upgrade::Standing>();
-            let req = Request::from_parts(parts, body);
-            return Box::pin(upgrade::forward(self.connector(), target, req, client_upgrade, hold, standing)).await;
+            let offered: Vec<_> = parts.headers.get_all(http::header::UPGRADE).iter().cloned().collect();
+            let switched = match tokio::time::timeout(target.response_timeout, self.client.switch(target, &parts, body)).await {
+                Err(_) => return Err(ProxyError::UpstreamTimeout(target.response_timeout)),
+                Ok(r) => r?,
+            };
+            return upgrade::join(target, switched, &offered, client, hold, standing);
         }
         let sent = self.client.exchange(target, sticky, &parts, body);
         let response = match tokio::time::timeout(target.response_timeout, sent).await {

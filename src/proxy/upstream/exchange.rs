@@ -8,10 +8,10 @@
 //!    upstream closed while it idled is seen before the request goes (its end is read
 //!    without waiting), and another is taken.
 //! 2. the request head, written from the plan's parts, and its body (by `Content-Length`,
-//!    or chunked), while the answer's head is read ([`answer::parse`]); interim `1xx`
-//!    answers are skipped.
+//!    or chunked), while the answer's head is read ([`answer::parse_final`]); interim
+//!    `1xx` answers are skipped.
 //! 3. the answer's body ([`AnswerBody`]), read as the client's side asks for it, by its
-//!    length, chunked (the strict decoder requests have, [`chunked`]), or until close.
+//!    length, chunked (the strict decoder requests have), or until close ([`BodyReader`]).
 //!    The rest of the request's body goes on meanwhile, as an upstream may answer before
 //!    it has read all of it. When the answer ends where its framing says, after the whole
 //!    request went, the connection goes back where it came from; else it closes.
@@ -34,17 +34,18 @@ use http::{request, Method, Response, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::answer::{self, AnswerError, AnswerFraming, AnswerHead};
+use super::answer::{self, AnswerError, AnswerFraming, AnswerHead, BodyReader, Piece};
 use super::{Connector, HttpTarget, Stream};
-use crate::proxy::http1::chunked;
+use crate::proxy::http1::Upgraded;
 use crate::proxy::wire::{poll_read_buf, poll_write_out, put_header, Output};
 use crate::proxy::{Body, BoxError, ProxyError};
 
+/// A body of a known length up to this goes with its head, in one write: it is gathered
+/// whole before anything is written (nginx gathers every body before it sends one).
+const GATHER_UP_TO: u64 = 8 * 1024;
 /// What a read asks room for: the answer's head, and its body.
 const HEAD_READ: usize = 4 * 1024;
 const BODY_READ: usize = 64 * 1024;
-/// The most interim (`1xx`) answers before the final one.
-const MAX_INTERIM: u32 = 16;
 
 /// Which upstream a connection reaches: over TLS or not, and its authority.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -197,6 +198,8 @@ impl Pool {
 enum Home {
     Sticky(Sticky, Pool),
     Pool(Pool),
+    /// A connection of its own, closed after its one exchange (an upgrade request's).
+    Nowhere,
 }
 
 impl Home {
@@ -205,6 +208,7 @@ impl Home {
         let (sticky, pool) = match self {
             Home::Sticky(s, p) => (Some(s), p),
             Home::Pool(p) => (None, p),
+            Home::Nowhere => return None,
         };
         let mut found = sticky.and_then(|s| s.take(key));
         loop {
@@ -222,6 +226,7 @@ impl Home {
         match self {
             Home::Sticky(s, _) => s.put(conn),
             Home::Pool(p) => p.put(conn),
+            Home::Nowhere => {}
         }
     }
 }
@@ -235,8 +240,6 @@ enum Failed {
     Io(io::Error),
     #[error("{0}")]
     Answer(AnswerError),
-    #[error("more than {MAX_INTERIM} interim answers")]
-    Interim,
     /// The client's body failed: the client's side says why.
     #[error("the request's body failed: {0}")]
     Body(BoxError),
@@ -247,6 +250,8 @@ struct Sending {
     body: Body,
     chunked: bool,
     ended: bool,
+    /// Nothing is written before the body ended: it is small and of a known length.
+    gather: bool,
 }
 
 /// One request and its answer on one connection.
@@ -263,7 +268,6 @@ struct Exchange {
     max_head: usize,
     /// Whether any byte of the answer came.
     heard: bool,
-    interim: u32,
     keep_alive: bool,
 }
 
@@ -273,16 +277,21 @@ impl Exchange {
         let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
         put_request_head(&mut out.tail, parts);
         let ended = body.is_end_stream();
+        let gather = !chunked && body.size_hint().exact().is_some_and(|n| n <= GATHER_UP_TO);
         Exchange {
             conn,
             home,
             upstream: target.authority.clone(),
             out,
-            sending: Some(Sending { body, chunked, ended }),
+            sending: Some(Sending {
+                body,
+                chunked,
+                ended,
+                gather,
+            }),
             rbuf: BytesMut::new(),
             max_head,
             heard: false,
-            interim: 0,
             keep_alive: true,
         }
     }
@@ -291,9 +300,11 @@ impl Exchange {
     /// when writing failed.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Failed>> {
         loop {
-            let Some(sending) = &mut self.sending else { return Poll::Ready(Ok(())) };
+            let Some(sending) = &mut self.sending else {
+                return Poll::Ready(Ok(()));
+            };
             let mut waiting = sending.ended;
-            if !sending.ended && self.out.has_room() {
+            if !sending.ended && (sending.gather || self.out.has_room()) {
                 match Pin::new(&mut sending.body).poll_frame(cx) {
                     Poll::Ready(None) => {
                         if sending.chunked {
@@ -315,6 +326,9 @@ impl Exchange {
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Failed::Body(e))),
                     Poll::Pending => waiting = true,
                 }
+            }
+            if sending.gather && !sending.ended {
+                return Poll::Pending;
             }
             if !self.out.is_empty() {
                 match poll_write_out(&mut self.conn.io, cx, &mut self.out) {
@@ -347,17 +361,10 @@ impl Exchange {
                 _ => {}
             }
             if !self.rbuf.is_empty() {
-                match answer::parse(&self.rbuf, self.max_head, to_head) {
+                match answer::parse_final(&self.rbuf, self.max_head, to_head) {
                     Err(e) => return Poll::Ready(Err(Failed::Answer(e))),
                     Ok(Some((len, head))) => {
                         self.rbuf.advance(len);
-                        if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
-                            self.interim += 1;
-                            if self.interim > MAX_INTERIM {
-                                return Poll::Ready(Err(Failed::Interim));
-                            }
-                            continue;
-                        }
                         self.keep_alive &= head.keep_alive;
                         return Poll::Ready(Ok(head));
                     }
@@ -395,11 +402,7 @@ impl Exchange {
 /// The request line and headers, as they go upstream: origin form, HTTP/1.1.
 fn put_request_head(out: &mut BytesMut, parts: &request::Parts) {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let size = parts
-        .headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum::<usize>();
+    let size = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
     out.reserve(parts.method.as_str().len() + target.len() + 13 + size + 2);
     out.put_slice(parts.method.as_str().as_bytes());
     out.put_u8(b' ');
@@ -413,7 +416,10 @@ fn put_request_head(out: &mut BytesMut, parts: &request::Parts) {
 
 /// Methods whose request may be sent twice with the effect of once (RFC 9110 §9.2.2).
 fn is_idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// Opens connections and keeps the idle ones: the one way patgate's requests reach HTTP
@@ -426,11 +432,7 @@ pub(super) struct Client {
 
 impl Client {
     pub(super) fn new(connector: Connector, pool: Pool, max_head: usize) -> Client {
-        Client {
-            connector,
-            pool,
-            max_head,
-        }
+        Client { connector, pool, max_head }
     }
 
     async fn open(&self, target: &HttpTarget, key: Key) -> Result<Conn, ProxyError> {
@@ -492,6 +494,43 @@ impl Client {
     }
 }
 
+/// What an upgrade request got.
+pub(crate) enum Switch {
+    /// `101`: its head, and the upstream's connection, the bytes read past the head first.
+    Switched(AnswerHead, Upgraded),
+    /// Any other answer, to go back as it is; its connection closes after it.
+    Answer(Response<Body>),
+}
+
+impl Client {
+    /// Sends an upgrade request (`parts` in origin form, headers prepared) on a new
+    /// connection of its own, and reads the answer's head.
+    pub(crate) async fn switch(&self, target: &HttpTarget, parts: &request::Parts, body: Body) -> Result<Switch, ProxyError> {
+        let conn = self.open(target, Key::of(target)).await?;
+        let mut ex = Exchange::new(conn, Home::Nowhere, target, parts, body, self.max_head);
+        match std::future::poll_fn(|cx| ex.poll_head(cx, false)).await {
+            // Everything the request holds went before the switch.
+            Ok(head) if head.status == StatusCode::SWITCHING_PROTOCOLS && ex.sending.is_none() => {
+                let pre = ex.rbuf.split().freeze();
+                Ok(Switch::Switched(head, Upgraded::new(pre, Box::new(ex.conn.io))))
+            }
+            Ok(head) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                tracing::warn!(upstream = %target.authority, "Upstream switched protocols before the request's body was sent");
+                Err(ProxyError::UpstreamFailed)
+            }
+            Ok(head) => Ok(Switch::Answer(answer(ex, head))),
+            Err(Failed::Body(e)) => {
+                tracing::debug!(error = %e, "Request body failed");
+                Err(ProxyError::UpstreamFailed)
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %target.authority, error = %e, "Upstream failed");
+                Err(ProxyError::UpstreamFailed)
+            }
+        }
+    }
+}
+
 fn empty() -> Body {
     use http_body_util::BodyExt;
     http_body_util::Empty::new().map_err(|e| match e {}).boxed_unsync()
@@ -509,13 +548,7 @@ fn answer(ex: Exchange, head: AnswerHead) -> Response<Body> {
     if framing == AnswerFraming::Chunked {
         headers.remove(header::CONTENT_LENGTH);
     }
-    let reading = match framing {
-        AnswerFraming::Empty => None,
-        AnswerFraming::Length(n) => Some(Reading::Length(n)),
-        AnswerFraming::Chunked => Some(Reading::Chunked(chunked::Decoder::new())),
-        AnswerFraming::UntilClose => Some(Reading::UntilClose),
-    };
-    let body = match reading {
+    let body = match BodyReader::of(framing) {
         None => {
             ex.end();
             empty()
@@ -532,18 +565,11 @@ fn answer(ex: Exchange, head: AnswerHead) -> Response<Body> {
     response
 }
 
-/// How much of the answer's body is left.
-enum Reading {
-    Length(u64),
-    Chunked(chunked::Decoder),
-    UntilClose,
-}
-
 /// An answer's body, read from its upstream connection as it is asked for, while the rest
 /// of the request goes; the connection goes back when it ends.
 struct AnswerBody {
     ex: Option<Box<Exchange>>,
-    reading: Reading,
+    reading: BodyReader,
 }
 
 fn invalid(what: String) -> BoxError {
@@ -583,52 +609,28 @@ impl http_body::Body for AnswerBody {
                 Poll::Ready(Err(Failed::Io(e))) => ex.stop_sending(&e),
                 _ => {}
             }
-            if !ex.rbuf.is_empty() {
-                match &mut this.reading {
-                    Reading::Length(left) => {
-                        let n = (ex.rbuf.len() as u64).min(*left);
-                        let data = ex.rbuf.split_to(n as usize).freeze();
-                        *left -= n;
-                        if *left == 0 {
-                            this.end();
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
+            match this.reading.next(&mut ex.rbuf) {
+                Piece::Data(data) => {
+                    if this.reading.left() == Some(0) {
+                        this.end();
                     }
-                    Reading::Chunked(decoder) => {
-                        let step = decoder.decode(&ex.rbuf);
-                        if let Some(e) = decoder.error() {
-                            return this.fail(invalid(format!("the answer's chunked body: {e}")));
-                        }
-                        let done = decoder.is_done();
-                        if let Some(range) = step.data {
-                            let data = ex.rbuf.split_to(step.used).freeze().slice(range);
-                            return Poll::Ready(Some(Ok(Frame::data(data))));
-                        }
-                        ex.rbuf.advance(step.used);
-                        if done {
-                            this.end();
-                            return Poll::Ready(None);
-                        }
-                        if step.used > 0 && !ex.rbuf.is_empty() {
-                            continue;
-                        }
-                    }
-                    Reading::UntilClose => return Poll::Ready(Some(Ok(Frame::data(ex.rbuf.split().freeze())))),
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
+                Piece::End => {
+                    this.end();
+                    return Poll::Ready(None);
+                }
+                Piece::Failed(e) => return this.fail(invalid(format!("the answer's chunked body: {e}"))),
+                Piece::More => {}
             }
-            let room = match this.reading {
-                Reading::Length(left) => (left as usize).clamp(1, BODY_READ),
-                _ => BODY_READ,
-            };
+            let room = this.reading.left().map_or(BODY_READ, |left| (left as usize).clamp(1, BODY_READ));
             ex.rbuf.reserve(room);
             match poll_read_buf(&mut ex.conn.io, cx, &mut ex.rbuf) {
-                Poll::Ready(Ok(0)) => match this.reading {
-                    Reading::UntilClose => {
-                        this.ex = None;
-                        return Poll::Ready(None);
-                    }
-                    _ => return this.fail(invalid("the upstream closed the connection before the answer's end".into())),
-                },
+                Poll::Ready(Ok(0)) if this.reading.ends_at_close() => {
+                    this.ex = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => return this.fail(invalid("the upstream closed the connection before the answer's end".into())),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return this.fail(e.into()),
                 Poll::Pending => return Poll::Pending,
@@ -641,10 +643,10 @@ impl http_body::Body for AnswerBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.reading {
-            Reading::Length(left) => SizeHint::with_exact(left),
-            _ if self.ex.is_none() => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
+        match self.reading.left() {
+            Some(left) => SizeHint::with_exact(left),
+            None if self.ex.is_none() => SizeHint::with_exact(0),
+            None => SizeHint::default(),
         }
     }
 }
