@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ use crate::support::*;
 struct Scripted {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
+    /// How many connections it accepted.
+    connections: Arc<AtomicUsize>,
 }
 
 fn answer_for(path: &str) -> (&'static [u8], bool) {
@@ -47,9 +50,12 @@ fn spawn_scripted() -> Scripted {
     let addr = listener.local_addr().unwrap();
     let heads = Arc::new(Mutex::new(Vec::new()));
     let seen = heads.clone();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
     std::thread::spawn(move || {
         for c in listener.incoming() {
             let Ok(mut c) = c else { return };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let seen = seen.clone();
             std::thread::spawn(move || loop {
                 let mut head = Vec::new();
@@ -69,11 +75,18 @@ fn spawn_scripted() -> Scripted {
                             .map(|v| v.trim().parse::<usize>().unwrap())
                     })
                     .unwrap_or(0);
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                if path == "/s/refuse-body" {
+                    // Answers at once, reads none of the body, and closes after a while.
+                    seen.lock().unwrap().push(head);
+                    let _ = c.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo much");
+                    std::thread::sleep(Duration::from_millis(500));
+                    return;
+                }
                 let mut body = vec![0u8; length];
                 if c.read_exact(&mut body).is_err() {
                     return;
                 }
-                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
                 seen.lock().unwrap().push(head);
                 if path == "/s/hang" {
                     // Holds the request until patgate lets the connection go.
@@ -87,7 +100,7 @@ fn spawn_scripted() -> Scripted {
             });
         }
     });
-    Scripted { addr, heads }
+    Scripted { addr, heads, connections }
 }
 
 fn start(up: &Scripted) -> (TestPatgate, String) {
@@ -340,4 +353,72 @@ fn an_upstream_connection_that_closed_unannounced_is_not_used_again() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(up.heads.lock().unwrap().len(), 5);
+}
+
+#[test]
+fn an_upstream_that_answers_before_reading_the_body_is_answered_and_not_kept() {
+    let up = spawn_scripted();
+    let (p, t) = start(&up);
+    let mut s = client(&p);
+    // More than the socket buffers hold: patgate cannot write it all before the answer.
+    let body = vec![b'x'; 8 * 1024 * 1024];
+    send(&mut s, "POST", "/s/refuse-body", &t, &format!("Content-Length: {}\r\n", body.len()));
+    let writer = {
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let _ = s.write_all(&body);
+        })
+    };
+    let (head, answer) = read_one(&mut s, false);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert_eq!(answer, b"too much");
+    // The rest of the body is never read: the client's connection ends after the answer
+    // (when the head went, patgate did not know yet that nobody would read it).
+    let mut rest = [0u8; 64];
+    match s.read(&mut rest) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection stayed open: {other:?}"),
+    }
+    drop(s);
+    writer.join().unwrap();
+    // The upstream's connection was not kept with half a body in it: the next request gets
+    // a new one.
+    let mut s = client(&p);
+    send(&mut s, "GET", "/s/len", &t, "");
+    assert!(read_one(&mut s, false).0.starts_with("HTTP/1.1 200"));
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn requests_whose_client_connection_closes_share_the_pools_upstream_connection() {
+    let up = spawn_scripted();
+    let (p, t) = start(&up);
+    for _ in 0..5 {
+        let mut s = client(&p);
+        send(&mut s, "GET", "/s/len", &t, "Connection: close\r\n");
+        let (head, body) = read_one(&mut s, false);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, b"0123456789");
+    }
+    // An upstream connection for each worker at most (the test server runs two).
+    assert_eq!(up.heads.lock().unwrap().len(), 5);
+    let n = up.connections.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&n), "{n} upstream connections for 5 requests");
+}
+
+#[test]
+fn a_small_body_that_comes_after_its_head_is_waited_for() {
+    let up = spawn_scripted();
+    let (p, t) = start(&up);
+    let mut s = client(&p);
+    // Head and body in two writes, the body a moment later: patgate gathers a small body
+    // before it writes the head upstream.
+    send(&mut s, "POST", "/s/len", &t, "Content-Length: 5\r\n");
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(b"hello").unwrap();
+    let (head, body) = read_one(&mut s, false);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, b"0123456789");
+    assert!(up.heads.lock().unwrap()[0].to_ascii_lowercase().contains("content-length: 5"));
 }
