@@ -7,7 +7,7 @@
 //! phases: **admit** (`Proxy::admit`: target, path, credential, token, route, rule, scope,
 //! organization; it returns the [`auth::Permit`]), **plan** ([`plan::Plan`], made from the
 //! permit alone: what goes upstream and as whom), **exchange** with the upstream (HTTP,
-//! or git http-backend), **respond** (errors become answers in one place,
+//! through patgate's own HTTP/1 client, [`upstream`]; or git http-backend), **respond** (errors become answers in one place,
 //! [`error_response`]) and **log** (one access line per request). The request path reads
 //! only the in-memory token copy and the validated config: it never enters the store.
 

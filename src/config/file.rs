@@ -180,8 +180,7 @@ pub struct UpstreamFile {
     pub response_timeout: String,
     pub pool_idle_timeout: String,
     pub pool_max_idle_per_host: usize,
-    /// The most bytes of an upstream's answer head, and of what one upstream connection
-    /// reads at a time (what an idle one keeps).
+    /// The most bytes of an upstream's answer head (each interim `1xx` head held to it too).
     pub max_response_head_bytes: usize,
     /// A PEM bundle of CA certificates that https upstreams are verified against, instead
     /// of the system's root certificates; empty: the system's.

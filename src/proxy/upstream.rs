@@ -42,7 +42,7 @@ pub struct Config {
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
-    /// The most bytes of an answer head, and of one read from an upstream connection.
+    /// The most bytes of an answer head.
     pub max_response_head_bytes: usize,
     /// What https upstreams are verified against.
     pub trust: Trust,

@@ -13,7 +13,7 @@
 //! answer body ([`super::exchange`]) and the differential test both run.
 //!
 //! Pure: bytes in, a head and its length out, and the body's pieces. Fuzzed (`fuzz/fuzz_targets/upstream_answer.rs`)
-//! and tested against hyper's client (`tests/it/differential.rs`).
+//! and tested against hyper's client (`tests/it/answers.rs`).
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
