@@ -49,6 +49,7 @@
 # With the defaults (5 s, 3 rounds) a run takes about 11 minutes after the build.
 # Usage: bash benches/load.sh [DURATION_S] [ROUNDS]    (defaults 5 3; loopback only; installs
 #        nginx-light, wrk, haproxy and nghttp2-client (h2load) if missing; needs cc)
+#        WORKLOADS="get h2" runs only those (the 1 GiB POST runs whatever it says).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dur=${1:-5}
@@ -345,6 +346,12 @@ for i in "${!pids[@]}"; do [[ ${pids[$i]} != "$probe_pid" ]] || unset "pids[$i]"
 
 # The workloads.
 workloads=(get close post h2 tls-new tls-resume)
+if [[ -n ${WORKLOADS:-} ]]; then
+  read -ra workloads <<< "$WORKLOADS"
+  for w in "${workloads[@]}"; do
+    [[ " get close post h2 tls-new tls-resume " == *" $w "* ]] || die "WORKLOADS: no workload '$w' (get close post h2 tls-new tls-resume)"
+  done
+fi
 declare -A title=(
   [get]="small GET, keep-alive, wrk -t1 -c64"
   [close]="small GET, a new connection for each request, wrk -t1 -c16 -H 'Connection: close'"

@@ -108,8 +108,11 @@ impl std::fmt::Debug for Sticky {
 }
 
 /// The worker's idle upstream connections, for requests whose client connection keeps
-/// none (HTTP/2, and HTTP/1 requests that close their connection): at most
-/// `upstream.pool_max_idle_per_host` an upstream, each for `upstream.pool_idle_timeout`.
+/// none (HTTP/2, and HTTP/1 requests that close their connection): each for
+/// `upstream.pool_idle_timeout`, and `upstream.pool_max_idle_per_host` an upstream. That
+/// many are kept when the sweep comes (once a second, the newest kept): a burst of answers
+/// may bring more back for a moment, and closing those at once would mean opening as
+/// many again for the next burst (HTTP/2 clients send ten streams at a time and more).
 #[derive(Clone)]
 pub struct Pool(Arc<PoolInner>);
 
@@ -127,11 +130,14 @@ struct Idle {
 }
 
 impl Idle {
-    /// Closes what idled past `timeout`; the newest are last in each list.
-    fn expire(&mut self, timeout: Duration) {
+    /// Closes what idled past `timeout`, and the oldest past `max` an upstream; the newest
+    /// are last in each list.
+    fn sweep(&mut self, timeout: Duration, max: usize) {
         let now = Instant::now();
         self.by_key.retain(|_, list| {
             list.retain(|(since, _)| now.duration_since(*since) < timeout);
+            let over = list.len().saturating_sub(max);
+            list.drain(..over);
             !list.is_empty()
         });
     }
@@ -162,28 +168,24 @@ impl Pool {
             return;
         }
         let mut idle = lock(&self.0.idle);
-        let list = idle.by_key.entry(conn.key.clone()).or_default();
-        if list.len() >= self.0.max_per_host {
-            list.remove(0);
-        }
-        list.push((Instant::now(), conn));
+        idle.by_key.entry(conn.key.clone()).or_default().push((Instant::now(), conn));
         if !idle.swept {
             idle.swept = true;
             self.sweep();
         }
     }
 
-    /// A task that closes idle connections as they expire, while there are any, and ends
-    /// with the pool.
+    /// A task that closes idle connections as they expire or overflow, while there are
+    /// any, and ends with the pool.
     fn sweep(&self) {
         let pool = Arc::downgrade(&self.0);
-        let every = (self.0.timeout / 4).max(Duration::from_millis(250));
+        let every = (self.0.timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(pool) = pool.upgrade() else { return };
                 let mut idle = lock(&pool.idle);
-                idle.expire(pool.timeout);
+                idle.sweep(pool.timeout, pool.max_per_host);
                 if idle.by_key.is_empty() {
                     idle.swept = false;
                     return;
@@ -648,5 +650,60 @@ impl http_body::Body for AnswerBody {
             None if self.ex.is_none() => SizeHint::with_exact(0),
             None => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn conns(n: usize) -> (Vec<Conn>, tokio::net::TcpListener) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let key = Key {
+            tls: false,
+            host: HeaderValue::from_str(&addr.to_string()).unwrap(),
+        };
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let io = Stream::Plain(tokio::net::TcpStream::connect(addr).await.unwrap());
+            out.push(Conn { key: key.clone(), io });
+        }
+        (out, listener)
+    }
+
+    fn idle(pool: &Pool) -> usize {
+        lock(&pool.0.idle).by_key.values().map(Vec::len).sum()
+    }
+
+    #[tokio::test]
+    async fn a_burst_stays_pooled_until_the_sweep_keeps_the_newest() {
+        let (five, _listener) = conns(5).await;
+        let key = five[0].key.clone();
+        let pool = Pool::new(2, Duration::from_secs(60));
+        for c in five {
+            pool.put(c);
+        }
+        assert_eq!(idle(&pool), 5, "a burst is not closed at once");
+        lock(&pool.0.idle).sweep(pool.0.timeout, pool.0.max_per_host);
+        assert_eq!(idle(&pool), 2);
+        assert!(pool.take(&key).is_some() && pool.take(&key).is_some() && pool.take(&key).is_none());
+        // With no room at all, nothing is kept.
+        let (mut one, _l) = conns(1).await;
+        let none = Pool::new(0, Duration::from_secs(60));
+        none.put(one.pop().unwrap());
+        assert_eq!(idle(&none), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_expire() {
+        let (mut one, _listener) = conns(1).await;
+        let key = one[0].key.clone();
+        let pool = Pool::new(4, Duration::from_millis(50));
+        pool.put(one.pop().unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Closed by the sweep task, or refused by take: never handed out.
+        assert!(pool.take(&key).is_none());
+        assert_eq!(idle(&pool), 0);
     }
 }
