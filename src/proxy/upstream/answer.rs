@@ -10,7 +10,7 @@
 //! connection: nothing after it could be trusted to be where the next answer starts.
 //!
 //! The body is cut from the bytes read by [`BodyReader`], which the client's
-//! answer body ([`super::exchange`]) and the differential test both run.
+//! answer body (`upstream::exchange`) and the differential test both run.
 //!
 //! Pure: bytes in, a head and its length out, and the body's pieces. Fuzzed (`fuzz/fuzz_targets/upstream_answer.rs`)
 //! and tested against hyper's client (`tests/it/answers.rs`).
