@@ -26,7 +26,7 @@ use super::plan::Plan;
 use super::{Body, BoxError, ProxyError};
 
 /// The most bytes of CGI response headers read.
-const MAX_CGI_HEADER: usize = 64 * 1024;
+pub const MAX_CGI_HEADER: usize = 64 * 1024;
 /// The most bytes of a process's standard error that are logged.
 const MAX_STDERR: u64 = 64 * 1024;
 /// The size of each read from the process.
@@ -79,8 +79,7 @@ impl Runner {
             tokio::spawn(pump_body(body.map_err(Into::into).boxed_unsync(), stdin, upload.clone()));
             tokio::spawn(log_stderr(stderr));
 
-            let (head, rest) = read_head(&mut stdout).await?;
-            let mut response = parse_head(&head)?;
+            let (mut response, rest) = read_head(&mut stdout).await?;
             let state = Streaming {
                 first: (!rest.is_empty()).then_some(rest),
                 stdout,
@@ -237,17 +236,17 @@ async fn next_chunk(mut s: Streaming) -> Option<(Result<Frame<Bytes>, BoxError>,
     }
 }
 
-/// Reads until the blank line that ends the CGI headers; returns them and what followed.
-async fn read_head(stdout: &mut ChildStdout) -> Result<(Vec<u8>, Bytes), ProxyError> {
+/// Reads until the blank line that ends the CGI headers; returns the answer they make
+/// and the bytes that followed them.
+async fn read_head(stdout: &mut ChildStdout) -> Result<(Response<Body>, Bytes), ProxyError> {
     let mut buf = BytesMut::with_capacity(8192);
     loop {
-        if let Some((end, sep)) = find_blank_line(&buf) {
-            let head = buf[..end].to_vec();
-            let rest = buf.split_off(end + sep).freeze();
-            return Ok((head, rest));
-        }
-        if buf.len() > MAX_CGI_HEADER {
-            return Err(ProxyError::CgiMalformed);
+        if let Some((len, head)) = parse_head(&buf)? {
+            let rest = buf.split_off(len).freeze();
+            let mut response = Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync());
+            *response.status_mut() = head.status;
+            *response.headers_mut() = head.headers;
+            return Ok((response, rest));
         }
         let n = stdout.read_buf(&mut buf).await.map_err(|_| ProxyError::CgiMalformed)?;
         if n == 0 {
@@ -257,6 +256,50 @@ async fn read_head(stdout: &mut ChildStdout) -> Result<(Vec<u8>, Bytes), ProxyEr
     }
 }
 
+/// A CGI answer's head (RFC 3875 §6): its status and the headers that go to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgiHead {
+    /// From the `Status` header; 200 without one.
+    pub status: StatusCode,
+    /// Every other header line, hop-by-hop headers removed.
+    pub headers: http::HeaderMap,
+}
+
+/// Reads the CGI head at the start of `buf`, lines ended by LF or CRLF up to the first
+/// blank line: `Ok(Some((length, head)))` when it is whole (`length` counts the blank
+/// line), `Ok(None)` while it is not and `buf` holds at most [`MAX_CGI_HEADER`] bytes.
+/// A line without a colon, a bad `Status`, a name or value that is not a valid header, a
+/// head that is not UTF-8 or that is longer than the limit: [`ProxyError::CgiMalformed`].
+/// Pure, and fuzzed (`fuzz/fuzz_targets/cgi_head.rs`).
+pub fn parse_head(buf: &[u8]) -> Result<Option<(usize, CgiHead)>, ProxyError> {
+    let Some((end, sep)) = find_blank_line(buf) else {
+        return match buf.len() > MAX_CGI_HEADER {
+            true => Err(ProxyError::CgiMalformed),
+            false => Ok(None),
+        };
+    };
+    let mut head = CgiHead {
+        status: StatusCode::OK,
+        headers: http::HeaderMap::new(),
+    };
+    let text = std::str::from_utf8(&buf[..end]).map_err(|_| ProxyError::CgiMalformed)?;
+    for line in text.split('\n').map(|l| l.trim_end_matches('\r')).filter(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':').ok_or(ProxyError::CgiMalformed)?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value.split_whitespace().next().and_then(|c| c.parse::<u16>().ok());
+            head.status = code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(ProxyError::CgiMalformed)?;
+            continue;
+        }
+        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| ProxyError::CgiMalformed)?;
+        let value = HeaderValue::from_str(value).map_err(|_| ProxyError::CgiMalformed)?;
+        head.headers.append(name, value);
+    }
+    super::headers::prepare_response(&mut head.headers);
+    Ok(Some((end + sep, head)))
+}
+
+/// Where the first blank line is: its start and its length (LF LF or CRLF CRLF).
 fn find_blank_line(b: &[u8]) -> Option<(usize, usize)> {
     let crlf = b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
     let lf = b.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
@@ -266,38 +309,32 @@ fn find_blank_line(b: &[u8]) -> Option<(usize, usize)> {
     }
 }
 
-fn parse_head(head: &[u8]) -> Result<Response<Body>, ProxyError> {
-    let mut response = Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync());
-    let text = std::str::from_utf8(head).map_err(|_| ProxyError::CgiMalformed)?;
-    for line in text.split('\n').map(|l| l.trim_end_matches('\r')).filter(|l| !l.is_empty()) {
-        let (name, value) = line.split_once(':').ok_or(ProxyError::CgiMalformed)?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("status") {
-            let code = value.split_whitespace().next().and_then(|c| c.parse::<u16>().ok());
-            *response.status_mut() = code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(ProxyError::CgiMalformed)?;
-            continue;
-        }
-        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| ProxyError::CgiMalformed)?;
-        let value = HeaderValue::from_str(value).map_err(|_| ProxyError::CgiMalformed)?;
-        response.headers_mut().append(name, value);
-    }
-    super::headers::prepare_response(response.headers_mut());
-    Ok(response)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn cgi_heads_parse() {
-        let r = parse_head(b"Status: 404 Not Found\r\nContent-Type: text/plain\r\nExpires: Fri, 01 Jan 1980 00:00:00 GMT").unwrap();
-        assert_eq!(r.status(), 404);
-        assert_eq!(r.headers()["content-type"], "text/plain");
-        let r = parse_head(b"Content-Type: application/x-git-upload-pack-advertisement\nCache-Control: no-cache").unwrap();
-        assert_eq!(r.status(), 200);
-        assert!(parse_head(b"Status: banana").is_err());
-        assert!(parse_head(b"no colon here").is_err());
+        let input = b"Status: 404 Not Found\r\nContent-Type: text/plain\r\nExpires: Fri, 01 Jan 1980 00:00:00 GMT\r\n\r\nbody";
+        let (len, h) = parse_head(input).unwrap().unwrap();
+        assert_eq!((len, h.status), (input.len() - 4, StatusCode::NOT_FOUND));
+        assert_eq!(h.headers["content-type"], "text/plain");
+        let (_, h) = parse_head(b"Content-Type: application/x-git-upload-pack-advertisement\nCache-Control: no-cache\n\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.status, 200);
+        assert!(parse_head(b"Status: banana\n\n").is_err());
+        assert!(parse_head(b"no colon here\n\n").is_err());
+        assert!(parse_head(b"Content-Type: text/plain\r\n").unwrap().is_none());
+        assert!(parse_head(&vec![b'a'; MAX_CGI_HEADER + 1]).is_err());
+        let (_, h) = parse_head(b"Connection: x-a\nX-A: 1\nTransfer-Encoding: chunked\nX-B: 2\n\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            h.headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["x-b"],
+            "hop-by-hop headers are dropped"
+        );
     }
 
     #[test]
