@@ -7,11 +7,19 @@
 # per request (inclusive). The full profile is kept for callgrind_annotate or kcachegrind.
 # The reference nginx proxy (../shared/bench/nginx-proxy.conf, one process) is counted the
 # same way in the same run, for the ratio.
+# WORKLOAD=close counts requests that each come on a new connection (`Connection: close`),
+# where the connection's own setup and teardown are part of every request.
 # Usage: bash benches/profile.sh [SECONDS] [OUT_FILE]     (installs nginx, wrk and valgrind)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 out=${2:-target/callgrind.request-path.out}
+workload=${WORKLOAD:-keepalive}
+case $workload in
+  keepalive) wrk_extra=() ;;
+  close) wrk_extra=(-H 'Connection: close') ;;
+  *) echo "WORKLOAD is keepalive or close, not $workload" >&2; exit 2 ;;
+esac
 shared=$PWD/../shared/bench
 
 need=()
@@ -80,9 +88,9 @@ count() { # name url out command...
   done
   [[ $(curl -s -o /dev/null --max-time 5 -w '%{http_code}' -H "Authorization: $auth" "$url" || true) == 200 ]] \
     || { echo "$name under valgrind did not answer 200" >&2; cat "$run/$name.valgrind" >&2; exit 1; }
-  wrk -t1 -c8 -d2s -H "Authorization: $auth" "$url" >/dev/null
+  wrk -t1 -c8 -d2s -H "Authorization: $auth" "${wrk_extra[@]}" "$url" >/dev/null
   callgrind_control -z "$vg" >/dev/null 2>&1
-  requests=$(wrk -t1 -c8 -d"${secs}s" -H "Authorization: $auth" "$url" | awk '/requests in/ { print $1 }')
+  requests=$(wrk -t1 -c8 -d"${secs}s" -H "Authorization: $auth" "${wrk_extra[@]}" "$url" | awk '/requests in/ { print $1 }')
   callgrind_control -d "$vg" >/dev/null 2>&1
   sleep 1
   local dump
@@ -99,7 +107,7 @@ count nginx "http://127.0.0.1:$px/agents/pool" "${out%.out}.nginx.out" \
   nginx -p "$run/" -c "$run/nginx-proxy.conf" -e "$run/nginx-proxy.err" -g 'daemon off; master_process off;'
 ng_n=$requests ng_total=$instructions
 
-echo "wrk -t1 -c8 for ${secs} s under callgrind, one worker each: patgate $n requests, nginx $ng_n"
+echo "wrk -t1 -c8 ($workload) for ${secs} s under callgrind, one worker each: patgate $n requests, nginx $ng_n"
 awk -v t="$total" -v n="$n" -v gt="$ng_total" -v gn="$ng_n" 'BEGIN {
   printf "instructions per request: patgate %d, nginx %d (patgate/nginx %.2f)\n", t / n, gt / gn, (t / n) / (gt / gn) }'
 echo "patgate functions, instructions per request (inclusive):"

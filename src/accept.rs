@@ -180,27 +180,43 @@ async fn serve(
             let conn = serve_http1(tcp, connection(peer, false, &stop), &proxy, config, &activity, &place);
             drive(conn, &activity, config.idle_timeout, false, &mut stop).await;
         }
-        Some(slot) => {
-            let handshake_timeout = config.tls.as_ref().map_or(Duration::from_secs(10), |t| t.handshake_timeout);
-            let tls = match tokio::time::timeout(handshake_timeout, slot.acceptor().accept(tcp)).await {
-                Err(_) => {
-                    tracing::debug!(client.ip = %peer.ip(), "TLS handshake timed out");
-                    return;
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(client.ip = %peer.ip(), error = %e, "TLS handshake failed");
-                    return;
-                }
-                Ok(Ok(tls)) => tls,
-            };
-            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                let conn = serve_http2(tls, connection(peer, true, &stop), &proxy, &shared, &activity);
-                drive(conn, &activity, config.idle_timeout, true, &mut stop).await;
-            } else {
-                let conn = serve_http1(tls, connection(peer, true, &stop), &proxy, config, &activity, &place);
-                drive(conn, &activity, config.idle_timeout, false, &mut stop).await;
-            }
+        // Boxed: the handshake and HTTP/2 make a future of several KiB, which would be
+        // copied for every plain connection too if it were part of this one.
+        Some(tls) => Box::pin(serve_tls(tls, tcp, peer, &proxy, &shared, &activity, &place, &mut stop)).await,
+    }
+}
+
+/// Serves a TLS connection: the handshake, then HTTP/2 or HTTP/1 as ALPN chose.
+#[allow(clippy::too_many_arguments)]
+async fn serve_tls(
+    slot: &TlsSlot,
+    tcp: Metered<TcpStream>,
+    peer: SocketAddr,
+    proxy: &Arc<Proxy>,
+    shared: &Arc<Listener>,
+    activity: &Arc<Activity>,
+    place: &Place,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let config = &shared.config;
+    let handshake_timeout = config.tls.as_ref().map_or(Duration::from_secs(10), |t| t.handshake_timeout);
+    let tls = match tokio::time::timeout(handshake_timeout, slot.acceptor().accept(tcp)).await {
+        Err(_) => {
+            tracing::debug!(client.ip = %peer.ip(), "TLS handshake timed out");
+            return;
         }
+        Ok(Err(e)) => {
+            tracing::debug!(client.ip = %peer.ip(), error = %e, "TLS handshake failed");
+            return;
+        }
+        Ok(Ok(tls)) => tls,
+    };
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let conn = serve_http2(tls, connection(peer, true, stop), proxy, shared, activity);
+        drive(conn, activity, config.idle_timeout, true, stop).await;
+    } else {
+        let conn = serve_http1(tls, connection(peer, true, stop), proxy, config, activity, place);
+        drive(conn, activity, config.idle_timeout, false, stop).await;
     }
 }
 
