@@ -46,7 +46,8 @@
 # steadier on a shared machine than req/s, which depends on what else runs, and it is the
 # figure to read for the TLS workloads: there the client's own handshakes (OpenSSL 3.0 in
 # wrk and h2load) take about as much CPU as the proxy's, so req/s is bound by both.
-# With the defaults (5 s, 3 rounds) a run takes about 11 minutes after the build.
+# With the defaults (5 s, 3 rounds) a run takes about 11 minutes after the build; the README's
+# figures are `bash benches/load.sh 5 5` (about 18 minutes).
 # Usage: bash benches/load.sh [DURATION_S] [ROUNDS]    (defaults 5 3; loopback only; installs
 #        nginx-light, wrk, haproxy and nghttp2-client (h2load) if missing; needs cc)
 #        WORKLOADS="get h2" runs only those (the 1 GiB POST runs whatever it says).
