@@ -97,6 +97,20 @@ async fn run(n: usize) {
 
     let http: Http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let first = &instances[0];
+    // The CLI wrote the admin token to the store; the first instance learns of it from the
+    // event feed, within its poll interval.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, v) = call(&http, "GET", first.admin, "/admin/v1/tokens?limit=1", &admin_token, None).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first instance still refuses the admin token: {status} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut tokens = Vec::with_capacity(n);
     for i in 0..n {
         let body =
