@@ -303,7 +303,7 @@ async fn access_log(mut req: Request, next: Next) -> Response {
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     let status = res.status().as_u16();
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let duration_ms = crate::telemetry::millis(started.elapsed());
     let token_id = slot.token_id().unwrap_or("-");
     let client_ip = ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
     match res.extensions_mut().remove::<Reason>() {

@@ -307,7 +307,7 @@ impl AccessEntry<'_> {
         };
         tracing::info!(
             target: "patgate::access",
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = crate::telemetry::millis(self.started.elapsed()),
             client.ip = %self.log.client.unwrap_or(self.peer),
             http.method = %self.method,
             url.path = %self.uri.path(),

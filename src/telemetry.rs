@@ -37,3 +37,22 @@ pub fn init(config: &Config) {
         Format::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// A duration in milliseconds as the logs carry it (`duration_ms`): to the microsecond,
+/// so that a field reads `0.013`, not `0.013179999999999999`.
+pub fn millis(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_are_logged_to_the_microsecond_in_few_digits() {
+        for (nanos, text) in [(13_180, "0.013"), (13_179_999, "13.179"), (0, "0"), (2_500_000_000, "2500")] {
+            assert_eq!(millis(Duration::from_nanos(nanos)).to_string(), text);
+        }
+    }
+}
