@@ -8,7 +8,8 @@
 //!   or CRLF CRLF); the prefixes that stop short of that blank line are "not whole yet",
 //!   so the head read from a pipe in pieces is the head read whole;
 //! - a status is a valid code, and no hop-by-hop header reaches the client;
-//! - without a blank line, only more than `MAX_CGI_HEADER` bytes are refused.
+//! - no accepted head is longer than `MAX_CGI_HEADER`, and without a blank line only
+//!   more than that many bytes are refused.
 #![no_main]
 
 use http::header;
@@ -34,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
     match verdict {
         Ok(Some((len, head))) => {
             assert!(len <= data.len(), "a head of {len} bytes in {} bytes", data.len());
+            assert!(len <= MAX_CGI_HEADER, "a head of {len} bytes passed the limit");
             let whole = &data[..len];
             assert!(
                 whole.ends_with(b"\n\n") || whole.ends_with(b"\r\n\r\n"),

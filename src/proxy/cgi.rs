@@ -278,6 +278,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(usize, CgiHead)>, ProxyError> {
             false => Ok(None),
         };
     };
+    // However the bytes arrived: a blank line that came in the read past the limit too.
+    if end + sep > MAX_CGI_HEADER {
+        return Err(ProxyError::CgiMalformed);
+    }
     let mut head = CgiHead {
         status: StatusCode::OK,
         headers: http::HeaderMap::new(),
@@ -327,6 +331,18 @@ mod tests {
         assert!(parse_head(b"no colon here\n\n").is_err());
         assert!(parse_head(b"Content-Type: text/plain\r\n").unwrap().is_none());
         assert!(parse_head(&vec![b'a'; MAX_CGI_HEADER + 1]).is_err());
+        // The limit holds when the blank line comes in the same read that crosses it.
+        let mut long = b"X-Long: ".to_vec();
+        long.resize(MAX_CGI_HEADER, b'a');
+        long.extend_from_slice(b"\n\nbody");
+        assert!(parse_head(&long).is_err());
+        long.truncate(MAX_CGI_HEADER - 2);
+        long.extend_from_slice(b"\n\n");
+        assert_eq!(
+            parse_head(&long).unwrap().unwrap().0,
+            MAX_CGI_HEADER,
+            "a head of exactly the limit passes"
+        );
         let (_, h) = parse_head(b"Connection: x-a\nX-A: 1\nTransfer-Encoding: chunked\nX-B: 2\n\n")
             .unwrap()
             .unwrap();
