@@ -55,8 +55,15 @@ fn descriptors_allow(max_connections: usize, admin_connections: usize) -> usize 
 pub enum AppError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    /// `place` names the key that gave the address, and where it was set.
+    #[error("{place}: cannot listen on {addr}")]
+    Bind {
+        place: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start a proxy worker thread")]
+    Thread(#[source] std::io::Error),
     #[error("cannot listen for SIGHUP")]
     Signal(#[source] std::io::Error),
 }
@@ -85,10 +92,13 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
         false => (None, None),
         true => {
             let listen = config.admin.listen;
-            let listener = TcpListener::bind(listen)
-                .await
-                .map_err(|source| AppError::Bind { addr: listen, source })?;
-            let addr = listener.local_addr().map_err(|source| AppError::Bind { addr: listen, source })?;
+            let bind_error = |source| AppError::Bind {
+                place: config.place("admin.listen"),
+                addr: listen,
+                source,
+            };
+            let listener = TcpListener::bind(listen).await.map_err(bind_error)?;
+            let addr = listener.local_addr().map_err(bind_error)?;
             // Not "Listening": that line announces the proxy's address.
             tracing::info!(%addr, tls = config.admin.tls.is_some(), "Admin API up");
             let state = AdminState::new(config.admin.clone(), store, tokens.clone(), stop_rx.clone());
@@ -97,14 +107,13 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     };
 
     let workers = config.proxy.workers.max(1);
-    let sockets = bind_shared(config.proxy.listen, workers).map_err(|source| AppError::Bind {
+    let bind_error = |source| AppError::Bind {
+        place: config.place("server.listen"),
         addr: config.proxy.listen,
         source,
-    })?;
-    let addr = sockets[0].local_addr().map_err(|source| AppError::Bind {
-        addr: config.proxy.listen,
-        source,
-    })?;
+    };
+    let sockets = bind_shared(config.proxy.listen, workers).map_err(bind_error)?;
+    let addr = sockets[0].local_addr().map_err(bind_error)?;
     let tls = config.accept.tls.is_some();
     tracing::info!(%addr, workers, tls, config = %config.source.display(), "Listening");
     for route in config.proxy.routes.iter() {
@@ -147,7 +156,7 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
         let thread = std::thread::Builder::new()
             .name(format!("patgate-worker-{i}"))
             .spawn(move || worker.run())
-            .map_err(|source| AppError::Bind { addr, source })?;
+            .map_err(AppError::Thread)?;
         threads.push(thread);
     }
 

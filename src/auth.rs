@@ -6,6 +6,7 @@
 //! cannot be forwarded. Nothing in this module logs or does I/O.
 
 pub mod credentials;
+pub mod lifespan;
 pub mod rules;
 pub mod scope;
 pub mod token;

@@ -1,8 +1,10 @@
 //! Configuration in two layers: [`file::FileConfig`] is what the config crate reads
 //! (defaults, then the TOML file, then `PATGATE__SECTION__KEY` environment variables);
-//! [`Config`] is the validated form the program uses. Every error names the file and the key.
+//! [`Config`] is the validated form the program uses. Every error names the key and where
+//! its value came from: the file and its line, or the environment variable.
 
 pub mod file;
+pub mod origin;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,6 +20,8 @@ use crate::proxy::upstream::Upstream;
 use crate::tls::{self, ListenerTls, TlsFiles};
 use crate::{accept, admin, proxy, store, telemetry};
 use file::{FileConfig, RulesFile, TlsFile};
+use origin::LineStarts;
+pub use origin::{Origin, Origins};
 
 /// The program's configuration, validated.
 #[derive(Debug, Clone)]
@@ -30,21 +34,32 @@ pub struct Config {
     pub store: store::Config,
     pub admin: admin::Config,
     pub log: telemetry::Config,
+    /// Where each value came from, for messages about them.
+    pub origins: Origins,
 }
 
-/// A configuration that cannot be used: which file, which key, and why.
+/// A configuration that cannot be used: which key, where its value came from (a line of
+/// the file, or an environment variable), and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
+    /// The config file.
     pub file: String,
+    /// Where the value came from.
+    pub origin: Origin,
     pub key: Option<String>,
     pub reason: String,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.origin {
+            Origin::File { line: Some(l) } => write!(f, "{}:{l}: ", self.file)?,
+            Origin::File { line: None } => write!(f, "{}: ", self.file)?,
+            Origin::Env(name) => write!(f, "environment variable {name}: ")?,
+        }
         match &self.key {
-            Some(k) => write!(f, "{}: {k}: {}", self.file, self.reason),
-            None => write!(f, "{}: {}", self.file, self.reason),
+            Some(k) => write!(f, "{k}: {}", self.reason),
+            None => f.write_str(&self.reason),
         }
     }
 }
@@ -52,43 +67,116 @@ impl fmt::Display for ConfigError {
 /// The environment prefix: `PATGATE__SERVER__LISTEN` sets `server.listen`.
 pub const ENV_PREFIX: &str = "PATGATE";
 
-/// Reads, merges and validates the configuration at `path`.
+/// Reads, merges and validates the configuration at `path`, with the `PATGATE__...`
+/// variables of this process's environment.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with_env(path, &origin::env_vars())
+}
+
+/// [`load`] with the given `PATGATE__...` variables in place of the process's.
+pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
-    if !path.is_file() {
+    let whole = |reason: String| ConfigError {
+        file: file.clone(),
+        origin: Origin::File { line: None },
+        key: None,
+        reason,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let here = if path.is_relative() {
+                std::env::current_dir().map_or_else(|_| String::new(), |d| format!(" under {}", d.display()))
+            } else {
+                String::new()
+            };
+            return Err(whole(format!(
+                "no such file{here}; name the config file with --config FILE or the PATGATE_CONFIG variable"
+            )));
+        }
+        Err(e) => return Err(whole(format!("cannot be read ({e})"))),
+    };
+    // The file alone first, so that its mistakes are named by their line.
+    if let Err(e) = toml::from_str::<FileConfig>(&text) {
+        let at = e.span();
+        let (line, column) = at.as_ref().map(|s| LineStarts::new(&text).locate(s.start)).unzip();
+        let key = at.as_ref().and_then(|s| origin::key_at(&text, s));
+        let mut reason = e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if let (None, Some(c)) = (&key, column) {
+            reason = format!("{reason} (column {c})");
+        }
         return Err(ConfigError {
             file,
-            key: None,
-            reason: "no such file".into(),
+            origin: Origin::File { line },
+            key,
+            reason,
         });
     }
-    let raw = config::Config::builder()
-        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+    let origins = Origins::read(&text, env);
+    let raw = merge(&text, env).map_err(|e| {
+        // The file alone was good: a variable is to blame. Try each alone to name it.
+        let culprit = env
+            .iter()
+            .find_map(|var| merge(&text, std::slice::from_ref(var)).err().map(|e| (var, e)));
+        let (origin, key, e) = match culprit {
+            Some(((name, _), e)) => (Origin::Env(name.clone()), Some(origin::env_key(name)), e),
+            None => {
+                let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
+                (Origin::Env(names.join(", ")), None, e)
+            }
+        };
+        ConfigError {
+            file: file.clone(),
+            origin,
+            key,
+            reason: config_reason(&e),
+        }
+    })?;
+    Config::from_file(raw, path, origins)
+}
+
+/// The file's text with the environment's variables over it, as one [`FileConfig`].
+fn merge(text: &str, env: &[(String, String)]) -> Result<FileConfig, config::ConfigError> {
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(env.iter().cloned().collect())),
         )
         .build()
         .and_then(|c| c.try_deserialize::<FileConfig>())
-        .map_err(|e| ConfigError {
-            file: file.clone(),
-            key: None,
-            reason: e.to_string(),
-        })?;
-    Config::from_file(raw, path)
+}
+
+/// A config crate error without the key and origin it appends: the caller names those.
+fn config_reason(e: &config::ConfigError) -> String {
+    match e {
+        config::ConfigError::At { error, .. } => config_reason(error),
+        config::ConfigError::Type { unexpected, expected, .. } => format!("invalid type: {unexpected}, expected {expected}"),
+        other => other.to_string(),
+    }
 }
 
 struct Ctx<'a> {
     file: &'a str,
+    origins: &'a Origins,
 }
 
 impl Ctx<'_> {
     fn err(&self, key: impl Into<String>, reason: impl fmt::Display) -> ConfigError {
+        let key = key.into();
         ConfigError {
             file: self.file.to_owned(),
-            key: Some(key.into()),
+            origin: self.origins.of(&key),
+            key: Some(key),
             reason: reason.to_string(),
         }
     }
@@ -111,22 +199,35 @@ impl Ctx<'_> {
         }
         Ok(value)
     }
+
+    /// A listening address: an IP address and a port. Host names are not resolved here:
+    /// one name may stand for several addresses, and the listener needs one.
+    fn listen(&self, key: &str, value: &str, example: &str) -> Result<SocketAddr, ConfigError> {
+        value.parse().map_err(|_| {
+            let hint = if value.rsplit_once(':').is_some_and(|(host, port)| {
+                port.parse::<u16>().is_ok() && host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('[')
+            }) {
+                " (a host name is not accepted: write an IP address, e.g. 127.0.0.1 or 0.0.0.0)"
+            } else {
+                ""
+            };
+            self.err(key, format!("`{value}` is not an address such as {example}{hint}"))
+        })
+    }
 }
 
 /// The most proxy worker threads.
 const MAX_WORKERS: usize = 256;
 
 impl Config {
-    /// Validates a [`FileConfig`] read from `source`.
-    pub fn from_file(f: FileConfig, source: &Path) -> Result<Config, ConfigError> {
+    /// Validates a [`FileConfig`] read from `source`, whose values came from `origins`.
+    pub fn from_file(f: FileConfig, source: &Path, origins: Origins) -> Result<Config, ConfigError> {
         let file = source.display().to_string();
-        let cx = Ctx { file: &file };
-        let listen: SocketAddr = f.server.listen.parse().map_err(|_| {
-            cx.err(
-                "server.listen",
-                format!("`{}` is not an address such as 127.0.0.1:8080", f.server.listen),
-            )
-        })?;
+        let cx = Ctx {
+            file: &file,
+            origins: &origins,
+        };
+        let listen = cx.listen("server.listen", &f.server.listen, "127.0.0.1:8080")?;
         if f.server.max_header_bytes < 8192 {
             return Err(cx.err("server.max_header_bytes", "must be at least 8192"));
         }
@@ -257,7 +358,20 @@ impl Config {
             store,
             admin,
             log,
+            origins,
         })
+    }
+
+    /// Where `key` was set, for a message about its value: `FILE:LINE: KEY`,
+    /// `FILE: KEY` (a default), or `environment variable NAME: KEY`.
+    pub fn place(&self, key: &str) -> String {
+        ConfigError {
+            file: self.source.display().to_string(),
+            origin: self.origins.of(key),
+            key: None,
+            reason: key.to_owned(),
+        }
+        .to_string()
     }
 }
 
@@ -358,10 +472,7 @@ fn accept_config(cx: &Ctx<'_>, f: &FileConfig, proxy: &proxy::Config) -> Result<
 
 fn admin_config(cx: &Ctx<'_>, f: &FileConfig, proxy: &proxy::Config) -> Result<admin::Config, ConfigError> {
     let a = &f.admin;
-    let listen: SocketAddr = a
-        .listen
-        .parse()
-        .map_err(|_| cx.err("admin.listen", format!("`{}` is not an address such as 127.0.0.1:9090", a.listen)))?;
+    let listen = cx.listen("admin.listen", &a.listen, "127.0.0.1:9090")?;
     if a.enabled && same_socket(listen, proxy.listen) {
         return Err(cx.err(
             "admin.listen",
@@ -419,7 +530,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("patgate.toml");
         std::fs::write(&path, toml).unwrap();
-        load(&path).map_err(|mut e| {
+        load_with_env(&path, &[]).map_err(|mut e| {
             e.file = "patgate.toml".into();
             e
         })
@@ -498,74 +609,77 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             (
                 "[server]\nlisten = \"nowhere\"\n",
-                "patgate.toml: server.listen: `nowhere` is not an address",
+                "patgate.toml:2: server.listen: `nowhere` is not an address",
             ),
             (
                 "[server]\nheader_read_timeout = \"soon\"\n",
-                "patgate.toml: server.header_read_timeout: `soon` is not a duration",
+                "patgate.toml:2: server.header_read_timeout: `soon` is not a duration",
             ),
             (
                 "[server]\nmax_header_bytes = 100\n",
-                "patgate.toml: server.max_header_bytes: must be at least 8192",
+                "patgate.toml:2: server.max_header_bytes: must be at least 8192",
             ),
             (
                 "[server]\nmax_connections = 0\n",
-                "patgate.toml: server.max_connections: must be at least 1",
+                "patgate.toml:2: server.max_connections: must be at least 1",
             ),
-            ("[server]\nworkers = 1000\n", "patgate.toml: server.workers: must be at most 256"),
+            ("[server]\nworkers = 1000\n", "patgate.toml:2: server.workers: must be at most 256"),
             (
                 "[store]\nurl = \"mysql://x\"\n",
-                "patgate.toml: store.url: `mysql://x`: unknown store URL scheme",
+                "patgate.toml:2: store.url: `mysql://x`: unknown store URL scheme",
             ),
             (
                 "[store]\npoll_interval = \"0s\"\n",
-                "patgate.toml: store.poll_interval: must be more than zero",
+                "patgate.toml:2: store.poll_interval: must be more than zero",
             ),
-            ("[log]\nformat = \"xml\"\n", "patgate.toml: log.format: `xml`: use text or json"),
-            ("[git]\nmax_processes = 0\n", "patgate.toml: git.max_processes: must be at least 1"),
+            ("[log]\nformat = \"xml\"\n", "patgate.toml:2: log.format: `xml`: use text or json"),
+            (
+                "[git]\nmax_processes = 0\n",
+                "patgate.toml:2: git.max_processes: must be at least 1",
+            ),
             (
                 "[admin]\nlisten = \"nowhere\"\n",
-                "patgate.toml: admin.listen: `nowhere` is not an address",
+                "patgate.toml:2: admin.listen: `nowhere` is not an address",
             ),
             (
                 "[admin]\nlisten = \"127.0.0.1:8080\"\n",
-                "patgate.toml: admin.listen: `127.0.0.1:8080` is the proxy's address",
+                "patgate.toml:2: admin.listen: `127.0.0.1:8080` is the proxy's address",
             ),
             (
                 "[server]\nlisten = \"0.0.0.0:7000\"\n[admin]\nlisten = \"127.0.0.1:7000\"\n",
-                "patgate.toml: admin.listen: `127.0.0.1:7000` is the proxy's address",
+                "patgate.toml:4: admin.listen: `127.0.0.1:7000` is the proxy's address",
             ),
             (
                 "[admin]\nmax_body_bytes = 10\n",
-                "patgate.toml: admin.max_body_bytes: must be from 1024",
+                "patgate.toml:2: admin.max_body_bytes: must be from 1024",
             ),
             (
                 "[admin]\nmax_wait = \"0s\"\n",
-                "patgate.toml: admin.max_wait: must be more than zero",
+                "patgate.toml:2: admin.max_wait: must be more than zero",
             ),
             (
                 "[admin]\nleak_reports_per_minute = 0\n",
-                "patgate.toml: admin.leak_reports_per_minute: must be at least 1",
+                "patgate.toml:2: admin.leak_reports_per_minute: must be at least 1",
             ),
             (
                 "[admin]\nmax_secrets_per_report = 0\n",
-                "patgate.toml: admin.max_secrets_per_report: must be at least 1",
+                "patgate.toml:2: admin.max_secrets_per_report: must be at least 1",
             ),
             (
                 "[admin]\nmax_connections = 0\n",
-                "patgate.toml: admin.max_connections: must be at least 1",
+                "patgate.toml:2: admin.max_connections: must be at least 1",
             ),
             (
                 "[policy]\nmax_lifespan = \"forever\"\n",
-                "patgate.toml: policy.max_lifespan: `forever` is not a duration",
+                "patgate.toml:2: policy.max_lifespan: `forever` is not a duration",
             ),
             (
                 "[policy]\nmax_lifespan = \"10ms\"\n",
-                "patgate.toml: policy.max_lifespan: must be at least 1s",
+                "patgate.toml:2: policy.max_lifespan: must be at least 1s",
             ),
             (
                 "[policy]\ndefault_lifespan = \"500ms\"\n",
-                "patgate.toml: policy.default_lifespan: must be at least 1s",
+                "patgate.toml:2: policy.default_lifespan: must be at least 1s",
             ),
             (
                 "[policy]\nmax_lifespan = \"7d\"\n",
@@ -573,15 +687,15 @@ mod tests {
             ),
             (
                 "[policy]\ngrantable_scopes = [\"code:read\", \"code:delete\"]\n",
-                "patgate.toml: policy.grantable_scopes: unknown scope `code:delete`",
+                "patgate.toml:2: policy.grantable_scopes: unknown scope `code:delete`",
             ),
             (
                 "[server]\nmax_connections_per_ip = 0\n",
-                "patgate.toml: server.max_connections_per_ip: must be at least 1",
+                "patgate.toml:2: server.max_connections_per_ip: must be at least 1",
             ),
             (
                 "[server]\nidle_timeout = \"0s\"\n",
-                "patgate.toml: server.idle_timeout: must be more than zero",
+                "patgate.toml:2: server.idle_timeout: must be more than zero",
             ),
             (
                 "[server.tls]\ncert_file = \"c.pem\"\n",
@@ -593,61 +707,64 @@ mod tests {
             ),
             (
                 "[server.tls]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"/nonexistent/k.pem\"\n",
-                "patgate.toml: server.tls.cert_file: cannot read /nonexistent/c.pem",
+                "patgate.toml:2: server.tls.cert_file: cannot read /nonexistent/c.pem",
             ),
             (
                 "[server.tls]\nhandshake_timeout = \"soon\"\n",
-                "patgate.toml: server.tls.handshake_timeout: `soon` is not a duration",
+                "patgate.toml:2: server.tls.handshake_timeout: `soon` is not a duration",
             ),
             (
                 "[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_ca_file = \"ca.pem\"\n",
-                "patgate.toml: server.tls.client_ca_file: client certificates are asked for on the admin listener only",
+                "patgate.toml:4: server.tls.client_ca_file: client certificates are asked for on the admin listener only",
             ),
             (
                 "[admin.tls]\nclient_ca_file = \"ca.pem\"\n",
-                "patgate.toml: admin.tls.client_ca_file: needs cert_file and key_file",
+                "patgate.toml:2: admin.tls.client_ca_file: needs cert_file and key_file",
             ),
             (
                 "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n",
-                "patgate.toml: server.trusted_proxies[1]: \"10.0.0.1/8\"",
+                "patgate.toml:2: server.trusted_proxies[1]: \"10.0.0.1/8\"",
             ),
             (
                 "[server]\nbody_rate_grace = \"0s\"\n",
-                "patgate.toml: server.body_rate_grace: must be more than zero",
+                "patgate.toml:2: server.body_rate_grace: must be more than zero",
             ),
             (
                 "[brute_force]\nmax_failures = 0\n",
-                "patgate.toml: brute_force.max_failures: must be at least 1",
+                "patgate.toml:2: brute_force.max_failures: must be at least 1",
             ),
             (
                 "[brute_force]\nblock = \"forever\"\n",
-                "patgate.toml: brute_force.block: `forever` is not a duration",
+                "patgate.toml:2: brute_force.block: `forever` is not a duration",
             ),
             (
                 "[upstream]\nresponse_timeout = \"300000000000y\"\n",
-                "patgate.toml: upstream.response_timeout: must be at most 100 years",
+                "patgate.toml:2: upstream.response_timeout: must be at most 100 years",
             ),
             (
                 "[brute_force]\nmax_tracked = 0\n",
-                "patgate.toml: brute_force.max_tracked: must be at least 1",
+                "patgate.toml:2: brute_force.max_tracked: must be at least 1",
             ),
             (
                 "[http2]\nmax_concurrent_streams = 0\n",
-                "patgate.toml: http2.max_concurrent_streams: must be at least 1",
+                "patgate.toml:2: http2.max_concurrent_streams: must be at least 1",
             ),
             (
                 "[http2]\nmax_pending_resets = 0\n",
-                "patgate.toml: http2.max_pending_resets: must be at least 1",
+                "patgate.toml:2: http2.max_pending_resets: must be at least 1",
             ),
             (
                 "[http2]\nkeep_alive_interval = \"often\"\n",
-                "patgate.toml: http2.keep_alive_interval: `often` is not a duration",
+                "patgate.toml:2: http2.keep_alive_interval: `often` is not a duration",
             ),
         ];
-        for (extra, want) in cases {
-            let e = err(&format!("{extra}{ROUTE}"));
-            assert!(e.starts_with(want), "{e}\n  wanted: {want}");
-        }
+        let wrong: Vec<String> = cases
+            .iter()
+            .map(|(extra, want)| (err(&format!("{extra}{ROUTE}")), want))
+            .filter(|(e, want)| !e.starts_with(*want))
+            .map(|(e, want)| format!("{e}\n  wanted: {want}"))
+            .collect();
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 
     #[test]
@@ -674,11 +791,11 @@ mod tests {
         assert_eq!(t.files.client_ca.as_deref(), Some(cert.as_path()));
         assert_eq!(t.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
         let e = parse(&tls("server", &cert, &cert, "")).unwrap_err().to_string();
-        assert!(e.starts_with("patgate.toml: server.tls.key_file: "), "{e}");
+        assert!(e.starts_with("patgate.toml:3: server.tls.key_file: "), "{e}");
         let e = parse(&tls("server", &key, &key, "")).unwrap_err().to_string();
-        assert!(e.starts_with("patgate.toml: server.tls.cert_file: "), "{e}");
+        assert!(e.starts_with("patgate.toml:2: server.tls.cert_file: "), "{e}");
         let e = parse(&tls("admin", &cert, &key, key.to_str().unwrap())).unwrap_err().to_string();
-        assert!(e.starts_with("patgate.toml: admin.tls.client_ca_file: "), "{e}");
+        assert!(e.starts_with("patgate.toml:4: admin.tls.client_ca_file: "), "{e}");
         // Defaults: TLS off, HTTP/2 limits on.
         let off = parse(ROUTE).unwrap();
         assert!(off.accept.tls.is_none() && off.admin.tls.is_none());
@@ -693,34 +810,39 @@ mod tests {
     #[test]
     fn route_errors_name_the_route() {
         let e = err("[[routes]]\npath = \"x\"\nupstream = \"http://127.0.0.1:1\"\nrules = \"git\"\n");
-        assert!(e.starts_with("patgate.toml: routes[0].path: `x`: must start with '/'"), "{e}");
+        assert!(e.starts_with("patgate.toml:2: routes[0].path: `x`: must start with '/'"), "{e}");
         let e = err("[[routes]]\npath = \"/x\"\nupstream = \"ftp://h\"\nrules = \"git\"\n");
-        assert!(e.starts_with("patgate.toml: routes[0].upstream: `ftp://h`"), "{e}");
+        assert!(e.starts_with("patgate.toml:3: routes[0].upstream: `ftp://h`"), "{e}");
         let e = err("[[routes]]\npath = \"/x\"\nupstream = \"http://127.0.0.1:1\"\nrules = \"svn\"\n");
-        assert!(e.starts_with("patgate.toml: routes[0].rules: unknown preset `svn`"), "{e}");
+        assert!(e.starts_with("patgate.toml:4: routes[0].rules: unknown preset `svn`"), "{e}");
         let e = err("[[routes]]\npath = \"/x\"\nupstream = \"http://127.0.0.1:1\"\nrules = [{ scope = \"code:delete\" }]\n");
         assert!(
-            e.starts_with("patgate.toml: routes[0].rules[0].scope: unknown scope `code:delete`"),
+            e.starts_with("patgate.toml:4: routes[0].rules[0].scope: unknown scope `code:delete`"),
             "{e}"
         );
         let e =
             err("[[routes]]\npath = \"/x\"\nupstream = \"http://127.0.0.1:1\"\nrules = [{ methods = [\"G T\"], scope = \"code:read\" }]\n");
         assert!(
-            e.starts_with("patgate.toml: routes[0].rules[0].methods: `G T` is not an HTTP method"),
+            e.starts_with("patgate.toml:4: routes[0].rules[0].methods: `G T` is not an HTTP method"),
             "{e}"
         );
         let e = err("");
         assert!(e.starts_with("patgate.toml: routes: at least one"), "{e}");
         let e = err(&format!("{ROUTE}{ROUTE}"));
-        assert!(e.starts_with("patgate.toml: routes[1].path:"), "{e}");
+        assert!(e.starts_with("patgate.toml:6: routes[1].path:"), "{e}");
     }
 
     #[test]
     fn unknown_keys_are_errors_that_name_them() {
         let e = err(&format!("[server]\nlisten_on = \"x\"\n{ROUTE}"));
-        assert!(e.starts_with("patgate.toml: ") && e.contains("listen_on"), "{e}");
-        let e = err(&format!("[sever]\n{ROUTE}"));
-        assert!(e.contains("sever"), "{e}");
+        assert!(
+            e.starts_with("patgate.toml:2: server.listen_on: unknown field `listen_on`, expected one of `listen`"),
+            "{e}"
+        );
+        let e = err(&format!("{ROUTE}\n[sever]\n"));
+        assert!(e.starts_with("patgate.toml:6: sever: unknown field `sever`"), "{e}");
+        let e = err(&format!("[server]\nworkers = \"two\"\n{ROUTE}"));
+        assert!(e.starts_with("patgate.toml:2: server.workers: invalid type: string \"two\""), "{e}");
     }
 
     #[test]
@@ -749,20 +871,101 @@ mod tests {
         assert_eq!(
             e,
             format!(
-                "patgate.toml: upstream.ca_file: `{}` holds no certificate (no `BEGIN CERTIFICATE` section)",
+                "patgate.toml:2: upstream.ca_file: `{}` holds no certificate (no `BEGIN CERTIFICATE` section)",
                 empty.display()
             )
         );
         let e = err(&format!("[upstream]\nca_file = \"/nonexistent/ca.pem\"\n{ROUTE}"));
         assert!(
-            e.starts_with("patgate.toml: upstream.ca_file: `/nonexistent/ca.pem` cannot be read ("),
+            e.starts_with("patgate.toml:2: upstream.ca_file: `/nonexistent/ca.pem` cannot be read ("),
+            "{e}"
+        );
+    }
+
+    fn env_err(toml: &str, env: &[(&str, &str)]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("patgate.toml");
+        std::fs::write(&path, toml).unwrap();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let e = load_with_env(&path, &env).unwrap_err();
+        assert_eq!(e.file, path.display().to_string());
+        e.to_string()
+    }
+
+    #[test]
+    fn a_variable_s_mistake_names_the_variable_not_the_file() {
+        let e = env_err(ROUTE, &[("PATGATE__LOG__LEVEL", "info"), ("PATGATE__SERVER__LISTN", "1")]);
+        assert!(
+            e.starts_with("environment variable PATGATE__SERVER__LISTN: server.listn: unknown field `listn`, expected one of `listen`"),
+            "{e}"
+        );
+        let e = env_err(ROUTE, &[("PATGATE__SERVER__LISTEN", "localhost:22080")]);
+        assert_eq!(
+            e,
+            "environment variable PATGATE__SERVER__LISTEN: server.listen: `localhost:22080` is not an address such as \
+             127.0.0.1:8080 (a host name is not accepted: write an IP address, e.g. 127.0.0.1 or 0.0.0.0)"
+        );
+        let e = env_err(ROUTE, &[("PATGATE__SERVER__WORKERS", "two")]);
+        assert!(
+            e.starts_with("environment variable PATGATE__SERVER__WORKERS: server.workers: invalid type: "),
+            "{e}"
+        );
+        // The variable wins over the file, and the message says so.
+        let e = env_err(
+            &format!("[admin]\nlisten = \"127.0.0.1:9091\"\n{ROUTE}"),
+            &[("PATGATE__ADMIN__LISTEN", "nowhere")],
+        );
+        assert!(
+            e.starts_with("environment variable PATGATE__ADMIN__LISTEN: admin.listen: `nowhere`"),
             "{e}"
         );
     }
 
     #[test]
+    fn a_syntax_error_is_one_line_with_its_place() {
+        let e = err(&format!("{ROUTE}[server]\nlisten = \"127.0.0.1:8080\n"));
+        assert!(e.starts_with("patgate.toml:6: "), "{e}");
+        assert!(e.ends_with(')') && e.contains("(column "), "{e}");
+        assert!(!e.contains('\n') && !e.contains("` in "), "{e}");
+        let e = err("[server\n");
+        assert!(e.starts_with("patgate.toml:1: "), "{e}");
+    }
+
+    #[test]
+    fn a_host_name_is_refused_with_the_reason() {
+        let e = err(&format!("[server]\nlisten = \"localhost:8080\"\n{ROUTE}"));
+        assert!(e.contains("a host name is not accepted"), "{e}");
+        let e = err(&format!("[server]\nlisten = \"127.0.0.1\"\n{ROUTE}"));
+        assert!(!e.contains("host name"), "{e}");
+    }
+
+    #[test]
+    fn place_names_the_key_and_where_it_was_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("patgate.toml");
+        std::fs::write(&path, format!("[admin]\nlisten = \"127.0.0.1:9091\"\n{ROUTE}")).unwrap();
+        let env = [("PATGATE__SERVER__LISTEN".to_owned(), "127.0.0.1:8081".to_owned())];
+        let c = load_with_env(&path, &env).unwrap();
+        assert_eq!(c.place("admin.listen"), format!("{}:2: admin.listen", path.display()));
+        assert_eq!(
+            c.place("server.listen"),
+            "environment variable PATGATE__SERVER__LISTEN: server.listen"
+        );
+        assert_eq!(c.place("log.level"), format!("{}: log.level", path.display()));
+    }
+
+    #[test]
     fn a_missing_file_is_named() {
         let e = load(Path::new("/nonexistent/patgate.toml")).unwrap_err().to_string();
-        assert_eq!(e, "/nonexistent/patgate.toml: no such file");
+        assert_eq!(
+            e,
+            "/nonexistent/patgate.toml: no such file; name the config file with --config FILE or the PATGATE_CONFIG variable"
+        );
+        let e = load(Path::new("config/nowhere.toml")).unwrap_err().to_string();
+        let here = std::env::current_dir().unwrap();
+        assert!(
+            e.starts_with(&format!("config/nowhere.toml: no such file under {}; ", here.display())),
+            "{e}"
+        );
     }
 }

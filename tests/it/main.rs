@@ -15,6 +15,7 @@ mod h2;
 mod hostile;
 mod http1;
 mod limits;
+mod messages;
 mod postgres;
 mod proxy;
 mod reload;
