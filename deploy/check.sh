@@ -8,7 +8,8 @@
 #              offline exposure score, check-config on deploy/patgate.toml; then a Debian
 #              root boots in systemd-nspawn and runs the unit: push and clone through it
 #   Dockerfile hadolint; the build context (Dockerfile.dockerignore applied) loads as a
-#              cargo package with the patgate binary and the locked dependencies
+#              cargo package with the patgate binary, the repository's targets (build.rs
+#              among them) and the locked dependencies
 #   compose    the Compose Specification's JSON schema; cross-checks with the image
 #   Kubernetes the Kubernetes OpenAPI schemas (kubernetes-validate --strict); cross-checks
 #   configs    `patgate check-config` on every config, with the environment each gets
@@ -268,7 +269,18 @@ grep -q "no bin target named" <<<"$out" && grep -qx '    patgate' <<<"$out" ||
   fail "the Docker build context is not a buildable cargo package:"$'\n'"$out"
 (cd "$ctx" && cargo metadata --locked --format-version 1 >/dev/null) ||
   fail "Cargo.lock in the Docker build context is not up to date (cargo build --locked would stop)"
-ok "build context ($(cd "$ctx" && find . -type f | wc -l) files): cargo finds bin patgate, Cargo.lock is current"
+# cargo finds build.rs and benches by looking: one left out of the context is not an error
+# there, just a different package (without build.rs, src/build_info.rs does not compile).
+targets() {
+  (cd "$1" && cargo metadata --locked --no-deps --format-version 1) | "$py" -c '
+import json, sys
+packages = json.load(sys.stdin)["packages"]
+print(" ".join(sorted(k + ":" + t["name"] for p in packages for t in p["targets"] for k in t["kind"] if k != "test")))'
+}
+want_targets=$(targets "$root") && have_targets=$(targets "$ctx") || fail "cargo metadata --no-deps"
+[ "$have_targets" = "$want_targets" ] ||
+  fail "the Docker build context has the targets [$have_targets], the repository [$want_targets] (tests aside): COPY the missing files and let Dockerfile.dockerignore pass them"
+ok "build context ($(cd "$ctx" && find . -type f | wc -l) files): cargo finds bin patgate and the repository's targets but tests ($want_targets), Cargo.lock is current"
 
 part "Compose (deploy/compose.yaml)"
 if [ "$have_tools" = yes ]; then

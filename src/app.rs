@@ -115,7 +115,15 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     let sockets = bind_shared(config.proxy.listen, workers).map_err(bind_error)?;
     let addr = sockets[0].local_addr().map_err(bind_error)?;
     let tls = config.accept.tls.is_some();
-    tracing::info!(%addr, workers, tls, config = %config.source.display(), "Listening");
+    tracing::info!(
+        %addr,
+        workers,
+        tls,
+        config = %config.source.display(),
+        version = crate::build_info::VERSION,
+        commit = crate::build_info::COMMIT,
+        "Listening"
+    );
     for route in config.proxy.routes.iter() {
         if let Upstream::GitHttpBackend(root) = &route.target {
             if !root.is_dir() {

@@ -9,6 +9,7 @@ pub mod accept;
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod build_info;
 pub mod client;
 pub mod config;
 pub mod proxy;

@@ -1,21 +1,23 @@
 //! The patgate binary: parses the command line, loads the config, and runs a command.
+//! `completions` and `man` print what the command line itself defines, without a config.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use patgate::auth::scope::ScopeSet;
 use patgate::auth::Orgs;
 use patgate::client::{AdminClient, CreateRequest, TokenView, UpdateRequest};
 use patgate::config::{self, Config};
 use patgate::store::{self, NewToken, Store, TokenUpdate};
-use patgate::{app, telemetry};
+use patgate::{app, build_info, telemetry};
 
 /// A token-authenticating reverse proxy for self-hosted git and build infrastructure.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = build_info::LONG_VERSION, about)]
 struct Cli {
     /// The config file.
     #[arg(long, global = true, env = "PATGATE_CONFIG", default_value = "config/patgate.toml")]
@@ -33,6 +35,21 @@ enum Command {
     /// Create, list, change and revoke tokens: in the store, or through a running
     /// server's admin API with --admin-url.
     Token(TokenArgs),
+    /// Print the shell completion script for patgate.
+    ///
+    /// For example: patgate completions bash > ~/.local/share/bash-completion/completions/patgate
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print patgate's man page (roff), or write one page per command into a folder.
+    ///
+    /// For example: patgate man | gzip > /usr/local/share/man/man1/patgate.1.gz
+    Man {
+        /// Write patgate.1, patgate-serve.1, patgate-token-create.1, ... into this folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -88,8 +105,8 @@ struct CreateArgs {
     /// Comma-separated organizations, or '*' for all.
     #[arg(long)]
     orgs: String,
-    /// Lifespan, e.g. 90s, 12h, 30d. Needed on the store; through the admin API it
-    /// defaults to the server's policy.
+    /// Lifespan: a whole number and s, h, d or w (90s, 12h, 30d, 2w). Needed on the store;
+    /// through the admin API it defaults to the server's policy.
     #[arg(long, value_parser = parse_lifespan)]
     expires_in: Option<Duration>,
     /// Print one JSON object with the token and its secret (`token`).
@@ -121,7 +138,7 @@ struct UpdateArgs {
     /// The new organizations: a subset of the current ones.
     #[arg(long)]
     orgs: Option<String>,
-    /// A new lifespan counted from now, e.g. 30d.
+    /// A new lifespan counted from now: a whole number and s, h, d or w (e.g. 30d).
     #[arg(long, value_parser = parse_lifespan)]
     expires_in: Option<Duration>,
     #[arg(long)]
@@ -148,15 +165,26 @@ struct RevokeArgs {
 }
 
 fn parse_lifespan(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e}; write e.g. 90s, 12h, 30d"))?;
-    if d < Duration::from_secs(1) {
-        return Err("must be at least 1s".into());
-    }
-    Ok(d)
+    patgate::auth::lifespan::parse(s).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // These print what the command line defines: no config, no runtime.
+    let printed = match &cli.command {
+        Command::Completions { shell } => Some(print_completions(*shell)),
+        Command::Man { dir } => Some(print_man(dir.as_deref())),
+        _ => None,
+    };
+    if let Some(result) = printed {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Through the admin API the CLI needs no config file; everything else does.
     let config = match &cli.command {
         Command::Token(TokenArgs { admin_url: Some(_), .. }) => None,
@@ -206,7 +234,52 @@ async fn run(command: Command, config: Option<Config>) -> anyhow::Result<()> {
             };
             token(t.command, &backend).await
         }
+        (Command::Completions { .. } | Command::Man { .. }, _) => unreachable!("printed before the config is loaded"),
         (_, None) => unreachable!("the config is loaded for serve and check-config"),
+    }
+}
+
+fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "patgate", &mut out);
+    write_stdout(&out)
+}
+
+/// The man page of patgate to stdout, or with `dir` one page per command (but `help`) into it.
+fn print_man(dir: Option<&Path>) -> anyhow::Result<()> {
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let Some(dir) = dir else {
+        let mut out = Vec::new();
+        man_page(cmd).render(&mut out)?;
+        return write_stdout(&out);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut todo = vec![cmd];
+    while let Some(cmd) = todo.pop() {
+        todo.extend(cmd.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
+        let page = man_page(cmd);
+        let path = dir.join(page.get_filename());
+        let mut out = Vec::new();
+        page.render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn man_page(cmd: clap::Command) -> clap_mangen::Man {
+    clap_mangen::Man::new(cmd)
+        .date(build_info::BUILD_DATE)
+        .source(format!("patgate {}", build_info::VERSION))
+        .manual("patgate manual")
+}
+
+/// Writes all of `bytes`; a closed pipe (`patgate man | head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::Error::new(e).context("cannot write to stdout")),
+        _ => Ok(()),
     }
 }
 

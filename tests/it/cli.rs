@@ -67,7 +67,7 @@ fn a_bad_config_names_the_file_and_key_and_exits_non_zero() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("bad.toml: server.header_read_timeout: `forever` is not a duration"),
+        err.contains("bad.toml:3: server.header_read_timeout: `forever` is not a duration"),
         "{err}"
     );
     // The same file fixed through the environment.
@@ -323,4 +323,144 @@ fn token_commands_work_through_the_admin_api() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("404") && !err.contains(&admin.token), "{err}");
+}
+
+/// Runs patgate in an empty folder with the config pointing nowhere: what these commands
+/// print comes from the command line's definition alone.
+fn without_config(args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir.path())
+        .env("PATGATE_CONFIG", dir.path().join("missing.toml"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_name_the_subcommands() {
+    let dir = tempfile::tempdir().unwrap();
+    for (shell, marker) in [
+        ("bash", "complete -F _patgate"),
+        ("zsh", "#compdef patgate"),
+        ("fish", "complete -c patgate"),
+    ] {
+        let out = without_config(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", String::from_utf8_lossy(&out.stderr));
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(script.contains(marker), "{shell}: no `{marker}`:\n{script}");
+        for word in [
+            "serve",
+            "check-config",
+            "token",
+            "create",
+            "revoke",
+            "completions",
+            "man",
+            "config",
+            "expires-in",
+        ] {
+            assert!(script.contains(word), "{shell} completions do not name {word}");
+        }
+        std::fs::write(dir.path().join(shell), script).unwrap();
+    }
+    let bash = dir.path().join("bash");
+    let out = Command::new("bash").arg("-n").arg(&bash).output().unwrap();
+    assert!(out.status.success(), "bash -n: {}", String::from_utf8_lossy(&out.stderr));
+    // And it completes: `patgate to<TAB>` and `patgate token re<TAB>`.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(
+            r#"source "$1"
+            COMP_WORDS=(patgate to); COMP_CWORD=1; _patgate patgate to patgate; echo "${COMPREPLY[*]}"
+            COMP_WORDS=(patgate token re); COMP_CWORD=2; _patgate patgate re token; echo "${COMPREPLY[*]}""#,
+        )
+        .arg("bash")
+        .arg(&bash)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "token\nregenerate revoke\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_unknown_shell_is_refused_with_the_valid_ones() {
+    let out = without_config(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid value 'tcsh'"), "{err}");
+    for shell in ["bash", "zsh", "fish"] {
+        assert!(err.contains(shell), "{err}");
+    }
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn the_man_page_is_roff_that_names_the_commands() {
+    let out = without_config(&["man"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.contains("\n.TH patgate 1 "), "{page}");
+    assert!(page.contains("\n.SH SYNOPSIS\n") && page.contains("\n.SH SUBCOMMANDS\n"), "{page}");
+    for command in ["serve", "check\\-config", "token", "completions"] {
+        assert!(page.contains(&format!("patgate\\-{command}(1)")), "no {command}:\n{page}");
+    }
+
+    // With --dir: one page per command, subcommands of subcommands too, no help page.
+    let dir = tempfile::tempdir().unwrap();
+    let pages = dir.path().join("man1");
+    let out = without_config(&["man", "--dir", pages.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut names: Vec<String> = std::fs::read_dir(&pages)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    for want in [
+        "patgate.1",
+        "patgate-serve.1",
+        "patgate-token.1",
+        "patgate-token-create.1",
+        "patgate-man.1",
+    ] {
+        assert!(names.iter().any(|n| n == want), "no {want} in {names:?}");
+    }
+    assert!(!names.iter().any(|n| n.contains("help")), "{names:?}");
+    let create = std::fs::read_to_string(pages.join("patgate-token-create.1")).unwrap();
+    assert!(
+        create.contains(".TH patgate-token-create 1 ") && create.contains("\\-\\-expires\\-in"),
+        "{create}"
+    );
+}
+
+#[test]
+fn version_names_the_commit_and_the_build_day() {
+    let out = without_config(&["--version"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8(out.stdout).unwrap();
+    // patgate 0.1.0 (1a2b3c4 2026-12-06), or (1a2b3c4-dirty ...), or (unknown ...) without git.
+    let rest = line
+        .strip_prefix(&format!("patgate {} (", env!("CARGO_PKG_VERSION")))
+        .and_then(|r| r.strip_suffix(")\n"))
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let (commit, day) = rest.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+    let head = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_owned());
+    match head {
+        Some(head) => assert!(commit == head || commit == format!("{head}-dirty"), "{commit} is not HEAD {head}"),
+        None => assert_eq!(commit, "unknown"),
+    }
+    let parts: Vec<&str> = day.split('-').collect();
+    assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [4, 2, 2], "{day}");
+    assert!(parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_digit())), "{day}");
+    assert_eq!(without_config(&["-V"]).stdout, line.as_bytes());
 }
