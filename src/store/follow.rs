@@ -219,9 +219,14 @@ async fn listen(pg: Arc<PgStore>, wake: mpsc::Sender<Wake>) {
     }
 }
 
+/// Writes the uses seen since the last write; on failure they are kept for the next.
 async fn flush_uses(store: &Store, cache: &TokenCache) {
     let uses = cache.take_unflushed_uses();
-    if let Err(e) = store.record_last_used(uses).await {
-        tracing::warn!(error = %e, "Could not record token use times");
+    if uses.is_empty() {
+        return;
+    }
+    if let Err(e) = store.record_last_used(uses.clone()).await {
+        tracing::warn!(error = %e, "Could not record token use times; they are kept for the next try");
+        cache.return_uses(uses);
     }
 }

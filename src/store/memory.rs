@@ -3,6 +3,7 @@
 //! current by applying the event feed ([`super::follow`]).
 
 use std::borrow::Borrow;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -120,6 +121,10 @@ pub struct TokenCache {
     /// Held while reading and applying the feed, so two readers never apply an older
     /// record over a newer one.
     pub(super) apply_lock: tokio::sync::Mutex<()>,
+    /// Uses not yet written back of tokens no longer held (revoked, regenerated, expired,
+    /// removed), and uses whose write failed: id to the last use. Never touched by the
+    /// request path.
+    orphaned_uses: std::sync::Mutex<HashMap<String, i64>>,
 }
 
 impl Default for TokenCache {
@@ -132,6 +137,7 @@ impl Default for TokenCache {
             seq: AtomicI64::new(0),
             seq_tx: watch::Sender::new(0),
             apply_lock: tokio::sync::Mutex::new(()),
+            orphaned_uses: std::sync::Mutex::default(),
         }
     }
 }
@@ -158,6 +164,9 @@ impl TokenCache {
         if let Some(old) = &prev {
             if old.hash != record.hash || !live {
                 self.by_hash.remove(&old.hash);
+                // Its uses would go with it: a token used and revoked before the next
+                // write-back must still show when it was last used.
+                self.keep_unflushed_use(old);
             }
         }
         if !live {
@@ -205,13 +214,20 @@ impl TokenCache {
     pub fn remove_id(&self, id: &str) {
         if let Some((t, ())) = self.by_id.remove(id) {
             self.by_hash.remove(&t.0.hash);
+            self.keep_unflushed_use(&t.0);
         }
     }
 
     /// Drops tokens whose expiry has passed; returns how many.
     pub fn prune_expired(&self, now: i64) -> usize {
         let before = self.by_hash.len();
-        self.by_hash.retain(|t, ()| t.0.expires_at > now);
+        self.by_hash.retain(|t, ()| {
+            let keep = t.0.expires_at > now;
+            if !keep {
+                self.keep_unflushed_use(&t.0);
+            }
+            keep
+        });
         self.by_id.retain(|t, ()| t.0.expires_at > now);
         // Names and lists no token refers to any more.
         self.owners.retain(|o| Arc::strong_count(o) > 1);
@@ -249,17 +265,37 @@ impl TokenCache {
         self.seq_tx.subscribe()
     }
 
-    /// Uses not yet written back: `(id, last_used)` pairs, marked as written.
+    /// Uses not yet written back, of the tokens held and of those no longer held:
+    /// `(id, last_used)` pairs, marked as written. Give them back with
+    /// [`TokenCache::return_uses`] if the write fails.
     pub fn take_unflushed_uses(&self) -> Vec<(String, i64)> {
-        let mut out = Vec::new();
+        let mut uses = std::mem::take(&mut *self.orphaned_uses.lock().unwrap_or_else(|e| e.into_inner()));
         for e in self.by_hash.iter() {
             let t = &e.key().0;
             let used = t.last_used.load(Ordering::Relaxed);
             if used > t.flushed.swap(used, Ordering::Relaxed) {
-                out.push((t.id.to_string(), used));
+                let at = uses.entry(t.id.to_string()).or_insert(used);
+                *at = (*at).max(used);
             }
         }
-        out
+        uses.into_iter().collect()
+    }
+
+    /// Takes back uses whose write failed, to be written with the next ones.
+    pub fn return_uses(&self, uses: Vec<(String, i64)>) {
+        let mut kept = self.orphaned_uses.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, used) in uses {
+            let at = kept.entry(id).or_insert(used);
+            *at = (*at).max(used);
+        }
+    }
+
+    /// Keeps the use of a token leaving the cache that was not written back yet.
+    fn keep_unflushed_use(&self, token: &CachedToken) {
+        let used = token.last_used.load(Ordering::Relaxed);
+        if used > token.flushed.swap(used, Ordering::Relaxed) {
+            self.return_uses(vec![(token.id.to_string(), used)]);
+        }
     }
 }
 
@@ -337,5 +373,42 @@ mod tests {
         assert!(cache.take_unflushed_uses().is_empty());
         assert_eq!(cache.prune_expired(100), 1);
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_use_outlives_its_token_leaving_the_cache() {
+        let cache = TokenCache::default();
+        let s = TokenSecret::generate();
+        // Revoked before the write-back.
+        let mut r = rec("a", &s, 100);
+        cache.apply(&r, 0);
+        cache.get(&s.hash()).unwrap().touch(7);
+        r.revoked_at = Some(8);
+        cache.apply(&r, 8);
+        assert!(cache.is_empty());
+        assert_eq!(cache.take_unflushed_uses(), vec![("a".to_string(), 7)]);
+        // Regenerated: the old secret's use stays the token's.
+        let mut r = rec("b", &s, 100);
+        cache.apply(&r, 0);
+        cache.get(&s.hash()).unwrap().touch(9);
+        r.hash = TokenSecret::generate().hash();
+        cache.apply(&r, 9);
+        assert_eq!(cache.take_unflushed_uses(), vec![("b".to_string(), 9)]);
+        // Expired and pruned, or gone from the store.
+        cache.apply(&rec("c", &s, 100), 0);
+        cache.get(&s.hash()).unwrap().touch(10);
+        assert_eq!(cache.prune_expired(100), 2);
+        let s2 = TokenSecret::generate();
+        cache.apply(&rec("d", &s2, 100), 0);
+        cache.get(&s2.hash()).unwrap().touch(11);
+        cache.remove_id("d");
+        let mut uses = cache.take_unflushed_uses();
+        uses.sort();
+        assert_eq!(uses, vec![("c".to_string(), 10), ("d".to_string(), 11)]);
+        // A failed write gives them back; a later use of the same token wins.
+        cache.return_uses(vec![("c".to_string(), 10)]);
+        cache.return_uses(vec![("c".to_string(), 12), ("c".to_string(), 3)]);
+        assert_eq!(cache.take_unflushed_uses(), vec![("c".to_string(), 12)]);
+        assert!(cache.take_unflushed_uses().is_empty());
     }
 }
