@@ -12,7 +12,7 @@
 //! | `POST /admin/v1/owners/{owner}/revoke` | `tokens:manage` | `{"revoked": N}` |
 //! | `POST /admin/v1/leaked` | none; limited per address | `{"revoked": N}` |
 //! | `GET /admin/v1/events?since=&limit=&wait=` | `tokens:read` | `{"events": [...], "next"}` |
-//! | `GET /admin/v1/openapi.json` | none | the OpenAPI 3.1 description |
+//! | `GET /admin/v1/openapi.json` | none | the OpenAPI 3.1 description, its `servers` this listener |
 //! | `GET /admin/v1/ready` | none | `{"status": "ready", "seq", "tokens"}` |
 //!
 //! Callers are tokens, read from `Authorization` as on the proxy ([`caller`]). Without
@@ -138,8 +138,9 @@ struct Shared {
     leaks: leaked::Limiter,
     /// Event feed requests that may wait at once (see [`AdminState::waiters`]).
     waiters: Arc<Semaphore>,
-    /// The OpenAPI document with this server's limits filled in.
-    openapi: String,
+    /// The OpenAPI document with this server's limits and address filled in (the bound
+    /// address once [`serve`] runs).
+    openapi: ArcSwap<String>,
     stop: watch::Receiver<bool>,
 }
 
@@ -148,7 +149,7 @@ impl AdminState {
     pub fn new(config: Config, store: Store, tokens: Arc<TokenCache>, stop: watch::Receiver<bool>) -> AdminState {
         let leaks = leaked::Limiter::new(config.leak_reports_per_minute);
         let waiters = Arc::new(Semaphore::new(waiting_slots(config.max_connections)));
-        let openapi = openapi_for(&config);
+        let openapi = ArcSwap::from_pointee(openapi_for(&config, config.listen));
         AdminState(Arc::new(Shared {
             policy: ArcSwap::from_pointee(config.policy.clone()),
             tls: config.tls.as_ref().map(|t| TlsSlot::new(t.config.clone())),
@@ -192,6 +193,12 @@ impl AdminState {
     /// The failure table in force.
     pub fn lockout(&self) -> Option<Arc<Lockout>> {
         self.0.lockout.load_full()
+    }
+
+    /// Fills the address the listener is bound to into the OpenAPI document's `servers`
+    /// (the config's may have port 0).
+    fn bound_to(&self, addr: SocketAddr) {
+        self.0.openapi.store(Arc::new(openapi_for(&self.0.config, addr)));
     }
 
     /// Puts in a reloaded policy for requests from now on.
@@ -256,17 +263,39 @@ pub fn waiting_slots(max_connections: usize) -> usize {
     (max_connections - max_connections / 4).clamp(1, Semaphore::MAX_PERMITS)
 }
 
-/// [`OPENAPI`] with the limits that depend on the configuration filled in.
-fn openapi_for(config: &Config) -> String {
+/// [`OPENAPI`] with what depends on the configuration filled in: the limits, and `servers`
+/// for a listener on `listen`.
+fn openapi_for(config: &Config, listen: SocketAddr) -> String {
     let mut doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("the OpenAPI document is JSON");
     if let Some(secrets) = doc.pointer_mut("/components/schemas/LeakReport/properties/secrets") {
         secrets["maxItems"] = config.max_secrets_per_report.into();
     }
+    if let Some(url) = server_url(listen, config.tls.is_some()) {
+        doc["servers"] = serde_json::json!([{ "url": url, "description": "This server's admin listener." }]);
+    }
     doc.to_string()
 }
 
+/// The URL clients reach a listener on `listen` by, if its address says it: none for an
+/// unspecified address (`0.0.0.0`, `[::]`: every interface, no one address to name) or
+/// port 0. Without `servers`, OpenAPI 3.1 reads the server as `/`, the origin the document
+/// was fetched from, which is then right.
+pub fn server_url(listen: SocketAddr, tls: bool) -> Option<String> {
+    if listen.ip().is_unspecified() || listen.port() == 0 {
+        return None;
+    }
+    let scheme = if tls { "https" } else { "http" };
+    let host = match listen {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        // A zone (fe80::1%eth0) is written %25 in a URL (RFC 6874).
+        SocketAddr::V6(a) if a.scope_id() != 0 => format!("[{}%25{}]", a.ip(), a.scope_id()),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    };
+    Some(format!("{scheme}://{host}:{}", listen.port()))
+}
+
 async fn openapi(State(s): State<AdminState>) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], s.0.openapi.clone()).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], String::clone(&s.0.openapi.load())).into_response()
 }
 
 #[derive(serde::Serialize)]
@@ -328,6 +357,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// in flight finish (long polls end at once) for up to the shutdown grace.
 pub async fn serve(listener: TcpListener, state: AdminState) {
     let config = state.config().clone();
+    if let Ok(addr) = listener.local_addr() {
+        state.bound_to(addr);
+    }
     let app = router(state.clone());
     let max = config.max_connections.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize) as u32;
     let slots = Arc::new(Semaphore::new(max as usize));

@@ -79,6 +79,22 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminError> {
     })
 }
 
+/// For a member that may be left out but not sent as null, with `#[serde(default,
+/// deserialize_with = "request::not_null")]`: leaving it out is `None`, `null` is a 400
+/// that names it. None of the optional members of the admin API has a meaning for null (in
+/// a merge patch it would ask to remove the member, which none allows), so refusing it
+/// keeps the server and the document's `type` one reading.
+pub fn not_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    match <Option<T> as serde::Deserialize>::deserialize(d)? {
+        Some(v) => Ok(Some(v)),
+        None => Err(serde::de::Error::custom("may not be null; leave it out instead")),
+    }
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(v) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
@@ -321,14 +337,13 @@ impl Params {
     }
 }
 
-/// A lifespan such as `90s`, `12h`, `30d` (at least one second).
+/// A lifespan such as `90s`, `12h`, `30d`, `2w`, read as the CLI reads it.
 pub fn lifespan(field: &'static str, text: &str) -> Result<Duration, AdminError> {
-    let d = humantime::parse_duration(text)
-        .map_err(|_| AdminError::field(field, format!("`{}` is not a duration; write e.g. 90s, 12h, 30d", redact(text))))?;
-    if d < Duration::from_secs(1) {
-        return Err(AdminError::field(field, "must be at least 1s"));
-    }
-    Ok(d)
+    use crate::auth::lifespan::{parse, LifespanError};
+    parse(text).map_err(|e| match e {
+        LifespanError::Malformed => AdminError::field(field, format!("`{}` {e}", redact(text))),
+        LifespanError::TooShort | LifespanError::TooLong => AdminError::field(field, e),
+    })
 }
 
 /// When a token is to expire, as a request says it.
@@ -365,7 +380,8 @@ impl Expiry {
     }
 }
 
-/// Parses an RFC 3339 time (`Z` or a `±HH:MM` offset) into Unix seconds.
+/// Parses an RFC 3339 time (`Z` or a `±HH:MM` offset, years 0000 to 9999, `T` and `Z` in
+/// either case) into Unix seconds.
 pub fn parse_time(text: &str) -> Option<i64> {
     let (base, offset) = match text.strip_suffix(['Z', 'z']) {
         Some(base) => (base, 0),
@@ -385,9 +401,23 @@ pub fn parse_time(text: &str) -> Option<i64> {
             (base, sign * (hh * 3600 + mm * 60))
         }
     };
-    let t = humantime::parse_rfc3339(&format!("{base}Z")).ok()?;
+    // humantime reads years from 1970 on: an earlier one is moved ahead by whole 400-year
+    // Gregorian cycles, which repeat the calendar exactly, and the time moved back after.
+    const CYCLE_YEARS: i64 = 400;
+    const CYCLE_SECS: i64 = 146_097 * 86_400;
+    let (year, rest) = (base.get(..4)?, base.get(4..)?);
+    if !year.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let year: i64 = year.parse().ok()?;
+    let cycles = ((1970 - year).max(0) + CYCLE_YEARS - 1) / CYCLE_YEARS;
+    let rest = match rest.as_bytes().get(6) {
+        Some(b't') => format!("{}T{}", &rest[..6], &rest[7..]),
+        _ => rest.to_owned(),
+    };
+    let t = humantime::parse_rfc3339(&format!("{:04}{rest}Z", year + cycles * CYCLE_YEARS)).ok()?;
     let secs = i64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()?;
-    Some(secs - offset)
+    Some(secs - cycles * CYCLE_SECS - offset)
 }
 
 #[cfg(test)]
@@ -551,8 +581,9 @@ mod tests {
         let e = Expiry::from_fields(Some("1h"), Some("2030-01-31T12:00:00Z")).unwrap_err();
         assert_eq!(e.to_string(), "expires_in: give expires_in or expires_at, not both");
         let e = Expiry::from_fields(Some("soon"), None).unwrap_err();
-        assert!(e.to_string().starts_with("expires_in: `soon` is not a duration"), "{e}");
-        let e = Expiry::from_fields(Some("500ms"), None).unwrap_err();
+        // The lifespan reader's own words follow (crate::auth::lifespan).
+        assert!(e.to_string().starts_with("expires_in: `soon` is not a"), "{e}");
+        let e = Expiry::from_fields(Some("0s"), None).unwrap_err();
         assert_eq!(e.to_string(), "expires_in: must be at least 1s");
         let e = Expiry::from_fields(None, Some("tomorrow")).unwrap_err();
         assert!(e.to_string().starts_with("expires_at: `tomorrow` is not an RFC 3339 time"), "{e}");
@@ -566,6 +597,14 @@ mod tests {
         assert_eq!(parse_time("1970-01-01T01:00:00+01:00"), Some(0));
         assert_eq!(parse_time("1970-01-01T00:00:00-00:30"), Some(1800));
         assert_eq!(parse_time("2030-01-31T12:00:00.5Z"), Some(1_896_091_200));
+        assert_eq!(parse_time("2030-01-31t12:00:00z"), Some(1_896_091_200));
+        // Before 1970 too (RFC 3339 has years from 0000): a time that is not in the future.
+        assert_eq!(parse_time("1969-12-31T23:59:59Z"), Some(-1));
+        assert_eq!(parse_time("1969-12-31T23:00:00-02:00"), Some(3600));
+        assert_eq!(parse_time("1968-02-29T00:00:00Z"), Some(-58_060_800));
+        assert_eq!(parse_time("1600-03-01T00:00:00Z"), Some(-11_670_912_000));
+        assert_eq!(parse_time("0001-01-01T00:00:00+00:00"), Some(-62_135_596_800));
+        assert_eq!(parse_time("0000-01-01T00:00:00Z"), Some(-62_167_219_200));
         for bad in [
             "",
             "Z",
@@ -574,6 +613,10 @@ mod tests {
             "2030-01-31T12:00:00",
             "2030-01-31T12:00:00+1:000",
             "2030-01-31T12:00:00+24:00",
+            "1969-02-29T00:00:00Z",
+            "2024-01-01T12:99:00Z",
+            "+123-01-01T00:00:00Z",
+            "2030-01-31x12:00:00Z",
             "é€€€€€€",
         ] {
             assert_eq!(parse_time(bad), None, "{bad}");

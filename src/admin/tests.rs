@@ -1,9 +1,10 @@
 //! The admin router called directly, without sockets, over a SQLite store in a temporary
 //! folder. The end-to-end tests over HTTP are in `tests/it/admin.rs`.
 
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body as AxumBody;
 use http::{header, HeaderMap, Method, StatusCode};
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 use super::*;
 use crate::auth::scope::ScopeSet;
 use crate::auth::Orgs;
+use crate::proxy::lockout::Lockout;
 use crate::store::{Location, NewToken};
 
 struct Harness {
@@ -263,6 +265,10 @@ async fn bodies_must_be_bounded_json_with_known_fields() {
         ),
         (
             json!({"name": "ci", "scopes": ["code:read"], "orgs": "*", "expires_at": "2001-01-01T00:00:00Z"}),
+            "expires_at: must be in the future",
+        ),
+        (
+            json!({"name": "ci", "scopes": ["code:read"], "orgs": "*", "expires_at": "0017-09-13T14:20:43.128807Z"}),
             "expires_at: must be in the future",
         ),
     ];
@@ -691,7 +697,7 @@ async fn waiting_event_requests_are_bounded() {
 fn the_served_openapi_document_carries_the_limits_and_every_scope() {
     let mut c = config();
     c.max_secrets_per_report = 7;
-    let doc: Value = serde_json::from_str(&openapi_for(&c)).unwrap();
+    let doc: Value = serde_json::from_str(&openapi_for(&c, c.listen)).unwrap();
     assert_eq!(doc["components"]["schemas"]["LeakReport"]["properties"]["secrets"]["maxItems"], 7);
     let names: Vec<&str> = doc["components"]["schemas"]["ScopeName"]["enum"]
         .as_array()
@@ -736,6 +742,160 @@ fn the_openapi_document_lists_every_status_each_operation_can_answer() {
     }
     assert!(codes("get", paths::EVENTS).contains(&"429".to_owned()));
     assert!(codes("post", paths::LEAKED).contains(&"429".to_owned()));
+}
+
+/// The response object at `r`, following a `$ref`.
+fn resolve<'a>(doc: &'a Value, r: &'a Value) -> &'a Value {
+    match r.get("$ref").and_then(Value::as_str) {
+        Some(pointer) => doc.pointer(pointer.trim_start_matches('#')).unwrap_or_else(|| panic!("{pointer}")),
+        None => r,
+    }
+}
+
+#[tokio::test]
+async fn every_operation_the_lockout_guards_documents_429_with_retry_after() {
+    let h = Harness::new().await;
+    let lockout = Lockout::new(crate::proxy::lockout::Config {
+        max_failures: 1,
+        ..Default::default()
+    });
+    let blocked: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    lockout.failed(blocked.ip(), Instant::now());
+    h.state.replace_lockout(Some(Arc::new(lockout)));
+    let root = h.mint("root", &["tokens:admin"]).await;
+    let doc: Value = serde_json::from_str(&openapi_for(&config(), config().listen)).unwrap();
+    // Ask every route from the blocked address, with a good token and a body: each that
+    // answers the lockout's 429 must document it, with its Retry-After.
+    let mut guarded = Vec::new();
+    for (method, path) in paths::ROUTES {
+        let mut req = http::Request::builder()
+            .method(*method)
+            .uri(fill(path))
+            .header(header::AUTHORIZATION, format!("Bearer {root}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(AxumBody::from("{}"))
+            .unwrap();
+        req.extensions_mut().insert(ConnectInfo(blocked));
+        let a = h.send(req).await;
+        if a.status != StatusCode::TOO_MANY_REQUESTS {
+            continue;
+        }
+        assert!(
+            a.error().starts_with("too many failed authentications"),
+            "{method} {path}: {}",
+            a.error()
+        );
+        assert!(a.headers[header::RETRY_AFTER].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+        let answer = &doc["paths"][path][method.to_lowercase()]["responses"]["429"];
+        assert!(answer.is_object(), "{method} {path} does not document the lockout's 429");
+        let answer = resolve(&doc, answer);
+        assert_eq!(answer["headers"]["Retry-After"]["required"], true, "{method} {path}: {answer}");
+        assert_eq!(answer["headers"]["Retry-After"]["schema"]["type"], "integer");
+        guarded.push((*method, *path));
+    }
+    // Every route that reads the caller's token is guarded; the three open to anyone are not.
+    let open = [paths::LEAKED, paths::OPENAPI, paths::READY];
+    let want: Vec<(&str, &str)> = paths::ROUTES.iter().copied().filter(|(_, p)| !open.contains(p)).collect();
+    assert_eq!(guarded, want);
+}
+
+#[tokio::test]
+async fn servers_name_the_bound_listener_or_are_left_out() {
+    // The file itself names no address: only the running server knows its own.
+    let file: Value = serde_json::from_str(OPENAPI).unwrap();
+    assert!(file.get("servers").is_none());
+    let v6 = |s: &str| SocketAddr::from(s.parse::<std::net::SocketAddrV6>().unwrap());
+    let cases = [
+        (v6("[::1]:9090"), false, Some("http://[::1]:9090")),
+        ("127.0.0.1:9090".parse().unwrap(), false, Some("http://127.0.0.1:9090")),
+        ("10.1.2.3:8443".parse().unwrap(), true, Some("https://10.1.2.3:8443")),
+        (
+            SocketAddr::V6(std::net::SocketAddrV6::new("fe80::1".parse().unwrap(), 9090, 0, 3)),
+            false,
+            Some("http://[fe80::1%253]:9090"),
+        ),
+        // Every interface, or a port the kernel has yet to pick: no one address to name.
+        ("0.0.0.0:9090".parse().unwrap(), false, None),
+        (v6("[::]:9090"), true, None),
+        ("127.0.0.1:0".parse().unwrap(), false, None),
+    ];
+    for (listen, tls, want) in cases {
+        assert_eq!(server_url(listen, tls).as_deref(), want, "{listen} tls {tls}");
+    }
+    let mut c = config();
+    c.listen = "0.0.0.0:9090".parse().unwrap();
+    let doc: Value = serde_json::from_str(&openapi_for(&c, c.listen)).unwrap();
+    assert!(doc.get("servers").is_none());
+    // The served document names the address the listener is bound to, not the config's port 0.
+    let h = Harness::new().await;
+    let a = h.call("GET", paths::OPENAPI, None, None).await;
+    assert!(a.json.get("servers").is_none(), "{}", a.json["servers"]);
+    h.state.bound_to("127.0.0.1:39090".parse().unwrap());
+    let a = h.call("GET", paths::OPENAPI, None, None).await;
+    assert_eq!(a.json["servers"][0]["url"], "http://127.0.0.1:39090");
+    assert_eq!(a.json["servers"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn optional_members_may_be_left_out_but_not_null() {
+    let h = Harness::new().await;
+    let root = h.mint("root", &["tokens:admin"]).await;
+    let base = json!({"name": "ci", "scopes": ["code:read"], "orgs": ["acme"]});
+    let with = |base: &Value, field: &str, v: Value| {
+        let mut b = base.clone();
+        b[field] = v;
+        b
+    };
+    // Every member of the create body, required or not, refuses null and names itself.
+    for field in ["name", "owner", "scopes", "orgs", "expires_in", "expires_at"] {
+        let a = h
+            .call("POST", paths::TOKENS, Some(&root), Some(with(&base, field, Value::Null)))
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{field}: {}", a.json);
+        assert!(a.error().starts_with(&format!("{field}: ")), "{field}: {}", a.error());
+    }
+    for field in ["owner", "expires_in", "expires_at"] {
+        let a = h
+            .call("POST", paths::TOKENS, Some(&root), Some(with(&base, field, Value::Null)))
+            .await;
+        assert!(
+            a.error().starts_with(&format!("{field}: may not be null; leave it out instead")),
+            "{}",
+            a.error()
+        );
+    }
+    let a = h.call("GET", paths::TOKENS, Some(&root), None).await;
+    assert_eq!(a.json["tokens"].as_array().unwrap().len(), 1, "nothing was created");
+    // Left out, each takes its default.
+    let a = h.call("POST", paths::TOKENS, Some(&root), Some(base.clone())).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.json);
+    assert_eq!(a.json["token"]["owner"], "root");
+    let id = a.json["token"]["id"].as_str().unwrap().to_owned();
+    let before = a.json["token"].clone();
+    // A change: null is not "leave it as it is" (nor, as in a merge patch, "remove it").
+    let path = format!("/admin/v1/tokens/{id}");
+    for field in ["name", "scopes", "orgs", "expires_in", "expires_at"] {
+        let body = json!({"name": "renamed", field: null});
+        let a = h.call("PATCH", &path, Some(&root), Some(body.clone())).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.json);
+        assert!(
+            a.error().starts_with(&format!("{field}: may not be null; leave it out instead")),
+            "{body}: {}",
+            a.error()
+        );
+    }
+    let a = h.call("GET", &path, Some(&root), None).await;
+    assert_eq!(a.json, before, "no change was made");
+    let a = h.call("PATCH", &path, Some(&root), Some(json!({"name": "renamed"}))).await;
+    assert_eq!((a.status, &a.json["name"]), (StatusCode::OK, &json!("renamed")));
+    // The document says the same: no optional member of either body admits null.
+    let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+    for schema in ["CreateRequest", "UpdateRequest"] {
+        for (name, member) in doc["components"]["schemas"][schema]["properties"].as_object().unwrap() {
+            let member = resolve(&doc, member);
+            assert!(!member.to_string().contains("\"null\""), "{schema}.{name} admits null: {member}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -66,34 +66,35 @@ pub struct Revoked {
     pub revoked: usize,
 }
 
-/// The body of `POST /admin/v1/tokens`.
+/// The body of `POST /admin/v1/tokens`. An optional member is left out, never null.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "request::not_null")]
     owner: Option<String>,
     scopes: Vec<String>,
     orgs: Orgs,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "request::not_null")]
     expires_in: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "request::not_null")]
     expires_at: Option<String>,
 }
 
-/// The body of `PATCH /admin/v1/tokens/{id}`; what is left out stays as it is.
+/// The body of `PATCH /admin/v1/tokens/{id}`; what is left out stays as it is, and no
+/// member may be null.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "request::not_null")]
     name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "request::not_null")]
     scopes: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "request::not_null")]
     orgs: Option<Orgs>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "request::not_null")]
     expires_in: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "request::not_null")]
     expires_at: Option<String>,
 }
 

@@ -182,7 +182,12 @@ fn malformed_requests_are_refused_with_json_naming_the_problem() {
         ),
         (
             json!({"name": "x", "scopes": ["code:read"], "orgs": "*", "expires_in": "forever"}),
-            "expires_in: `forever` is not a duration",
+            // The lifespan reader's own words follow (src/auth/lifespan.rs).
+            "expires_in: `forever` is not a",
+        ),
+        (
+            json!({"name": "x", "scopes": ["code:read"], "orgs": "*", "expires_in": null}),
+            "expires_in: may not be null; leave it out instead",
         ),
         (json!({"name": 5, "scopes": ["code:read"], "orgs": "*"}), "name: invalid type"),
         (json!({"scopes": ["code:read"], "orgs": "*"}), "missing field `name`"),
@@ -555,6 +560,12 @@ fn openapi_ready_and_the_request_log() {
     let a = p.api("GET", "/admin/v1/openapi.json", None, None);
     assert_eq!(a.status, 200);
     assert_eq!(a.json["openapi"], "3.1.0");
+    // The config says port 0: the document names the port the listener got.
+    let admin = p.admin.unwrap();
+    assert_eq!(
+        a.json["servers"],
+        json!([{"url": format!("http://{admin}"), "description": "This server's admin listener."}])
+    );
     for path in [
         "/admin/v1/tokens",
         "/admin/v1/tokens/{id}/regenerate",
@@ -607,7 +618,11 @@ fn the_admin_api_can_be_turned_off_and_never_shares_the_proxy_port() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("p.toml: admin.listen: `127.0.0.1:7070` is the proxy's address"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("p.toml:") && stderr.contains("admin.listen: `127.0.0.1:7070` is the proxy's address"),
+        "{stderr}"
+    );
 }
 
 #[test]
