@@ -167,6 +167,7 @@ async fn serve(
         }
         return;
     }
+    let _open = OpenConnection::count();
     let config = &shared.config;
     // The connection's place in the limits; a WebSocket tunnel it turns into keeps it.
     let place: Place = Arc::new((slot, per_ip.flatten()));
@@ -217,6 +218,22 @@ async fn serve_tls(
     } else {
         let conn = serve_http1(tls, connection(peer, true, stop), proxy, config, activity, place);
         drive(conn, activity, config.idle_timeout, false, stop).await;
+    }
+}
+
+/// Counts a connection in `patgate_connections_open` while it is served.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn count() -> OpenConnection {
+        crate::telemetry::metrics::metrics().connections_open.inc();
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        crate::telemetry::metrics::metrics().connections_open.dec();
     }
 }
 

@@ -13,7 +13,9 @@
 //! | `POST /admin/v1/leaked` | none; limited per address | `{"revoked": N}` |
 //! | `GET /admin/v1/events?since=&limit=&wait=` | `tokens:read` | `{"events": [...], "next"}` |
 //! | `GET /admin/v1/openapi.json` | none | the OpenAPI 3.1 description, its `servers` this listener |
-//! | `GET /admin/v1/ready` | none | `{"status": "ready", "seq", "tokens"}` |
+//! | `GET /admin/v1/ready`, `GET /readyz` | none | `{"status": "ready", ...}` once the proxy listens; 503 before |
+//! | `GET /healthz` | none | `{"status": "ok"}` while the process serves |
+//! | `GET /metrics` | none | Prometheus metrics, OpenMetrics text ([`crate::telemetry::metrics`]) |
 //!
 //! Callers are tokens, read from `Authorization` as on the proxy ([`caller`]). Without
 //! `tokens:admin` a caller sees and changes only its owner's tokens. Tokens made or changed
@@ -44,7 +46,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http::{header, HeaderValue, Method};
+use http::{header, HeaderValue, Method, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::{service_fn, Service};
@@ -56,6 +58,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::proxy::lockout::Lockout;
 use crate::store::memory::TokenCache;
 use crate::store::{follow, Store};
+use crate::telemetry::metrics::metrics;
 use crate::tls::TlsSlot;
 use caller::LogSlot;
 use error::{AdminError, Reason};
@@ -100,6 +103,12 @@ pub mod paths {
     pub const EVENTS: &str = "/admin/v1/events";
     pub const OPENAPI: &str = "/admin/v1/openapi.json";
     pub const READY: &str = "/admin/v1/ready";
+    pub const READYZ: &str = "/readyz";
+    pub const HEALTHZ: &str = "/healthz";
+    pub const METRICS: &str = "/metrics";
+
+    /// The routes that need no token: no caller is read, so the lockout does not apply.
+    pub const OPEN: &[&str] = &[LEAKED, OPENAPI, READY, READYZ, HEALTHZ, METRICS];
 
     /// Every route of the router: method and path.
     pub const ROUTES: &[(&str, &str)] = &[
@@ -114,6 +123,9 @@ pub mod paths {
         ("GET", EVENTS),
         ("GET", OPENAPI),
         ("GET", READY),
+        ("GET", READYZ),
+        ("GET", HEALTHZ),
+        ("GET", METRICS),
     ];
 }
 
@@ -141,6 +153,8 @@ struct Shared {
     /// The OpenAPI document with this server's limits and address filled in (the bound
     /// address once [`serve`] runs).
     openapi: ArcSwap<String>,
+    /// Set once the proxy listener is bound: readiness waits for it.
+    proxy_listening: std::sync::atomic::AtomicBool,
     stop: watch::Receiver<bool>,
 }
 
@@ -160,6 +174,7 @@ impl AdminState {
             leaks,
             waiters,
             openapi,
+            proxy_listening: std::sync::atomic::AtomicBool::new(false),
             stop,
         }))
     }
@@ -193,6 +208,11 @@ impl AdminState {
     /// The failure table in force.
     pub fn lockout(&self) -> Option<Arc<Lockout>> {
         self.0.lockout.load_full()
+    }
+
+    /// Tells readiness that the proxy listener is up.
+    pub fn proxy_listening(&self) {
+        self.0.proxy_listening.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Fills the address the listener is bound to into the OpenAPI document's `servers`
@@ -252,6 +272,9 @@ pub fn router(state: AdminState) -> Router {
         .route(EVENTS, get(events::events))
         .route(OPENAPI, get(openapi))
         .route(READY, get(ready))
+        .route(READYZ, get(ready))
+        .route(HEALTHZ, get(health))
+        .route(METRICS, get(serve_metrics))
         .fallback(|| async { AdminError::NoEndpoint })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .layer(middleware::from_fn(access_log))
@@ -303,15 +326,47 @@ struct Ready {
     status: &'static str,
     seq: i64,
     tokens: usize,
+    /// `reachable`, or `unreachable` while this instance serves from memory (by design:
+    /// it stays ready).
+    store: &'static str,
+    version: &'static str,
+    commit: &'static str,
 }
 
-/// Answers once the tokens are loaded: the listener starts only after they are.
-async fn ready(State(s): State<AdminState>) -> Json<Ready> {
-    Json(Ready {
-        status: "ready",
+/// Ready once the tokens are loaded (the admin listener starts only after they are) and
+/// the proxy listens; a store that cannot be reached does not make it unready, since
+/// serving from memory is what patgate does then.
+async fn ready(State(s): State<AdminState>) -> Response {
+    let listening = s.0.proxy_listening.load(std::sync::atomic::Ordering::Acquire);
+    let body = Ready {
+        status: if listening { "ready" } else { "starting" },
         seq: s.tokens().seq(),
         tokens: s.tokens().len(),
-    })
+        store: if s.tokens().store_reachable() { "reachable" } else { "unreachable" },
+        version: crate::build_info::VERSION,
+        commit: crate::build_info::COMMIT,
+    };
+    let status = if listening {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Alive: the process answers.
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// The process's metrics, with the gauges of state read now.
+async fn serve_metrics(State(s): State<AdminState>) -> Response {
+    let m = metrics();
+    m.tokens_live.set(i64::try_from(s.tokens().len()).unwrap_or(i64::MAX));
+    m.store_reachable.set(i64::from(s.tokens().store_reachable()));
+    let blocked = s.lockout().map_or(0, |l| l.blocked(Instant::now()));
+    m.lockouts_active.set(i64::try_from(blocked).unwrap_or(i64::MAX));
+    ([(header::CONTENT_TYPE, crate::telemetry::metrics::CONTENT_TYPE)], m.encode()).into_response()
 }
 
 /// Logs one line per request; refuses writes that carry an `Origin` (a web page may send

@@ -114,6 +114,9 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     };
     let sockets = bind_shared(config.proxy.listen, workers).map_err(bind_error)?;
     let addr = sockets[0].local_addr().map_err(bind_error)?;
+    if let Some(admin) = &admin_state {
+        admin.proxy_listening();
+    }
     let tls = config.accept.tls.is_some();
     tracing::info!(
         %addr,
@@ -215,6 +218,7 @@ impl Reload {
         let new = match config::load(&self.running.source) {
             Ok(c) => c,
             Err(e) => {
+                crate::telemetry::metrics::metrics().reload(false);
                 tracing::error!(error = %e, "Reload refused; the running configuration stays");
                 return;
             }
@@ -237,6 +241,7 @@ impl Reload {
                 admin.replace_tls(tls);
             }
         }
+        crate::telemetry::metrics::metrics().reload(true);
         tracing::info!(routes = new.proxy.routes.iter().count(), config = %new.source.display(), "Configuration reloaded");
         // What is reported next time as needing a restart is measured against what runs.
         self.running.proxy.routes = new.proxy.routes;

@@ -37,6 +37,7 @@ use http_body_util::{BodyExt, Full};
 use crate::auth::rules::{self, PathError, QueryError, Requirement, RouteTable, RuleError};
 use crate::auth::{self, AuthError};
 use crate::store::memory::TokenCache;
+use crate::telemetry::metrics::{metrics, AuthOutcome, RouteLabel, UpstreamFault};
 use upstream::Upstream;
 
 /// Errors crossing the request path, boxed.
@@ -236,6 +237,8 @@ pub struct Proxy {
 struct AccessLog<'a> {
     identity: Option<auth::Identity>,
     route: Option<&'a str>,
+    /// The matched route's upstream, for the metrics.
+    upstream: Option<&'a Upstream>,
     /// The client's address, through trusted proxies; the peer's until it is known.
     client: Option<std::net::IpAddr>,
 }
@@ -283,9 +286,24 @@ impl AccessEntry<'_> {
         }
     }
 
-    /// The answer for `result`, logged: the response, or the error's answer.
+    /// The answer for `result`, logged and counted: the response, or the error's answer.
     fn finish(mut self, result: Result<Response<Body>, ProxyError>) -> Response<Body> {
         self.written = true;
+        let m = metrics();
+        let error = result.as_ref().err();
+        if let Some(outcome) = auth_outcome(error, self.log.identity.is_some()) {
+            m.auth(outcome);
+        }
+        let fault = match error {
+            Some(ProxyError::UpstreamTimeout(_)) => Some(UpstreamFault::Timeout),
+            Some(ProxyError::UpstreamUnreachable | ProxyError::UpstreamFailed | ProxyError::CgiUnavailable | ProxyError::CgiMalformed) => {
+                Some(UpstreamFault::Error)
+            }
+            _ => None,
+        };
+        if let (Some(fault), Some(route)) = (fault, self.route_label()) {
+            m.upstream_fault(&route, fault);
+        }
         match result {
             Ok(r) => {
                 self.emit(r.status().as_u16(), None);
@@ -299,7 +317,15 @@ impl AccessEntry<'_> {
         }
     }
 
+    /// The metric labels of the matched route.
+    fn route_label(&self) -> Option<RouteLabel> {
+        let (pattern, upstream) = (self.log.route?, self.log.upstream?);
+        Some(metrics().route(pattern, || upstream.label()))
+    }
+
     fn emit(&self, status: u16, reason: Option<&dyn std::fmt::Display>) {
+        let elapsed = self.started.elapsed();
+        metrics().request(self.route_label().as_ref(), &self.method, status, elapsed.as_secs_f64());
         let message = match (status, reason) {
             (CLIENT_CLOSED, _) => "Request cancelled",
             (_, None) => "Request",
@@ -307,7 +333,7 @@ impl AccessEntry<'_> {
         };
         tracing::info!(
             target: "patgate::access",
-            duration_ms = crate::telemetry::millis(self.started.elapsed()),
+            duration_ms = crate::telemetry::millis(elapsed),
             client.ip = %self.log.client.unwrap_or(self.peer),
             http.method = %self.method,
             url.path = %self.uri.path(),
@@ -439,6 +465,7 @@ impl Proxy {
         // Route and rule.
         let found = live.routes.find(&path).ok_or(ProxyError::NoRoute)?;
         log.route = Some(found.route.pattern.as_str());
+        log.upstream = Some(&found.route.target);
         let scope = found
             .route
             .required_scope(&head.method, &path, head.uri.query())
@@ -527,6 +554,25 @@ fn full(text: String) -> Body {
 /// Whether a failed authentication counts against the client's address: a secret that
 /// was given and is wrong. A request without one does not count (git asks without
 /// credentials first, then again with them).
+/// How authentication ended for a request that ended with `error` (or none), and whether
+/// it had been authenticated; `None` for a request refused before authentication.
+fn auth_outcome(error: Option<&ProxyError>, authenticated: bool) -> Option<AuthOutcome> {
+    Some(match error {
+        Some(ProxyError::Auth(e)) => match e {
+            AuthError::Missing => AuthOutcome::NoCredential,
+            AuthError::Credential(_) | AuthError::Malformed => AuthOutcome::Malformed,
+            AuthError::Unknown => AuthOutcome::Unknown,
+            AuthError::Expired => AuthOutcome::Expired,
+            AuthError::ScopeMissing { .. } => AuthOutcome::LacksScope,
+            AuthError::OrgMissing { .. } => AuthOutcome::LacksOrg,
+        },
+        Some(ProxyError::NoRule { .. }) => AuthOutcome::NoRule,
+        Some(ProxyError::Blocked(_)) => AuthOutcome::LockedOut,
+        _ if authenticated => AuthOutcome::Allowed,
+        _ => return None,
+    })
+}
+
 fn counts_as_failure(e: &AuthError) -> bool {
     !matches!(
         e,

@@ -2,6 +2,8 @@
 //! Targets: `patgate::access` (one event per request), `patgate::cgi` (git's own stderr).
 //! No event carries a secret or an Authorization value: the request path logs token ids.
 
+pub mod metrics;
+
 use tracing_subscriber::EnvFilter;
 
 /// How log lines look.

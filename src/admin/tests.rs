@@ -77,6 +77,17 @@ impl Harness {
     }
 
     async fn with(config: Config) -> Harness {
+        let h = Harness::unlistened_with(config).await;
+        h.state.proxy_listening();
+        h
+    }
+
+    /// A harness whose proxy listener is not up yet.
+    async fn unlistened() -> Harness {
+        Harness::unlistened_with(config()).await
+    }
+
+    async fn unlistened_with(config: Config) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&Location::Sqlite(dir.path().join("t.db"))).await.unwrap();
         let tokens = Arc::new(TokenCache::default());
@@ -122,7 +133,13 @@ impl Harness {
         let status = res.status();
         let headers = res.headers().clone();
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
+        // Every answer is JSON but the metrics' text, which is kept as a JSON string.
+        let json = match headers.get(header::CONTENT_TYPE) {
+            Some(t) if t.as_bytes().starts_with(b"application/openmetrics-text") => {
+                Value::String(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            _ => serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes))),
+        };
         Answer { status, headers, json }
     }
 
@@ -187,7 +204,30 @@ async fn every_route_is_served_and_the_rest_is_json() {
     assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(a.headers[header::CACHE_CONTROL], "no-store");
     let a = h.call("GET", "/admin/v1/ready", None, None).await;
-    assert_eq!(a.json, json!({"status": "ready", "seq": 0, "tokens": 0}));
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.json,
+        json!({"status": "ready", "seq": 0, "tokens": 0, "store": "reachable",
+               "version": crate::build_info::VERSION, "commit": crate::build_info::COMMIT})
+    );
+    let a = h.call("GET", "/readyz", None, None).await;
+    assert_eq!((a.status, &a.json["status"]), (StatusCode::OK, &json!("ready")));
+    let a = h.call("GET", "/healthz", None, None).await;
+    assert_eq!(a.json, json!({"status": "ok"}));
+}
+
+#[tokio::test]
+async fn readiness_waits_for_the_proxy_listener() {
+    let h = Harness::unlistened().await;
+    for path in [paths::READY, paths::READYZ] {
+        let a = h.call("GET", path, None, None).await;
+        assert_eq!((a.status, &a.json["status"]), (StatusCode::SERVICE_UNAVAILABLE, &json!("starting")));
+    }
+    let a = h.call("GET", paths::HEALTHZ, None, None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    h.state.proxy_listening();
+    let a = h.call("GET", paths::READYZ, None, None).await;
+    assert_eq!(a.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -726,7 +766,7 @@ fn the_openapi_document_lists_every_status_each_operation_can_answer() {
     for (method, path) in paths::ROUTES {
         let m = method.to_lowercase();
         let has = codes(&m, path);
-        if *path == paths::OPENAPI || *path == paths::READY {
+        if *path != paths::LEAKED && paths::OPEN.contains(path) {
             continue;
         }
         for code in ["400", "403", "500", "503"] {
@@ -794,8 +834,7 @@ async fn every_operation_the_lockout_guards_documents_429_with_retry_after() {
         guarded.push((*method, *path));
     }
     // Every route that reads the caller's token is guarded; the three open to anyone are not.
-    let open = [paths::LEAKED, paths::OPENAPI, paths::READY];
-    let want: Vec<(&str, &str)> = paths::ROUTES.iter().copied().filter(|(_, p)| !open.contains(p)).collect();
+    let want: Vec<(&str, &str)> = paths::ROUTES.iter().copied().filter(|(_, p)| !paths::OPEN.contains(p)).collect();
     assert_eq!(guarded, want);
 }
 

@@ -240,6 +240,15 @@ impl Lockout {
         }
     }
 
+    /// Addresses (and `/64` prefixes) blocked at `now`. Walks the table: for a scrape,
+    /// not for the request path.
+    pub fn blocked(&self, now: Instant) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.value().block_left(now, &self.config).is_some())
+            .count()
+    }
+
     /// Addresses (and `/64` prefixes) tracked, expired or not.
     pub fn len(&self) -> usize {
         self.entries.len()

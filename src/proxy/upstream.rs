@@ -173,6 +173,15 @@ impl HttpTarget {
 pub const GIT_HTTP_BACKEND: &str = "git-http-backend:";
 
 impl Upstream {
+    /// How the metrics name it: scheme and authority (it never holds a userinfo), or
+    /// `git-http-backend` (the folder may say more of the host than a label should).
+    pub fn label(&self) -> String {
+        match self {
+            Upstream::Http(t) => format!("{}://{}", if t.tls { "https" } else { "http" }, t.authority),
+            Upstream::GitHttpBackend(_) => "git-http-backend".to_owned(),
+        }
+    }
+
     /// Parses `http://host[:port][/prefix]`, `https://host[:port][/prefix]` or
     /// `git-http-backend:DIR`.
     pub fn parse(text: &str, response_timeout: Duration) -> Result<Upstream, String> {

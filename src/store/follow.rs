@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use super::memory::TokenCache;
 use super::postgres::PgStore;
 use super::{now, Config, Store, StoreError, TokenRecord};
+use crate::telemetry::metrics::metrics;
 
 /// Events applied per read of the feed.
 const BATCH: usize = 1000;
@@ -83,15 +84,37 @@ impl Drop for Batcher {
     }
 }
 
-/// Applies every event after the cache's sequence number; returns how many.
+/// A change applied this many seconds or more after its commit is late. Event times are
+/// whole seconds, so 2 means certainly more than one second.
+const LATE_SECONDS: i64 = 2;
+
+/// Applies every event after the cache's sequence number; returns how many. Sets the
+/// feed's lag metrics, and logs changes that arrived late.
 pub async fn catch_up(store: &Store, cache: &TokenCache) -> Result<usize, StoreError> {
     let _applying = cache.apply_lock.lock().await;
     let mut applied = 0;
+    let mut oldest = 0;
+    let mut late = 0;
+    let m = metrics();
     loop {
         let changes = store.changes_since(cache.seq(), BATCH).await?;
         let n = changes.len();
         let t = now();
         for c in changes {
+            let age = t - c.event.at;
+            oldest = oldest.max(age);
+            if age >= LATE_SECONDS {
+                late += 1;
+                if late == 1 {
+                    tracing::warn!(
+                        token.id = %c.event.token_id,
+                        event = ?c.event.kind,
+                        seq = c.event.seq,
+                        lag_s = age,
+                        "Token change applied late"
+                    );
+                }
+            }
             match &c.record {
                 Some(r) => cache.apply(r, t),
                 None => cache.remove_id(&c.event.token_id),
@@ -101,6 +124,14 @@ pub async fn catch_up(store: &Store, cache: &TokenCache) -> Result<usize, StoreE
         }
         applied += n;
         if n < BATCH {
+            m.feed_lag_events.set(applied as i64);
+            m.feed_lag_seconds.set(oldest.max(0) as f64);
+            if late > 0 {
+                m.feed_late_events.inc_by(late);
+                if late > 1 {
+                    tracing::warn!(count = late, max_lag_s = oldest, "Token changes applied late");
+                }
+            }
             return Ok(applied);
         }
     }
@@ -122,6 +153,10 @@ pub async fn follow(store: Store, cache: Arc<TokenCache>, config: Config, mut sh
     let mut last_flush = Instant::now();
     let mut last_prune = Instant::now();
     let mut failing = false;
+    // Since when the feed could not be read, for the lag metric.
+    let mut last_read = Instant::now();
+    let m = metrics();
+    cache.set_store_reachable(true);
     let (wake_tx, mut wake_rx) = mpsc::channel(16);
     let listener = match &store {
         Store::Postgres(pg) => Some(tokio::spawn(listen(pg.clone(), wake_tx))),
@@ -137,6 +172,7 @@ pub async fn follow(store: Store, cache: Arc<TokenCache>, config: Config, mut sh
             Wake::Lost(e) => {
                 if !failing {
                     failing = true;
+                    cache.set_store_reachable(false);
                     tracing::warn!(error = %e, "Token store unreachable; serving from memory");
                 }
                 continue;
@@ -144,16 +180,23 @@ pub async fn follow(store: Store, cache: Arc<TokenCache>, config: Config, mut sh
             Wake::Changes => {}
         }
         match catch_up(&store, &cache).await {
-            Ok(_) if failing => {
-                failing = false;
-                tracing::info!(seq = cache.seq(), "Token store reachable again");
+            Ok(_) => {
+                last_read = Instant::now();
+                if failing {
+                    failing = false;
+                    cache.set_store_reachable(true);
+                    tracing::info!(seq = cache.seq(), "Token store reachable again");
+                }
             }
-            Ok(_) => {}
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e, "Token store unreachable; serving from memory");
+            Err(e) => {
+                // Unread, the feed falls behind by the time since it was last read.
+                m.feed_lag_seconds.set(last_read.elapsed().as_secs_f64());
+                if !failing {
+                    failing = true;
+                    cache.set_store_reachable(false);
+                    tracing::warn!(error = %e, "Token store unreachable; serving from memory");
+                }
             }
-            Err(_) => {}
         }
         if last_prune.elapsed() >= Duration::from_secs(60) {
             last_prune = Instant::now();

@@ -125,6 +125,8 @@ pub struct TokenCache {
     /// removed), and uses whose write failed: id to the last use. Never touched by the
     /// request path.
     orphaned_uses: std::sync::Mutex<HashMap<String, i64>>,
+    /// False while the store cannot be read: the copy is then as of the last read.
+    store_reachable: std::sync::atomic::AtomicBool,
 }
 
 impl Default for TokenCache {
@@ -138,6 +140,7 @@ impl Default for TokenCache {
             seq_tx: watch::Sender::new(0),
             apply_lock: tokio::sync::Mutex::new(()),
             orphaned_uses: std::sync::Mutex::default(),
+            store_reachable: std::sync::atomic::AtomicBool::new(true),
         }
     }
 }
@@ -258,6 +261,15 @@ impl TokenCache {
             *s = seq;
             newer
         });
+    }
+
+    /// Whether the store answered its last read ([`super::follow`] says so).
+    pub fn store_reachable(&self) -> bool {
+        self.store_reachable.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_store_reachable(&self, reachable: bool) {
+        self.store_reachable.store(reachable, Ordering::Relaxed);
     }
 
     /// Follows the sequence number applied, for waiting until it passes a point.

@@ -17,6 +17,7 @@ mod http1;
 mod last_used;
 mod limits;
 mod messages;
+mod observe;
 mod postgres;
 mod proxy;
 mod readme;
