@@ -313,7 +313,25 @@ enum Backend {
     Admin(Box<AdminClient>),
 }
 
-const ACTOR: &str = "cli";
+/// Who the store's event feed and `revoked_by` name for a change made by the CLI on the
+/// store: `cli:USER@HOST`. The user is the login name the environment gives (or the
+/// numeric uid): a hint for the audit trail, not an authentication, since whoever can
+/// open the store can change any token anyway.
+fn actor() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty() && u.len() <= 64))
+        .or_else(|| std::fs::metadata("/proc/self").ok().map(|m| format!("uid {}", m.uid())))
+        .unwrap_or_else(|| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && h.len() <= 253)
+        .unwrap_or_else(|| "unknown".into());
+    let clean = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).collect() };
+    format!("cli:{}@{}", clean(&user), clean(&host))
+}
 
 impl Backend {
     async fn create(&self, a: CreateArgs) -> anyhow::Result<(TokenView, String)> {
@@ -328,7 +346,7 @@ impl Backend {
                     scopes,
                     lifespan: a.expires_in.context("--expires-in is needed when working on the store")?,
                 };
-                let created = store.create(new, Some(ACTOR.into())).await?;
+                let created = store.create(new, Some(actor())).await?;
                 Ok((TokenView::of(&created.record, store::now()), created.secret.expose().to_owned()))
             }
             Backend::Admin(api) => {
@@ -380,7 +398,7 @@ impl Backend {
                         .expires_in
                         .map(|d| store::now().saturating_add(d.as_secs().min(i64::MAX as u64) as i64)),
                 };
-                let r = store.update(&a.id, update, Some(ACTOR.into())).await?;
+                let r = store.update(&a.id, update, Some(actor())).await?;
                 Ok(TokenView::of(&r, store::now()))
             }
             Backend::Admin(api) => {
@@ -398,7 +416,7 @@ impl Backend {
     async fn regenerate(&self, id: &str) -> anyhow::Result<(TokenView, String)> {
         match self {
             Backend::Store(store) => {
-                let c = store.regenerate(id, Some(ACTOR.into())).await?;
+                let c = store.regenerate(id, Some(actor())).await?;
                 Ok((TokenView::of(&c.record, store::now()), c.secret.expose().to_owned()))
             }
             Backend::Admin(api) => {
@@ -413,7 +431,7 @@ impl Backend {
         let before = self.get(id).await?;
         match self {
             Backend::Store(store) => {
-                store.revoke(id, Some(ACTOR.into())).await?;
+                store.revoke(id, Some(actor())).await?;
             }
             Backend::Admin(api) => {
                 api.revoke(id).await?;
@@ -424,7 +442,7 @@ impl Backend {
 
     async fn revoke_owner(&self, owner: &str) -> anyhow::Result<usize> {
         match self {
-            Backend::Store(store) => Ok(store.revoke_owner(owner, Some(ACTOR.into())).await?),
+            Backend::Store(store) => Ok(store.revoke_owner(owner, Some(actor())).await?),
             Backend::Admin(api) => Ok(api.revoke_owner(owner).await?),
         }
     }
