@@ -18,7 +18,7 @@ use crate::auth::rules::{Pattern, Route, RouteTable, Rule, Rules, PRESETS};
 use crate::auth::scope::{Scope, ScopeSet};
 use crate::proxy::upstream::Upstream;
 use crate::tls::{self, ListenerTls, TlsFiles};
-use crate::{accept, admin, proxy, store, telemetry};
+use crate::{accept, admin, audit, proxy, store, telemetry};
 use file::{FileConfig, RulesFile, TlsFile};
 use origin::LineStarts;
 pub use origin::{Origin, Origins};
@@ -34,6 +34,7 @@ pub struct Config {
     pub store: store::Config,
     pub admin: admin::Config,
     pub log: telemetry::Config,
+    pub audit: audit::Config,
     /// Where each value came from, for messages about them.
     pub origins: Origins,
 }
@@ -339,6 +340,7 @@ impl Config {
             poll_interval: cx.duration("store.poll_interval", &f.store.poll_interval)?,
             last_used_flush_interval: cx.duration("store.last_used_flush_interval", &f.store.last_used_flush_interval)?,
         };
+        let audit = audit_config(&cx, &f.audit)?;
         let accept = accept_config(&cx, &f, &proxy)?;
         let admin = admin_config(&cx, &f, &proxy)?;
         let format = match f.log.format.as_str() {
@@ -358,6 +360,7 @@ impl Config {
             store,
             admin,
             log,
+            audit,
             origins,
         })
     }
@@ -373,6 +376,22 @@ impl Config {
         }
         .to_string()
     }
+}
+
+fn audit_config(cx: &Ctx<'_>, a: &file::AuditFile) -> Result<audit::Config, ConfigError> {
+    let allowed_requests = audit::AllowedRequests::from_name(&a.allowed_requests).ok_or_else(|| {
+        cx.err(
+            "audit.allowed_requests",
+            format!("`{}`: use {}", a.allowed_requests, audit::AllowedRequests::NAMES.join(", ")),
+        )
+    })?;
+    Ok(audit::Config {
+        retention: cx.duration("audit.retention", &a.retention)?,
+        allowed_requests,
+        queue: cx.positive("audit.queue", a.queue)?,
+        stream_backlog: cx.positive("audit.stream_backlog", a.stream_backlog)?,
+        expiry_warning: cx.duration("audit.expiry_warning", &a.expiry_warning)?,
+    })
 }
 
 fn brute_force(cx: &Ctx<'_>, b: &file::BruteForceFile) -> Result<Option<proxy::lockout::Config>, ConfigError> {
@@ -573,6 +592,7 @@ mod tests {
         assert_eq!(c.admin.max_wait, Duration::from_secs(60));
         assert_eq!(c.admin.leak_reports_per_minute.get(), 10);
         assert_eq!(c.admin.max_secrets_per_report, 100);
+        assert_eq!(c.audit, audit::Config::default());
         let p = &c.admin.policy;
         assert_eq!(p.max_lifespan, Duration::from_secs(365 * 86400));
         assert_eq!(p.default_lifespan, Duration::from_secs(30 * 86400));
@@ -753,6 +773,15 @@ mod tests {
                 "[http2]\nmax_pending_resets = 0\n",
                 "patgate.toml:2: http2.max_pending_resets: must be at least 1",
             ),
+            (
+                "[audit]\nallowed_requests = \"some\"\n",
+                "patgate.toml:2: audit.allowed_requests: `some`: use per_minute, each, none",
+            ),
+            (
+                "[audit]\nretention = \"0s\"\n",
+                "patgate.toml:2: audit.retention: must be more than zero",
+            ),
+            ("[audit]\nqueue = 0\n", "patgate.toml:2: audit.queue: must be at least 1"),
             (
                 "[http2]\nkeep_alive_interval = \"often\"\n",
                 "patgate.toml:2: http2.keep_alive_interval: `often` is not a duration",

@@ -8,6 +8,7 @@
 pub mod accept;
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod build_info;
 pub mod client;

@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub log: LogFile,
     pub admin: AdminFile,
     pub policy: PolicyFile,
+    pub audit: AuditFile,
     pub routes: Vec<RouteFile>,
 }
 
@@ -301,6 +302,35 @@ impl Default for PolicyFile {
                 .collect(),
             allow_all_orgs: true,
             allow_full: false,
+        }
+    }
+}
+
+/// `[audit]`: the audit trail and its streams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditFile {
+    /// How long entries are kept in the store.
+    pub retention: String,
+    /// Allowed requests in the trail: `per_minute` (one entry per token and minute, with
+    /// a count), `each` (one per request), or `none`.
+    pub allowed_requests: String,
+    /// Entries waiting to be written, at most; more are dropped and counted.
+    pub queue: usize,
+    /// Entries waiting for one stream (sink), at most; more are dropped and counted.
+    pub stream_backlog: usize,
+    /// Tokens that expire within this long are warned of once (a stream event and a metric).
+    pub expiry_warning: String,
+}
+
+impl Default for AuditFile {
+    fn default() -> Self {
+        AuditFile {
+            retention: "90d".into(),
+            allowed_requests: "per_minute".into(),
+            queue: 10_000,
+            stream_backlog: 10_000,
+            expiry_warning: "7d".into(),
         }
     }
 }
