@@ -362,6 +362,10 @@ async fn health() -> Json<serde_json::Value> {
 /// The process's metrics, with the gauges of state read now.
 async fn serve_metrics(State(s): State<AdminState>) -> Response {
     let m = metrics();
+    if !m.enabled() {
+        let off = serde_json::json!({"error": "metrics are off: [metrics] enabled = false"});
+        return (StatusCode::NOT_FOUND, Json(off)).into_response();
+    }
     m.tokens_live.set(i64::try_from(s.tokens().len()).unwrap_or(i64::MAX));
     m.store_reachable.set(i64::from(s.tokens().store_reachable()));
     let blocked = s.lockout().map_or(0, |l| l.blocked(Instant::now()));

@@ -352,6 +352,7 @@ impl Config {
         let log = telemetry::Config {
             format,
             filter: f.log.level.clone(),
+            metrics: f.metrics.enabled,
         };
         Ok(Config {
             source: source.to_owned(),

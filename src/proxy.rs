@@ -291,10 +291,11 @@ impl AccessEntry<'_> {
         self.written = true;
         let m = metrics();
         let error = result.as_ref().err();
-        if let Some(outcome) = auth_outcome(error, self.log.identity.is_some()) {
+        let counting = m.enabled();
+        if let Some(outcome) = auth_outcome(error, self.log.identity.is_some()).filter(|_| counting) {
             m.auth(outcome);
         }
-        let fault = match error {
+        let fault = match error.filter(|_| counting) {
             Some(ProxyError::UpstreamTimeout(_)) => Some(UpstreamFault::Timeout),
             Some(ProxyError::UpstreamUnreachable | ProxyError::UpstreamFailed | ProxyError::CgiUnavailable | ProxyError::CgiMalformed) => {
                 Some(UpstreamFault::Error)
@@ -325,7 +326,10 @@ impl AccessEntry<'_> {
 
     fn emit(&self, status: u16, reason: Option<&dyn std::fmt::Display>) {
         let elapsed = self.started.elapsed();
-        metrics().request(self.route_label().as_ref(), &self.method, status, elapsed.as_secs_f64());
+        let m = metrics();
+        if m.enabled() {
+            m.request(self.route_label().as_ref(), &self.method, status, elapsed.as_secs_f64());
+        }
         let message = match (status, reason) {
             (CLIENT_CLOSED, _) => "Request cancelled",
             (_, None) => "Request",

@@ -19,6 +19,8 @@ pub struct Config {
     pub format: Format,
     /// A tracing filter; `RUST_LOG` overrides it.
     pub filter: String,
+    /// `[metrics] enabled`: the request path counts, and `GET /metrics` answers.
+    pub metrics: bool,
 }
 
 impl Default for Config {
@@ -26,12 +28,14 @@ impl Default for Config {
         Config {
             format: Format::Text,
             filter: "info".into(),
+            metrics: true,
         }
     }
 }
 
 /// Installs the global subscriber. Call once, early.
 pub fn init(config: &Config) {
+    metrics::metrics().set_enabled(config.metrics);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match config.format {

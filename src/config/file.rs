@@ -20,6 +20,7 @@ pub struct FileConfig {
     pub admin: AdminFile,
     pub policy: PolicyFile,
     pub audit: AuditFile,
+    pub metrics: MetricsFile,
     pub routes: Vec<RouteFile>,
 }
 
@@ -303,6 +304,20 @@ impl Default for PolicyFile {
             allow_all_orgs: true,
             allow_full: false,
         }
+    }
+}
+
+/// `[metrics]`: the Prometheus metrics at the admin listener's `GET /metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsFile {
+    /// Whether the request path counts requests (off: /metrics answers 404).
+    pub enabled: bool,
+}
+
+impl Default for MetricsFile {
+    fn default() -> Self {
+        MetricsFile { enabled: true }
     }
 }
 

@@ -8,7 +8,7 @@
 //! scraped.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -139,6 +139,8 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     /// Route labels by pattern, made once.
     routes: RwLock<HashMap<String, RouteLabel>>,
+    /// `[metrics] enabled`: when false, the request path counts nothing.
+    enabled: AtomicBool,
 }
 
 /// Seconds, for the request latency histogram: 1 ms to about 65 s.
@@ -244,7 +246,19 @@ impl Metrics {
             store_reachable,
             reloads,
             routes: RwLock::default(),
+            enabled: AtomicBool::new(true),
         }
+    }
+
+    /// Whether the request path counts (`[metrics] enabled`).
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Turns counting on the request path on or off, at start.
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
     }
 
     /// The labels of the route with this pattern and upstream.

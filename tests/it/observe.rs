@@ -128,3 +128,11 @@ fn health_and_readiness_answer_with_the_version() {
         assert!(version.contains(commit), "{version} vs {commit}");
     }
 }
+
+#[test]
+fn metrics_can_be_turned_off() {
+    let p = TestPatgate::start("[metrics]\nenabled = false\n");
+    let r = http(p.admin_addr(), "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.body.contains("[metrics] enabled = false"), "{r:?}");
+}
