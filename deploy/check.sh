@@ -14,7 +14,7 @@
 #   Kubernetes the Kubernetes OpenAPI schemas (kubernetes-validate --strict); cross-checks
 #   configs    `patgate check-config` on every config, with the environment each gets
 #   smoke      patgate serves deploy/container.toml, and the compose healthcheck and the
-#              probes' GET /admin/v1/ready answer 200
+#              probes' GET /readyz and /healthz answer 200
 #
 # Tools from PyPI go to a venv under $PATGATE_TOOLS_DIR (default ~/.cache/patgate-deploy-check),
 # installed once, as is the Debian root for the boot test (PATGATE_DEPLOY_BOOT=0 skips it).

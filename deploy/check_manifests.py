@@ -343,9 +343,9 @@ def check_k8s(binary, image_user):
     check(ports.get("admin") == port_of(cfg["admin"]["listen"]), "Deployment: port admin is not admin.listen's port")
     check(host_of(cfg["admin"]["listen"]) == "0.0.0.0", "ConfigMap: admin.listen must be 0.0.0.0 for the kubelet's probes")
     check(cfg.get("admin", {}).get("enabled", True), "ConfigMap: the admin API (and so the probes) is disabled")
-    for probe in ("readinessProbe", "livenessProbe"):
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"), ("startupProbe", "/readyz")):
         get = c.get(probe, {}).get("httpGet", {})
-        check(get.get("path") == "/admin/v1/ready" and get.get("port") in ("admin", ports.get("admin")), f"Deployment: {probe} is not GET /admin/v1/ready on the admin port")
+        check(get.get("path") == path and get.get("port") in ("admin", ports.get("admin")), f"Deployment: {probe} is not GET {path} on the admin port")
     for dd in git_dirs(cfg):
         v = mounts.get(dd, {})
         check("persistentVolumeClaim" in v, f"Deployment: the repositories {dd} are not on a PersistentVolumeClaim")
