@@ -147,11 +147,16 @@ enum Wake {
 }
 
 /// Runs until `shutdown` turns true, then writes back the last uses once more.
+///
+/// Reading the feed has a task of its own: the write-back of uses and the pruning of
+/// expired tokens run beside it ([`upkeep`]), so that a slow write-back (many tokens
+/// used, rows locked by another instance's, a busy database) never holds a revocation
+/// back. They used to run in this loop, after the read: a change committed during a
+/// write-back of several seconds waited for it to end.
 pub async fn follow(store: Store, cache: Arc<TokenCache>, config: Config, mut shutdown: watch::Receiver<bool>) {
+    let upkeep = tokio::spawn(upkeep(store.clone(), cache.clone(), config.clone(), shutdown.clone()));
     let mut poll = tokio::time::interval(config.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_flush = Instant::now();
-    let mut last_prune = Instant::now();
     let mut failing = false;
     // Since when the feed could not be read, for the lag metric.
     let mut last_read = Instant::now();
@@ -198,23 +203,41 @@ pub async fn follow(store: Store, cache: Arc<TokenCache>, config: Config, mut sh
                 }
             }
         }
-        if last_prune.elapsed() >= Duration::from_secs(60) {
-            last_prune = Instant::now();
-            let n = cache.prune_expired(now());
-            if n > 0 {
-                tracing::debug!(count = n, "Expired tokens dropped from memory");
-            }
-        }
-        if last_flush.elapsed() >= config.last_used_flush_interval {
-            last_flush = Instant::now();
-            flush_uses(&store, &cache).await;
-        }
     }
     if let Some(listener) = listener {
         listener.abort();
     }
+    // The last uses are written once the upkeep has stopped, so that no write-back runs twice at once.
+    let _ = upkeep.await;
     flush_uses(&store, &cache).await;
 }
+
+/// Until `shutdown`: writes back the uses every `last_used_flush_interval`, and drops
+/// expired tokens from memory every minute.
+async fn upkeep(store: Store, cache: Arc<TokenCache>, config: Config, mut shutdown: watch::Receiver<bool>) {
+    let mut flush = tokio::time::interval(config.last_used_flush_interval);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    flush.tick().await;
+    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    prune.tick().await;
+    loop {
+        tokio::select! {
+            _ = flush.tick() => flush_uses(&store, &cache).await,
+            _ = prune.tick() => {
+                let n = cache.prune_expired(now());
+                if n > 0 {
+                    tracing::debug!(count = n, "Expired tokens dropped from memory");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// How often expired tokens are dropped from memory (the request path refuses them at
+/// once all the same: it compares each token's expiry with the time).
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Keeps a connection listening for committed changes and wakes the follower on each,
 /// and once more whenever it (re)connects, since changes made meanwhile were not heard.
