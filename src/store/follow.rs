@@ -149,7 +149,7 @@ enum Wake {
 /// Runs until `shutdown` turns true, then writes back the last uses once more.
 ///
 /// Reading the feed has a task of its own: the write-back of uses and the pruning of
-/// expired tokens run beside it ([`upkeep`]), so that a slow write-back (many tokens
+/// expired tokens run beside it (`upkeep`), so that a slow write-back (many tokens
 /// used, rows locked by another instance's, a busy database) never holds a revocation
 /// back. They used to run in this loop, after the read: a change committed during a
 /// write-back of several seconds waited for it to end.
