@@ -57,7 +57,7 @@ trap cleanup EXIT
 # A fresh store; both listeners on ports the kernel picks; the lockout off (schemathesis
 # sends bad credentials on purpose); leak reports limited only in name; long polls of at
 # most 1s (the event feed would otherwise hold each request for [admin] max_wait).
-mkdir -p "$work/repos"
+mkdir -p "$work/repos" "$work/streams"
 cat >"$work/patgate.toml" <<EOF
 [server]
 listen = "127.0.0.1:0"
@@ -80,6 +80,10 @@ leak_reports_per_minute = 1000000
 [policy]
 allow_full = true
 
+# File audit streams only here (the document lets any absolute path through).
+[audit]
+stream_dir = "$work/streams"
+
 [[routes]]
 path = "/{org}/**"
 upstream = "git-http-backend:$work/repos"
@@ -88,8 +92,9 @@ EOF
 
 # The run's credential. Schemathesis revokes, regenerates and narrows every token it can
 # see, its own too: on a 401 or 403 it calls this hook again and replays the request, and
-# the hook makes a new tokens:admin token on the store (as an operator does with the CLI),
-# then waits until the server has applied it.
+# the hook makes a new tokens:admin token (with auditlog:read and auditstreams:manage,
+# which tokens:admin does not imply) on the store (as an operator does with the CLI), then
+# waits until the server has applied it.
 cat >"$work/hooks.py" <<'PY'
 import json, os, subprocess, time, urllib.error, urllib.request
 
@@ -101,7 +106,7 @@ class PatgateAdminToken:
     def get(self, case, ctx):
         created = subprocess.run(
             [os.environ["PATGATE_ST_BIN"], "--config", os.environ["PATGATE_ST_CONFIG"], "token", "create",
-             "--name", "schemathesis", "--owner", "root", "--scopes", "tokens:admin", "--orgs", "*",
+             "--name", "schemathesis", "--owner", "root", "--scopes", "tokens:admin,auditlog:read,auditstreams:manage", "--orgs", "*",
              "--expires-in", "1d", "--json"],
             check=True, capture_output=True, text=True,
         )

@@ -4,6 +4,8 @@
 //!   `basic_again` is the same Basic value again on one connection ([`authenticate_on`]:
 //!   the digest remembered, the token still looked up);
 //! - `request_decision`: the same plus path normalization, route match and the git rule;
+//! - `audit_allowed_per_minute`: what an allowed request adds for the audit trail with
+//!   `audit.allowed_requests = "per_minute"` (its token already counted this minute);
 //! - the parts on their own.
 //!
 //! Run: `cargo bench --bench auth` (add `-- --quick` for a short run).
@@ -13,13 +15,14 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, Method};
+use patgate::audit::AuditEntry;
 use patgate::auth::credentials;
 use patgate::auth::rules::{normalize, Pattern, Requirement, Route, RouteTable, Rules};
 use patgate::auth::scope::{Scope, ScopeSet};
 use patgate::auth::token::TokenSecret;
 use patgate::auth::{authenticate, authenticate_on, authorize, LastCredential, Orgs};
 use patgate::store::memory::TokenCache;
-use patgate::store::TokenRecord;
+use patgate::store::{Location, Store, TokenRecord};
 
 fn record(i: usize, secret: &TokenSecret) -> TokenRecord {
     TokenRecord {
@@ -87,6 +90,15 @@ fn decision(c: &mut Criterion) {
                 })
             });
         }
+        // A well-formed token never issued: the lookup misses.
+        let mut stranger = HeaderMap::new();
+        stranger.insert(
+            AUTHORIZATION,
+            format!("Bearer {}", TokenSecret::generate().expose()).parse().unwrap(),
+        );
+        group.bench_with_input(BenchmarkId::new("unknown", n), &n, |b, _| {
+            b.iter(|| black_box(authenticate(black_box(&stranger), &cache, 1).err()))
+        });
         let last = LastCredential::default();
         authenticate_on(&basic, &cache, 1, &last).unwrap();
         group.bench_with_input(BenchmarkId::new("basic_again", n), &n, |b, _| {
@@ -110,6 +122,24 @@ fn decision(c: &mut Criterion) {
         });
         group.finish();
     }
+}
+
+fn audit(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (auditor, _writer) = rt.block_on(async {
+        let store = Store::open(&Location::Sqlite(dir.path().join("bench.db"))).await.unwrap();
+        patgate::audit::writer::start(store, &patgate::audit::Config::default())
+    });
+    let ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    let never = || -> AuditEntry { unreachable!("per_minute makes no entry per request") };
+    // Other tokens counted this minute, and this one.
+    for i in 0..1000 {
+        auditor.allowed(&format!("{i:016}"), "owner", ip, never);
+    }
+    c.bench_function("audit_allowed_per_minute", |b| {
+        b.iter(|| auditor.allowed(black_box("0000000000000500"), black_box("owner"), ip, never))
+    });
 }
 
 fn parts(c: &mut Criterion) {
@@ -137,5 +167,5 @@ fn parts(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decision, parts);
+criterion_group!(benches, decision, audit, parts);
 criterion_main!(benches);

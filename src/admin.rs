@@ -12,6 +12,10 @@
 //! | `POST /admin/v1/owners/{owner}/revoke` | `tokens:manage` | `{"revoked": N}` |
 //! | `POST /admin/v1/leaked` | none; limited per address | `{"revoked": N}` |
 //! | `GET /admin/v1/events?since=&limit=&wait=` | `tokens:read` | `{"events": [...], "next"}` |
+//! | `GET /admin/v1/audit?from=&to=&owner=&token_id=&outcome=&action=&after=&limit=` | `auditlog:read` | `{"entries": [...], "next"}` |
+//! | `POST /admin/v1/audit/streams` | `auditstreams:manage` | 201, the stream |
+//! | `GET /admin/v1/audit/streams` | `auditstreams:manage` | `{"streams": [...]}` |
+//! | `GET`, `PATCH`, `DELETE /admin/v1/audit/streams/{id}` | `auditstreams:manage` | the stream |
 //! | `GET /admin/v1/openapi.json` | none | the OpenAPI 3.1 description, its `servers` this listener |
 //! | `GET /admin/v1/ready`, `GET /readyz` | none | `{"status": "ready", ...}` once the proxy listens; 503 before |
 //! | `GET /healthz` | none | `{"status": "ok"}` while the process serves |
@@ -27,12 +31,14 @@
 //!
 //! This module must not be reached from the request path: the proxy never calls it.
 
+pub mod audit;
 pub mod caller;
 pub mod error;
 pub mod events;
 pub mod leaked;
 pub mod policy;
 pub mod request;
+pub mod streams;
 pub mod tokens;
 
 use std::net::{IpAddr, SocketAddr};
@@ -101,11 +107,14 @@ pub mod paths {
     pub const OWNER_REVOKE: &str = "/admin/v1/owners/{owner}/revoke";
     pub const LEAKED: &str = "/admin/v1/leaked";
     pub const EVENTS: &str = "/admin/v1/events";
+    pub const AUDIT: &str = "/admin/v1/audit";
     pub const OPENAPI: &str = "/admin/v1/openapi.json";
     pub const READY: &str = "/admin/v1/ready";
     pub const READYZ: &str = "/readyz";
     pub const HEALTHZ: &str = "/healthz";
     pub const METRICS: &str = "/metrics";
+    pub const STREAMS: &str = "/admin/v1/audit/streams";
+    pub const STREAM: &str = "/admin/v1/audit/streams/{id}";
 
     /// The routes that need no token: no caller is read, so the lockout does not apply.
     pub const OPEN: &[&str] = &[LEAKED, OPENAPI, READY, READYZ, HEALTHZ, METRICS];
@@ -121,11 +130,17 @@ pub mod paths {
         ("POST", OWNER_REVOKE),
         ("POST", LEAKED),
         ("GET", EVENTS),
+        ("GET", AUDIT),
         ("GET", OPENAPI),
         ("GET", READY),
         ("GET", READYZ),
         ("GET", HEALTHZ),
         ("GET", METRICS),
+        ("POST", STREAMS),
+        ("GET", STREAMS),
+        ("GET", STREAM),
+        ("PATCH", STREAM),
+        ("DELETE", STREAM),
     ];
 }
 
@@ -156,6 +171,10 @@ struct Shared {
     /// Set once the proxy listener is bound: readiness waits for it.
     proxy_listening: std::sync::atomic::AtomicBool,
     stop: watch::Receiver<bool>,
+    /// This instance's audit stream delivery, once started ([`AdminState::set_streams`]).
+    streams: std::sync::OnceLock<crate::audit::streams::Streams>,
+    /// Where refusals go into the audit trail, once set ([`AdminState::set_auditor`]).
+    auditor: std::sync::OnceLock<crate::audit::Auditor>,
 }
 
 impl AdminState {
@@ -176,6 +195,8 @@ impl AdminState {
             openapi,
             proxy_listening: std::sync::atomic::AtomicBool::new(false),
             stop,
+            streams: std::sync::OnceLock::new(),
+            auditor: std::sync::OnceLock::new(),
         }))
     }
 
@@ -226,6 +247,27 @@ impl AdminState {
         self.0.policy.store(Arc::new(policy));
     }
 
+    /// Hands the admin API this instance's audit stream delivery (its `audit.stream_dir`,
+    /// and a wake-up for changes); without it file streams are refused.
+    pub fn set_streams(&self, streams: crate::audit::streams::Streams) {
+        let _ = self.0.streams.set(streams);
+    }
+
+    /// Sends refusals (policy, authentication) to the audit trail through `auditor`.
+    pub fn set_auditor(&self, auditor: crate::audit::Auditor) {
+        let _ = self.0.auditor.set(auditor);
+    }
+
+    /// Where refusals go into the audit trail (nowhere until [`AdminState::set_auditor`]).
+    pub fn auditor(&self) -> &crate::audit::Auditor {
+        self.0.auditor.get().unwrap_or_else(|| crate::audit::Auditor::off_ref())
+    }
+
+    /// This instance's audit stream delivery, if it runs.
+    pub fn streams(&self) -> Option<&crate::audit::streams::Streams> {
+        self.0.streams.get()
+    }
+
     pub fn store(&self) -> &Store {
         &self.0.store
     }
@@ -270,14 +312,17 @@ pub fn router(state: AdminState) -> Router {
         .route(OWNER_REVOKE, post(tokens::revoke_owner))
         .route(LEAKED, post(leaked::leaked))
         .route(EVENTS, get(events::events))
+        .route(AUDIT, get(audit::list))
         .route(OPENAPI, get(openapi))
         .route(READY, get(ready))
         .route(READYZ, get(ready))
         .route(HEALTHZ, get(health))
         .route(METRICS, get(serve_metrics))
+        .route(STREAMS, post(streams::create).get(streams::list))
+        .route(STREAM, get(streams::get).patch(streams::update).delete(streams::delete))
         .fallback(|| async { AdminError::NoEndpoint })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
-        .layer(middleware::from_fn(access_log))
+        .layer(middleware::from_fn_with_state(state.clone(), access_log))
         .with_state(state)
 }
 
@@ -370,16 +415,21 @@ async fn serve_metrics(State(s): State<AdminState>) -> Response {
     m.store_reachable.set(i64::from(s.tokens().store_reachable()));
     let blocked = s.lockout().map_or(0, |l| l.blocked(Instant::now()));
     m.lockouts_active.set(i64::try_from(blocked).unwrap_or(i64::MAX));
+    if let Some(window) = m.expiry_window() {
+        m.set_tokens_expiring(crate::audit::expiry::expiring(s.tokens(), window));
+    }
     ([(header::CONTENT_TYPE, crate::telemetry::metrics::CONTENT_TYPE)], m.encode()).into_response()
 }
 
 /// Logs one line per request; refuses writes that carry an `Origin` (a web page may send
-/// them with credentials a browser remembered); marks every answer as not to be cached.
-async fn access_log(mut req: Request, next: Next) -> Response {
+/// them with credentials a browser remembered); marks every answer as not to be cached;
+/// records refused authentications and authorizations in the audit trail.
+async fn access_log(State(s): State<AdminState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let path = request::clean(req.uri().path());
     let ip: Option<IpAddr> = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let route = req.extensions().get::<axum::extract::MatchedPath>().cloned();
     let slot = LogSlot::default();
     req.extensions_mut().insert(slot.clone());
     let from_page = req.headers().contains_key(header::ORIGIN) && method != Method::GET && method != Method::HEAD;
@@ -392,6 +442,28 @@ async fn access_log(mut req: Request, next: Next) -> Response {
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     let status = res.status().as_u16();
     let duration_ms = crate::telemetry::millis(started.elapsed());
+    if let (Some(error::Refusal::Blocked), Some(ip)) = (res.extensions().get::<error::Refusal>(), ip) {
+        s.auditor().blocked(ip);
+    }
+    if let Some(error::Refusal::Credential(known)) = res.extensions_mut().remove::<error::Refusal>() {
+        let mut e = crate::audit::AuditEntry::new(
+            crate::audit::now_millis(),
+            crate::audit::Action::AuthRefused,
+            crate::audit::Outcome::Failure,
+        );
+        e.reason = res.extensions().get::<Reason>().map(|r| r.0.clone());
+        match (slot.token_id(), slot.owner(), known) {
+            (Some(id), owner, _) => (e.token_id, e.owner) = (Some(id.to_owned()), owner.map(str::to_owned)),
+            (None, _, Some(k)) => (e.token_id, e.owner) = (Some(k.id.to_string()), Some(k.owner.to_string())),
+            (None, _, None) => {}
+        }
+        e.client = ip;
+        e.method = Some(method.as_str().to_owned());
+        e.path = Some(path.clone());
+        e.route = route.map(|r| r.as_str().to_owned());
+        e.status = Some(status);
+        s.auditor().record(e);
+    }
     let token_id = slot.token_id().unwrap_or("-");
     let client_ip = ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
     match res.extensions_mut().remove::<Reason>() {

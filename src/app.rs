@@ -1,6 +1,7 @@
 //! Running the server: open the store, load every live token into memory, follow the
-//! event feed, serve the proxy and the admin API (each on its own listener, sharing the
-//! store and the tokens in memory) within limits, and drain both on shutdown.
+//! event feed, deliver the audit trail to its streams and warn of expiring tokens, serve
+//! the proxy and the admin API (each on its own listener, sharing the store and the tokens
+//! in memory) within limits, and drain both on shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::accept::{self, Listener};
 use crate::admin::{self, AdminState};
+use crate::audit::{self, streams::Streams};
 use crate::config::{self, Config};
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{Live, Proxy, Shared};
@@ -87,6 +89,11 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let follower = tokio::spawn(follow::follow(store.clone(), tokens.clone(), config.store.clone(), stop_rx.clone()));
+    // The audit trail's writer: refusals and allowed requests, behind the request path.
+    let (auditor, audit_writer) = audit::writer::start(store.clone(), &config.audit);
+    // The audit trail to its streams, and the expiry warnings into the trail.
+    let (streams, streams_task) = Streams::start(store.clone(), &config.audit, stop_rx.clone());
+    let expiry = audit::expiry::start(store.clone(), tokens.clone(), config.audit.expiry_warning, stop_rx.clone());
 
     let (admin, admin_state) = match config.admin.enabled {
         false => (None, None),
@@ -102,6 +109,8 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
             // Not "Listening": that line announces the proxy's address.
             tracing::info!(%addr, tls = config.admin.tls.is_some(), "Admin API up");
             let state = AdminState::new(config.admin.clone(), store, tokens.clone(), stop_rx.clone());
+            state.set_streams(streams.clone());
+            state.set_auditor(auditor.clone());
             (Some(tokio::spawn(admin::serve(listener, state.clone()))), Some(state))
         }
     };
@@ -142,7 +151,7 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
         max as usize,
         config.proxy.trusted_proxies.clone(),
     ));
-    let proxy = Proxy::new(Arc::new(config.proxy.clone()), tokens);
+    let proxy = Proxy::new(Arc::new(config.proxy.clone()), tokens).with_auditor(auditor);
     // One table of failed authentications for both listeners.
     if let Some(admin) = &admin_state {
         admin.replace_lockout(proxy.live().load().lockout.clone());
@@ -152,6 +161,7 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
         live: proxy.live().clone(),
         listener: listener.clone(),
         admin: admin_state,
+        streams,
     };
     let grace = proxy.config().shutdown_grace;
     let (exit_tx, exit_rx) = watch::channel(false);
@@ -197,13 +207,18 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     if let Some(admin) = admin {
         let _ = admin.await;
     }
+    // Nothing records any more: what the audit queue holds is written before the store closes.
+    audit_writer.finish().await;
     let _ = follower.await;
+    let _ = streams_task.await;
+    let _ = expiry.await;
     tracing::info!("Stopped");
     Ok(())
 }
 
 /// What SIGHUP reloads: the routes with their rules, the trusted proxies, the body rate
-/// and the brute-force limits, the admin policy, and the listeners' certificates. Each is replaced whole, in one store, so a request sees the old set or
+/// and the brute-force limits, the admin policy, and the listeners' certificates; and it
+/// makes file audit streams reopen their files. Each is replaced whole, in one store, so a request sees the old set or
 /// the new one, never a mix. Other keys take effect at the next start; a change to one is
 /// logged. A config that does not load is refused with its error, and the running one stays.
 struct Reload {
@@ -211,10 +226,13 @@ struct Reload {
     live: Shared,
     listener: Arc<Listener>,
     admin: Option<AdminState>,
+    streams: Streams,
 }
 
 impl Reload {
     fn reload(&mut self) {
+        // Whatever the file holds: logrotate sends SIGHUP once it has moved the files away.
+        self.streams.reopen();
         let new = match config::load(&self.running.source) {
             Ok(c) => c,
             Err(e) => {
@@ -297,6 +315,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ),
         ("admin.max_connections", old.admin.max_connections != new.admin.max_connections),
         ("log", old.log != new.log),
+        ("audit", old.audit != new.audit),
     ];
     checks.into_iter().filter(|(_, changed)| *changed).map(|(k, _)| k).collect()
 }

@@ -14,6 +14,12 @@
 //! batches, so that no request waits on the trail; what a full queue cannot take is
 //! counted and logged, never waited for.
 
+pub mod expiry;
+pub mod streams;
+pub mod writer;
+
+pub use writer::Auditor;
+
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -31,6 +37,9 @@ pub struct Config {
     pub stream_backlog: usize,
     /// Tokens expiring within this long are warned of once.
     pub expiry_warning: Duration,
+    /// The folder file streams may write in, absolute; none: file streams are refused,
+    /// so that the admin API cannot make the server write just anywhere.
+    pub stream_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -41,6 +50,7 @@ impl Default for Config {
             queue: 10_000,
             stream_backlog: 10_000,
             expiry_warning: Duration::from_secs(7 * 86_400),
+            stream_dir: None,
         }
     }
 }
@@ -92,11 +102,13 @@ pub enum Action {
     AuthRefused,
     /// Requests a token made and was allowed, counted per token and minute (`count`).
     Access,
+    /// A live token expires within `audit.expiry_warning` (once per token and expiry).
+    ExpiryWarning,
 }
 
 impl Action {
     /// Every action, for the tests and for listing them.
-    pub const ALL: [Action; 9] = [
+    pub const ALL: [Action; 10] = [
         Action::Create,
         Action::Update,
         Action::Regenerate,
@@ -106,6 +118,7 @@ impl Action {
         Action::PolicyRefusal,
         Action::AuthRefused,
         Action::Access,
+        Action::ExpiryWarning,
     ];
 
     /// The name in JSON and in the store.
@@ -120,6 +133,7 @@ impl Action {
             Action::PolicyRefusal => "policy_refusal",
             Action::AuthRefused => "auth_refused",
             Action::Access => "access",
+            Action::ExpiryWarning => "expiry_warning",
         }
     }
 
@@ -182,7 +196,8 @@ pub struct AuditEntry {
     pub method: Option<String>,
     /// The normalized path, never the query.
     pub path: Option<String>,
-    /// The route's pattern.
+    /// The pattern of the route matched, when the request got that far (a 401 did not:
+    /// the credential is judged before the route is looked up).
     pub route: Option<String>,
     pub status: Option<u16>,
     /// How many requests the entry stands for: 1, or more for [`Action::Access`].

@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-use crate::store::memory::{CachedToken, TokenCache};
+use compact_str::CompactString;
+
+use crate::store::memory::{CachedToken, Retired, TokenCache};
 use credentials::{Credential, CredentialError};
 use rules::Requirement;
 use scope::Scope;
@@ -138,18 +140,49 @@ pub enum AuthError {
     /// A credential that is not a well-formed token: 401.
     #[error("malformed token")]
     Malformed,
-    /// A well-formed token that is not live (never issued, or revoked): 401.
+    /// A well-formed token that is not live (never issued, or revoked and no longer
+    /// remembered): 401.
     #[error("unknown or revoked token")]
     Unknown,
     /// A token past its expiry: 401.
     #[error("expired token")]
-    Expired,
+    Expired { token: KnownToken },
+    /// A token revoked lately (see [`TokenCache::retired`]): 401.
+    #[error("revoked token")]
+    Revoked { token: KnownToken },
+    /// The old secret of a token regenerated lately: 401.
+    #[error("superseded secret of a regenerated token")]
+    Superseded { token: KnownToken },
     /// The token lacks the scope: 403.
     #[error("token lacks scope {scope}")]
     ScopeMissing { scope: Scope },
     /// The token does not cover the organization: 403.
     #[error("token does not cover organization {org}")]
     OrgMissing { org: String },
+}
+
+/// A token that a refused credential named (expired, revoked, superseded), for the logs
+/// and the audit trail; never for the answer, which is the same 401 for every credential
+/// that is not live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownToken {
+    pub id: CompactString,
+    pub owner: Arc<str>,
+}
+
+impl AuthError {
+    /// The token the refused credential named, when it is known.
+    pub fn known_token(&self) -> Option<&KnownToken> {
+        match self {
+            AuthError::Expired { token } | AuthError::Revoked { token } | AuthError::Superseded { token } => Some(token),
+            AuthError::Credential(_)
+            | AuthError::Missing
+            | AuthError::Malformed
+            | AuthError::Unknown
+            | AuthError::ScopeMissing { .. }
+            | AuthError::OrgMissing { .. } => None,
+        }
+    }
 }
 
 /// A live token, identified by the credential of a request.
@@ -160,6 +193,11 @@ impl Identity {
     /// The token's public id.
     pub fn token_id(&self) -> &str {
         &self.0.id
+    }
+
+    /// The token's owner.
+    pub fn owner(&self) -> &str {
+        &self.0.owner
     }
 }
 
@@ -234,15 +272,28 @@ fn secret(credential: Credential) -> Result<token::TokenSecret, AuthError> {
     }
 }
 
-/// The live token with digest `hash`. On a miss, `checksum_ok` tells a mistyped token
-/// from one never issued (both get the same 401).
+/// The live token with digest `hash`. On a miss, a token retired lately is named, and
+/// `checksum_ok` tells a mistyped token from one never issued (all get the same 401).
 fn live_token(tokens: &TokenCache, hash: &TokenHash, now: i64, checksum_ok: impl FnOnce() -> bool) -> Result<Identity, AuthError> {
     let Some(token) = tokens.get(hash) else {
+        if let Some(r) = tokens.retired(hash, now) {
+            let token = KnownToken { id: r.id, owner: r.owner };
+            return Err(match r.why {
+                Retired::Revoked => AuthError::Revoked { token },
+                Retired::Regenerated => AuthError::Superseded { token },
+                Retired::Expired => AuthError::Expired { token },
+            });
+        }
         // Every stored token was minted with a correct checksum, so it is checked only now.
         return Err(if checksum_ok() { AuthError::Unknown } else { AuthError::Malformed });
     };
     if now >= token.expires_at {
-        return Err(AuthError::Expired);
+        return Err(AuthError::Expired {
+            token: KnownToken {
+                id: token.id.clone(),
+                owner: token.owner.clone(),
+            },
+        });
     }
     token.touch(now);
     Ok(Identity(token))
@@ -368,7 +419,20 @@ mod tests {
         let cache = TokenCache::default();
         cache.apply(&record(&s, &["full"], Orgs::All, 100), 0);
         assert!(authenticate(&bearer(&s), &cache, 99).is_ok());
-        assert_eq!(authenticate(&bearer(&s), &cache, 100).err(), Some(AuthError::Expired));
+        let known = KnownToken {
+            id: "t1".into(),
+            owner: "alice".into(),
+        };
+        assert_eq!(
+            authenticate(&bearer(&s), &cache, 100).err(),
+            Some(AuthError::Expired { token: known.clone() })
+        );
+        // Pruned, it is still named.
+        assert_eq!(cache.prune_expired(100), 1);
+        assert_eq!(
+            authenticate(&bearer(&s), &cache, 101).err(),
+            Some(AuthError::Expired { token: known })
+        );
         let other = TokenSecret::generate();
         assert_eq!(authenticate(&bearer(&other), &cache, 0).err(), Some(AuthError::Unknown));
         assert_eq!(authenticate(&HeaderMap::new(), &cache, 0).err(), Some(AuthError::Missing));
@@ -393,10 +457,23 @@ mod tests {
         assert!(last.recall(h[AUTHORIZATION].as_bytes()).is_some());
         // Again from the remembered digest; then expiry and revocation act as ever.
         assert!(authenticate_on(&h, &cache, 11, &last).is_ok());
-        assert_eq!(authenticate_on(&h, &cache, 100, &last).err(), Some(AuthError::Expired));
+        let known = KnownToken {
+            id: "t1".into(),
+            owner: "alice".into(),
+        };
+        assert_eq!(
+            authenticate_on(&h, &cache, 100, &last).err(),
+            Some(AuthError::Expired { token: known.clone() })
+        );
         rec.revoked_at = Some(20);
         cache.apply(&rec, 0);
-        assert_eq!(authenticate_on(&h, &cache, 21, &last).err(), Some(AuthError::Unknown));
+        assert_eq!(
+            authenticate_on(&h, &cache, 21, &last).err(),
+            Some(AuthError::Revoked { token: known.clone() })
+        );
+        // Past the time revoked tokens are remembered, it is a token like any unknown one.
+        let later = crate::store::memory::RETIRED_FOR;
+        assert_eq!(authenticate_on(&h, &cache, later, &last).err(), Some(AuthError::Unknown));
         // Another value is parsed and judged on its own, and replaces nothing when refused.
         let other = TokenSecret::generate();
         assert_eq!(authenticate_on(&bearer(&other), &cache, 21, &last).err(), Some(AuthError::Unknown));

@@ -11,6 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AuditEntry;
 use crate::auth::Orgs;
 use crate::store::{TokenRecord, TokenState};
 
@@ -80,6 +81,23 @@ pub struct UpdateRequest {
 #[derive(Deserialize)]
 struct ListAnswer {
     tokens: Vec<TokenView>,
+    next: Option<String>,
+}
+
+/// Which audit entries to read: the query of `GET /admin/v1/audit`, times in RFC 3339.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub owner: Option<String>,
+    pub token_id: Option<String>,
+    pub outcome: Option<String>,
+    pub action: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AuditAnswer {
+    entries: Vec<AuditEntry>,
     next: Option<String>,
 }
 
@@ -200,6 +218,32 @@ impl AdminClient {
             match page.next {
                 Some(n) => after = Some(n),
                 None => return Ok(out),
+            }
+        }
+    }
+
+    /// At most `limit` audit entries the caller may read, newest first, page by page.
+    pub async fn audit(&self, f: &AuditFilter, limit: usize) -> Result<Vec<AuditEntry>, ClientError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut q = vec![("limit", (limit - out.len()).min(1000).to_string())];
+            let fields = [
+                ("from", &f.from),
+                ("to", &f.to),
+                ("owner", &f.owner),
+                ("token_id", &f.token_id),
+                ("outcome", &f.outcome),
+                ("action", &f.action),
+            ];
+            q.extend(fields.into_iter().filter_map(|(k, v)| v.clone().map(|v| (k, v))));
+            q.extend(after.take().map(|a| ("after", a)));
+            let query: Vec<String> = q.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
+            let page: AuditAnswer = self.call(Method::GET, &format!("/audit?{}", query.join("&")), None).await?;
+            out.extend(page.entries);
+            match page.next {
+                Some(n) if out.len() < limit => after = Some(n),
+                _ => return Ok(out),
             }
         }
     }

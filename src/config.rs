@@ -392,6 +392,11 @@ fn audit_config(cx: &Ctx<'_>, a: &file::AuditFile) -> Result<audit::Config, Conf
         queue: cx.positive("audit.queue", a.queue)?,
         stream_backlog: cx.positive("audit.stream_backlog", a.stream_backlog)?,
         expiry_warning: cx.duration("audit.expiry_warning", &a.expiry_warning)?,
+        stream_dir: match a.stream_dir.as_str() {
+            "" => None,
+            dir if Path::new(dir).is_absolute() => Some(PathBuf::from(dir)),
+            dir => return Err(cx.err("audit.stream_dir", format!("`{dir}` is not an absolute path"))),
+        },
     })
 }
 
@@ -783,6 +788,10 @@ mod tests {
                 "patgate.toml:2: audit.retention: must be more than zero",
             ),
             ("[audit]\nqueue = 0\n", "patgate.toml:2: audit.queue: must be at least 1"),
+            (
+                "[audit]\nstream_dir = \"logs\"\n",
+                "patgate.toml:2: audit.stream_dir: `logs` is not an absolute path",
+            ),
             (
                 "[http2]\nkeep_alive_interval = \"often\"\n",
                 "patgate.toml:2: http2.keep_alive_interval: `often` is not a duration",

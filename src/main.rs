@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use patgate::audit::{Action, Actor, AuditEntry, Outcome};
 use patgate::auth::scope::ScopeSet;
 use patgate::auth::Orgs;
-use patgate::client::{AdminClient, CreateRequest, TokenView, UpdateRequest};
+use patgate::client::{AdminClient, AuditFilter, CreateRequest, TokenView, UpdateRequest};
 use patgate::config::{self, Config};
 use patgate::store::{self, NewToken, Store, TokenUpdate};
 use patgate::{app, build_info, telemetry};
@@ -35,6 +36,9 @@ enum Command {
     /// Create, list, change and revoke tokens: in the store, or through a running
     /// server's admin API with --admin-url.
     Token(TokenArgs),
+    /// Read the audit trail: in the store, or through a running server's admin API with
+    /// --admin-url (which needs a token with auditlog:read).
+    Audit(AuditArgs),
     /// Print the shell completion script for patgate.
     ///
     /// For example: patgate completions bash > ~/.local/share/bash-completion/completions/patgate
@@ -63,6 +67,54 @@ struct TokenArgs {
     token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: TokenCommand,
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    /// Work through this server's admin API (http://HOST:PORT) instead of on the store.
+    /// The caller's token is read from PATGATE_ADMIN_TOKEN or --token-file.
+    #[arg(long, env = "PATGATE_ADMIN_URL", global = true)]
+    admin_url: Option<String>,
+    /// A file holding the token for --admin-url (instead of PATGATE_ADMIN_TOKEN).
+    #[arg(long, global = true, requires = "admin_url")]
+    token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: AuditCommand,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// List audit entries, newest first.
+    List(AuditListArgs),
+}
+
+#[derive(Args)]
+struct AuditListArgs {
+    /// Only entries at or after this time (RFC 3339, e.g. 2030-01-31T00:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    from: Option<i64>,
+    /// Only entries before this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    to: Option<i64>,
+    /// Only this owner's entries.
+    #[arg(long)]
+    owner: Option<String>,
+    /// Only this token's entries.
+    #[arg(long)]
+    token_id: Option<String>,
+    /// Only entries with this outcome.
+    #[arg(long, value_parser = ["success", "failure"])]
+    outcome: Option<String>,
+    /// Only entries of this action (create, update, regenerate, revoke, revoke_all,
+    /// leak_report, policy_refusal, auth_refused, access, ...).
+    #[arg(long, value_parser = parse_action)]
+    action: Option<Action>,
+    /// The most entries to print, newest first.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    limit: u32,
+    /// One JSON array of entries instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -164,6 +216,18 @@ struct RevokeArgs {
     all: bool,
 }
 
+/// An RFC 3339 time, as Unix seconds.
+fn parse_time(s: &str) -> Result<i64, String> {
+    patgate::admin::request::parse_time(s).ok_or_else(|| format!("`{s}` is not an RFC 3339 time such as 2030-01-31T12:00:00Z"))
+}
+
+fn parse_action(s: &str) -> Result<Action, String> {
+    Action::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+        format!("use one of {}", names.join(", "))
+    })
+}
+
 fn parse_lifespan(s: &str) -> Result<Duration, String> {
     patgate::auth::lifespan::parse(s).map_err(|e| e.to_string())
 }
@@ -187,7 +251,7 @@ fn main() -> ExitCode {
     }
     // Through the admin API the CLI needs no config file; everything else does.
     let config = match &cli.command {
-        Command::Token(TokenArgs { admin_url: Some(_), .. }) => None,
+        Command::Token(TokenArgs { admin_url: Some(_), .. }) | Command::Audit(AuditArgs { admin_url: Some(_), .. }) => None,
         _ => match config::load(&cli.config) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -233,6 +297,19 @@ async fn run(command: Command, config: Option<Config>) -> anyhow::Result<()> {
                 (None, None) => unreachable!("the config is loaded unless --admin-url is given"),
             };
             token(t.command, &backend).await
+        }
+        (Command::Audit(a), config) => {
+            let log = config.as_ref().map(|c| c.log.clone()).unwrap_or_default();
+            telemetry::init(&telemetry::Config {
+                filter: "warn".into(),
+                ..log
+            });
+            let backend = match (&a.admin_url, config) {
+                (Some(url), _) => Backend::Admin(Box::new(AdminClient::new(url, &admin_token(a.token_file.as_deref())?)?)),
+                (None, Some(config)) => Backend::Store(Store::open(&config.store.location).await?),
+                (None, None) => unreachable!("the config is loaded unless --admin-url is given"),
+            };
+            audit(a.command, &backend).await
         }
         (Command::Completions { .. } | Command::Man { .. }, _) => unreachable!("printed before the config is loaded"),
         (_, None) => unreachable!("the config is loaded for serve and check-config"),
@@ -334,6 +411,45 @@ fn actor() -> String {
 }
 
 impl Backend {
+    /// At most `limit` audit entries, newest first.
+    async fn audit(&self, a: &AuditListArgs) -> anyhow::Result<Vec<AuditEntry>> {
+        let limit = a.limit as usize;
+        match self {
+            Backend::Store(store) => {
+                let mut query = store::AuditQuery {
+                    from: a.from.map(|s| s.saturating_mul(1000)),
+                    to: a.to.map(|s| s.saturating_mul(1000)),
+                    owner: a.owner.clone(),
+                    token_id: a.token_id.clone(),
+                    outcome: a.outcome.as_deref().and_then(Outcome::from_name),
+                    action: a.action,
+                    ..store::AuditQuery::default()
+                };
+                let mut out = Vec::new();
+                loop {
+                    query.limit = (limit - out.len()).min(store::MAX_PAGE);
+                    let page = store.audit_page(&query).await?;
+                    out.extend(page.entries);
+                    match page.next {
+                        Some(next) if out.len() < limit => query.after = Some(next),
+                        _ => return Ok(out),
+                    }
+                }
+            }
+            Backend::Admin(api) => {
+                let filter = AuditFilter {
+                    from: a.from.map(store::format_time),
+                    to: a.to.map(store::format_time),
+                    owner: a.owner.clone(),
+                    token_id: a.token_id.clone(),
+                    outcome: a.outcome.clone(),
+                    action: a.action.map(|a| a.as_str().to_owned()),
+                };
+                Ok(api.audit(&filter, limit).await?)
+            }
+        }
+    }
+
     async fn create(&self, a: CreateArgs) -> anyhow::Result<(TokenView, String)> {
         let scopes = ScopeSet::parse(&a.scopes).context("--scopes")?;
         let orgs = Orgs::parse(&a.orgs).context("--orgs")?;
@@ -346,7 +462,7 @@ impl Backend {
                     scopes,
                     lifespan: a.expires_in.context("--expires-in is needed when working on the store")?,
                 };
-                let created = store.create(new, Some(actor())).await?;
+                let created = store.create(new, &Actor::named(actor())).await?;
                 Ok((TokenView::of(&created.record, store::now()), created.secret.expose().to_owned()))
             }
             Backend::Admin(api) => {
@@ -398,7 +514,7 @@ impl Backend {
                         .expires_in
                         .map(|d| store::now().saturating_add(d.as_secs().min(i64::MAX as u64) as i64)),
                 };
-                let r = store.update(&a.id, update, Some(actor())).await?;
+                let r = store.update(&a.id, update, &Actor::named(actor())).await?;
                 Ok(TokenView::of(&r, store::now()))
             }
             Backend::Admin(api) => {
@@ -416,7 +532,7 @@ impl Backend {
     async fn regenerate(&self, id: &str) -> anyhow::Result<(TokenView, String)> {
         match self {
             Backend::Store(store) => {
-                let c = store.regenerate(id, Some(actor())).await?;
+                let c = store.regenerate(id, &Actor::named(actor())).await?;
                 Ok((TokenView::of(&c.record, store::now()), c.secret.expose().to_owned()))
             }
             Backend::Admin(api) => {
@@ -431,7 +547,7 @@ impl Backend {
         let before = self.get(id).await?;
         match self {
             Backend::Store(store) => {
-                store.revoke(id, Some(actor())).await?;
+                store.revoke(id, &Actor::named(actor())).await?;
             }
             Backend::Admin(api) => {
                 api.revoke(id).await?;
@@ -442,7 +558,7 @@ impl Backend {
 
     async fn revoke_owner(&self, owner: &str) -> anyhow::Result<usize> {
         match self {
-            Backend::Store(store) => Ok(store.revoke_owner(owner, Some(actor())).await?),
+            Backend::Store(store) => Ok(store.revoke_owner(owner, &Actor::named(actor())).await?),
             Backend::Admin(api) => Ok(api.revoke_owner(owner).await?),
         }
     }
@@ -528,6 +644,48 @@ fn print_secret(t: &TokenView, secret: &str) {
     println!("Copy the token now: it is shown only this once.");
 }
 
+async fn audit(command: AuditCommand, backend: &Backend) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::List(a) => {
+            let entries = backend.audit(&a).await?;
+            if a.json {
+                println!("{}", serde_json::to_string(&entries)?);
+            } else {
+                print_audit(&entries);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_audit(entries: &[AuditEntry]) {
+    let or_dash = |s: Option<String>| s.filter(|s| !s.is_empty()).unwrap_or_else(|| "-".into());
+    let rows: Vec<[String; 8]> = entries
+        .iter()
+        .map(|e| {
+            let time = serde_json::to_value(e).ok().and_then(|v| v["time"].as_str().map(str::to_owned));
+            let request = [e.method.clone(), e.path.clone(), e.status.map(|s| s.to_string())];
+            let mut detail: Vec<String> = vec![request.into_iter().flatten().collect::<Vec<_>>().join(" ")];
+            if e.action == Action::Access {
+                detail.push(format!("{} request(s)", e.count));
+            }
+            detail.extend(e.reason.clone());
+            detail.retain(|d| !d.is_empty());
+            [
+                or_dash(time),
+                e.action.as_str().to_owned(),
+                e.outcome.as_str().to_owned(),
+                or_dash(e.token_id.clone()),
+                or_dash(e.owner.clone()),
+                or_dash(e.actor.clone()),
+                or_dash(e.client.map(|c| c.to_string())),
+                or_dash(Some(detail.join("; "))),
+            ]
+        })
+        .collect();
+    print_columns(["TIME", "ACTION", "OUTCOME", "TOKEN", "OWNER", "ACTOR", "CLIENT", "DETAIL"], &rows);
+}
+
 fn print_table(all: &[TokenView]) {
     let rows: Vec<[String; 8]> = all
         .iter()
@@ -544,14 +702,19 @@ fn print_table(all: &[TokenView]) {
             ]
         })
         .collect();
-    let head = ["ID", "NAME", "OWNER", "STATE", "SCOPES", "ORGS", "EXPIRES", "LAST USED"].map(String::from);
+    print_columns(["ID", "NAME", "OWNER", "STATE", "SCOPES", "ORGS", "EXPIRES", "LAST USED"], &rows);
+}
+
+/// A table: a head and rows, each column as wide as its widest cell.
+fn print_columns<const N: usize>(head: [&str; N], rows: &[[String; N]]) {
+    let head = head.map(String::from);
     let mut widths = head.clone().map(|h| h.chars().count());
-    for row in &rows {
+    for row in rows {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
     }
-    for row in std::iter::once(&head).chain(&rows) {
+    for row in std::iter::once(&head).chain(rows) {
         let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", line.join("  ").trim_end());
     }

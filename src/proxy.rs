@@ -34,6 +34,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 
+use crate::audit::{self, Action, AuditEntry, Auditor, Outcome};
 use crate::auth::rules::{self, PathError, QueryError, Requirement, RouteTable, RuleError};
 use crate::auth::{self, AuthError};
 use crate::store::memory::TokenCache;
@@ -160,9 +161,14 @@ impl ProxyError {
             | ProxyError::Query(_)
             | ProxyError::Auth(AuthError::Credential(_)) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::Auth(AuthError::Missing | AuthError::Malformed | AuthError::Unknown | AuthError::Expired) => {
-                StatusCode::UNAUTHORIZED
-            }
+            ProxyError::Auth(
+                AuthError::Missing
+                | AuthError::Malformed
+                | AuthError::Unknown
+                | AuthError::Expired { .. }
+                | AuthError::Revoked { .. }
+                | AuthError::Superseded { .. },
+            ) => StatusCode::UNAUTHORIZED,
             ProxyError::Auth(AuthError::ScopeMissing { .. } | AuthError::OrgMissing { .. }) | ProxyError::NoRule { .. } => {
                 StatusCode::FORBIDDEN
             }
@@ -230,6 +236,8 @@ pub struct Proxy {
     tokens: Arc<TokenCache>,
     http: upstream::HttpClient,
     cgi: Arc<cgi::Runner>,
+    /// Where refusals and allowed requests go into the audit trail.
+    auditor: Auditor,
 }
 
 /// What the access log says of one request, borrowed or shared: nothing is copied for it.
@@ -263,17 +271,18 @@ struct AccessEntry<'a> {
     peer: std::net::IpAddr,
     log: AccessLog<'a>,
     written: bool,
+    auditor: &'a Auditor,
 }
 
 /// The status logged for a request whose client went away before its answer.
 const CLIENT_CLOSED: u16 = 499;
 
-impl AccessEntry<'_> {
-    fn begin<B>(req: &Request<B>, conn: &Connection) -> Self {
-        Self::of(req.method(), req.version(), req.uri(), conn)
+impl<'a> AccessEntry<'a> {
+    fn begin<B>(req: &Request<B>, conn: &Connection, auditor: &'a Auditor) -> Self {
+        Self::of(req.method(), req.version(), req.uri(), conn, auditor)
     }
 
-    fn of(method: &Method, version: http::Version, uri: &http::Uri, conn: &Connection) -> Self {
+    fn of(method: &Method, version: http::Version, uri: &http::Uri, conn: &Connection, auditor: &'a Auditor) -> Self {
         AccessEntry {
             started: Instant::now(),
             method: method.clone(),
@@ -283,6 +292,7 @@ impl AccessEntry<'_> {
             peer: conn.peer.ip(),
             log: AccessLog::default(),
             written: false,
+            auditor,
         }
     }
 
@@ -292,7 +302,8 @@ impl AccessEntry<'_> {
         let m = metrics();
         let error = result.as_ref().err();
         let counting = m.enabled();
-        if let Some(outcome) = auth_outcome(error, self.log.identity.is_some()).filter(|_| counting) {
+        let outcome = auth_outcome(error, self.log.identity.is_some());
+        if let Some(outcome) = outcome.filter(|_| counting) {
             m.auth(outcome);
         }
         let fault = match error.filter(|_| counting) {
@@ -307,15 +318,76 @@ impl AccessEntry<'_> {
         }
         match result {
             Ok(r) => {
-                self.emit(r.status().as_u16(), None);
+                let status = r.status().as_u16();
+                self.audit_allowed(outcome, status);
+                self.emit(status, None, None);
                 r
             }
             Err(e) => {
                 let r = error_response(&e);
-                self.emit(r.status().as_u16(), Some(&e));
+                let status = r.status().as_u16();
+                match outcome {
+                    Some(AuthOutcome::Allowed) => self.audit_allowed(outcome, status),
+                    _ => self.audit_refusal(&e, status),
+                }
+                let known = match &e {
+                    ProxyError::Auth(a) => a.known_token(),
+                    _ => None,
+                };
+                self.emit(status, Some(&e), known);
                 r
             }
         }
+    }
+
+    /// Counts an allowed request for the audit trail (`audit.allowed_requests`).
+    #[inline]
+    fn audit_allowed(&self, outcome: Option<AuthOutcome>, status: u16) {
+        if let (Some(AuthOutcome::Allowed), Some(id)) = (outcome, &self.log.identity) {
+            let client = self.log.client.unwrap_or(self.peer);
+            self.auditor.allowed(id.token_id(), id.owner(), client, || {
+                let mut e = self.audit_entry(Action::Access, Outcome::Success, status);
+                e.token_id = Some(id.token_id().to_owned());
+                e.owner = Some(id.owner().to_owned());
+                e
+            });
+        }
+    }
+
+    /// Records a refused authentication or authorization (401, 403, and 400 for an
+    /// unreadable `Authorization`) in the audit trail, naming the token when it is known;
+    /// a locked-out address's 429s are counted per minute. A request without any
+    /// credential is not a refused authentication: git asks without one first.
+    fn audit_refusal(&self, e: &ProxyError, status: u16) {
+        let known = match e {
+            ProxyError::Auth(AuthError::Missing) => return,
+            ProxyError::Auth(a) => a.known_token(),
+            ProxyError::NoRule { .. } => None,
+            ProxyError::Blocked(_) => return self.auditor.blocked(self.log.client.unwrap_or(self.peer)),
+            _ => return,
+        };
+        let mut entry = self.audit_entry(Action::AuthRefused, Outcome::Failure, status);
+        entry.reason = Some(e.to_string());
+        if let Some(id) = &self.log.identity {
+            entry.token_id = Some(id.token_id().to_owned());
+            entry.owner = Some(id.owner().to_owned());
+        } else if let Some(k) = known {
+            entry.token_id = Some(k.id.to_string());
+            entry.owner = Some(k.owner.to_string());
+        }
+        self.auditor.record(entry);
+    }
+
+    /// An audit entry for this request: its client, method, normalized path (never the
+    /// query), route and status.
+    fn audit_entry(&self, action: Action, outcome: Outcome, status: u16) -> AuditEntry {
+        let mut e = AuditEntry::new(audit::now_millis(), action, outcome);
+        e.client = Some(self.log.client.unwrap_or(self.peer));
+        e.method = Some(self.method.as_str().to_owned());
+        e.path = rules::normalize(self.uri.path()).ok().map(|p| p.as_str().to_owned());
+        e.route = self.log.route.map(str::to_owned);
+        e.status = Some(status);
+        e
     }
 
     /// The metric labels of the matched route.
@@ -324,7 +396,8 @@ impl AccessEntry<'_> {
         Some(metrics().route(pattern, || upstream.label()))
     }
 
-    fn emit(&self, status: u16, reason: Option<&dyn std::fmt::Display>) {
+    /// Writes the access line; `known` names the token of a refused credential.
+    fn emit(&self, status: u16, reason: Option<&dyn std::fmt::Display>, known: Option<&auth::KnownToken>) {
         let elapsed = self.started.elapsed();
         let m = metrics();
         if m.enabled() {
@@ -343,7 +416,8 @@ impl AccessEntry<'_> {
             url.path = %self.uri.path(),
             http.version = ?self.version,
             http.status = status,
-            token.id = self.log.identity.as_ref().map_or("-", |i| i.token_id()),
+            token.id = self.log.identity.as_ref().map(|i| i.token_id()).or(known.map(|k| k.id.as_str())).unwrap_or("-"),
+            token.owner = self.log.identity.as_ref().map(|i| i.owner()).or(known.map(|k| &*k.owner)),
             route = self.log.route.unwrap_or("-"),
             reason = reason.map(tracing::field::display),
             "{message}"
@@ -354,7 +428,7 @@ impl AccessEntry<'_> {
 impl Drop for AccessEntry<'_> {
     fn drop(&mut self) {
         if !self.written {
-            self.emit(CLIENT_CLOSED, Some(&"the client went away before the answer"));
+            self.emit(CLIENT_CLOSED, Some(&"the client went away before the answer"), None);
         }
     }
 }
@@ -371,7 +445,14 @@ impl Proxy {
             tokens,
             http,
             cgi,
+            auditor: Auditor::off(),
         }
+    }
+
+    /// The proxy with refusals and allowed requests going to `auditor`.
+    pub fn with_auditor(mut self, auditor: Auditor) -> Self {
+        self.auditor = auditor;
+        self
     }
 
     /// The routes and client limits in force; a reload stores new ones here.
@@ -388,6 +469,7 @@ impl Proxy {
             tokens: self.tokens.clone(),
             http: upstream::HttpClient::new(&self.config.upstream),
             cgi: self.cgi.clone(),
+            auditor: self.auditor.clone(),
         }
     }
 
@@ -404,7 +486,7 @@ impl Proxy {
     {
         // The settings as they are now serve the whole request, whatever a reload does meanwhile.
         let live = self.live.load_full();
-        let mut entry = AccessEntry::begin(&req, conn);
+        let mut entry = AccessEntry::begin(&req, conn, &self.auditor);
         let result = self.handle_inner(req, conn, &live, &mut entry.log).await;
         entry.finish(result)
     }
@@ -412,7 +494,7 @@ impl Proxy {
     /// Answers a request that the listener's limits refuse before the pipeline runs,
     /// logged as any other.
     pub fn refuse<B>(&self, req: &Request<B>, conn: &Connection, e: ProxyError) -> Response<Body> {
-        AccessEntry::begin(req, conn).finish(Err(e))
+        AccessEntry::begin(req, conn, &self.auditor).finish(Err(e))
     }
 
     /// Logs a request that was refused before it could be read (a head that is not valid
@@ -565,8 +647,8 @@ fn auth_outcome(error: Option<&ProxyError>, authenticated: bool) -> Option<AuthO
         Some(ProxyError::Auth(e)) => match e {
             AuthError::Missing => AuthOutcome::NoCredential,
             AuthError::Credential(_) | AuthError::Malformed => AuthOutcome::Malformed,
-            AuthError::Unknown => AuthOutcome::Unknown,
-            AuthError::Expired => AuthOutcome::Expired,
+            AuthError::Unknown | AuthError::Revoked { .. } | AuthError::Superseded { .. } => AuthOutcome::Unknown,
+            AuthError::Expired { .. } => AuthOutcome::Expired,
             AuthError::ScopeMissing { .. } => AuthOutcome::LacksScope,
             AuthError::OrgMissing { .. } => AuthOutcome::LacksOrg,
         },
@@ -609,6 +691,13 @@ mod tests {
     use super::*;
     use crate::auth::credentials::CredentialError;
 
+    fn known() -> auth::KnownToken {
+        auth::KnownToken {
+            id: "t1".into(),
+            owner: "alice".into(),
+        }
+    }
+
     #[test]
     fn every_error_has_its_status_and_one_line() {
         use StatusCode as S;
@@ -628,7 +717,9 @@ mod tests {
             (ProxyError::Auth(AuthError::Missing), S::UNAUTHORIZED),
             (ProxyError::Auth(AuthError::Malformed), S::UNAUTHORIZED),
             (ProxyError::Auth(AuthError::Unknown), S::UNAUTHORIZED),
-            (ProxyError::Auth(AuthError::Expired), S::UNAUTHORIZED),
+            (ProxyError::Auth(AuthError::Expired { token: known() }), S::UNAUTHORIZED),
+            (ProxyError::Auth(AuthError::Revoked { token: known() }), S::UNAUTHORIZED),
+            (ProxyError::Auth(AuthError::Superseded { token: known() }), S::UNAUTHORIZED),
             (ProxyError::Auth(AuthError::OrgMissing { org: "x".into() }), S::FORBIDDEN),
             (ProxyError::NoRoute, S::NOT_FOUND),
             (
@@ -672,10 +763,17 @@ mod tests {
 
     #[test]
     fn every_401_reads_the_same() {
-        let bodies: Vec<String> = [AuthError::Missing, AuthError::Malformed, AuthError::Unknown, AuthError::Expired]
-            .into_iter()
-            .map(|e| ProxyError::Auth(e).public_message())
-            .collect();
+        let bodies: Vec<String> = [
+            AuthError::Missing,
+            AuthError::Malformed,
+            AuthError::Unknown,
+            AuthError::Expired { token: known() },
+            AuthError::Revoked { token: known() },
+            AuthError::Superseded { token: known() },
+        ]
+        .into_iter()
+        .map(|e| ProxyError::Auth(e).public_message())
+        .collect();
         assert!(bodies.iter().all(|b| b == UNAUTHORIZED_BODY));
     }
 }

@@ -1,7 +1,11 @@
-//! The token store: durable token records and the numbered feed of token events.
+//! The token store: durable token records, the numbered feed of token events, and the
+//! audit trail.
 //!
-//! Every change (create, revoke) is written with its event in one transaction, so the
-//! feed is complete and a change that answered success is durable. Running servers follow
+//! Every change (create, revoke) is written with its event and its audit entry in one
+//! transaction, so the feed and the trail are complete and a change that answered success
+//! is durable. Other audit entries are appended in batches ([`Store::append_audit`], from
+//! [`crate::audit::writer`]); the trail is read newest first ([`Store::audit_page`]) and
+//! pruned past its retention ([`Store::prune_audit`]). Running servers follow
 //! the feed into their in-memory copy ([`memory::TokenCache`]); the request path reads
 //! only that copy and never waits on this module.
 //!
@@ -14,6 +18,7 @@ pub mod follow;
 pub mod memory;
 pub mod postgres;
 pub mod sqlite;
+pub mod streams;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::audit::{Action, Actor, AuditEntry, Outcome};
 use crate::auth::scope::ScopeSet;
 use crate::auth::token::{random_base62, TokenHash, TokenSecret};
 use crate::auth::Orgs;
@@ -477,8 +483,9 @@ impl Store {
             .map_err(|_| StoreError::TaskStopped)?
     }
 
-    /// Mints a secret and stores the new token with its `created` event.
-    pub async fn create(&self, new: NewToken, actor: Option<String>) -> Result<Created, StoreError> {
+    /// Mints a secret and stores the new token with its `created` event and its audit
+    /// entry ([`Action::Create`], by `actor`).
+    pub async fn create(&self, new: NewToken, actor: &Actor) -> Result<Created, StoreError> {
         new.validate()?;
         let secret = TokenSecret::generate();
         let now = now();
@@ -496,12 +503,13 @@ impl Store {
             revoked_by: None,
             last_used_at: None,
         };
+        let actor = actor.clone();
         match self {
             Store::Sqlite(s) => {
                 let r = record.clone();
-                Self::blocking(s, move |s| s.insert(&r, actor.as_deref())).await?
+                Self::blocking(s, move |s| s.insert(&r, &actor)).await?
             }
-            Store::Postgres(p) => p.insert(&record, actor.as_deref()).await?,
+            Store::Postgres(p) => p.insert(&record, &actor).await?,
         }
         Ok(Created { record, secret })
     }
@@ -548,61 +556,110 @@ impl Store {
         found.ok_or_else(|| StoreError::NotFound(id.to_owned()))
     }
 
-    /// Changes a live token (see [`TokenUpdate::apply_to`]) and records an `updated` event.
-    pub async fn update(&self, id: &str, update: TokenUpdate, actor: Option<String>) -> Result<TokenRecord, StoreError> {
+    /// Changes a live token (see [`TokenUpdate::apply_to`]) and records an `updated` event
+    /// and an [`Action::Update`] audit entry.
+    pub async fn update(&self, id: &str, update: TokenUpdate, actor: &Actor) -> Result<TokenRecord, StoreError> {
+        let actor = actor.clone();
         match self {
             Store::Sqlite(s) => {
                 let id = id.to_owned();
-                Self::blocking(s, move |s| s.update(&id, &update, actor.as_deref(), now())).await
+                Self::blocking(s, move |s| s.update(&id, &update, &actor, now())).await
             }
-            Store::Postgres(p) => p.update(id, &update, actor.as_deref(), now()).await,
+            Store::Postgres(p) => p.update(id, &update, &actor, now()).await,
         }
     }
 
     /// Gives a live token a new secret under the same id; the old secret stops working.
-    pub async fn regenerate(&self, id: &str, actor: Option<String>) -> Result<Created, StoreError> {
+    /// Audited as [`Action::Regenerate`].
+    pub async fn regenerate(&self, id: &str, actor: &Actor) -> Result<Created, StoreError> {
         let secret = TokenSecret::generate();
         let hash = secret.hash();
+        let actor = actor.clone();
         let record = match self {
             Store::Sqlite(s) => {
                 let id = id.to_owned();
-                Self::blocking(s, move |s| s.regenerate(&id, hash, actor.as_deref(), now())).await?
+                Self::blocking(s, move |s| s.regenerate(&id, hash, &actor, now())).await?
             }
-            Store::Postgres(p) => p.regenerate(id, hash, actor.as_deref(), now()).await?,
+            Store::Postgres(p) => p.regenerate(id, hash, &actor, now()).await?,
         };
         Ok(Created { record, secret })
     }
 
-    /// Revokes one token. Revoking a revoked token changes nothing and succeeds.
-    pub async fn revoke(&self, id: &str, actor: Option<String>) -> Result<TokenRecord, StoreError> {
+    /// Revokes one token, audited as [`Action::Revoke`]. Revoking a revoked token changes
+    /// nothing (no event, no audit entry) and succeeds.
+    pub async fn revoke(&self, id: &str, actor: &Actor) -> Result<TokenRecord, StoreError> {
+        let actor = actor.clone();
         match self {
             Store::Sqlite(s) => {
                 let id = id.to_owned();
-                Self::blocking(s, move |s| s.revoke(&id, actor.as_deref(), now())).await
+                Self::blocking(s, move |s| s.revoke(&id, &actor, now())).await
             }
-            Store::Postgres(p) => p.revoke(id, actor.as_deref(), now()).await,
+            Store::Postgres(p) => p.revoke(id, &actor, now()).await,
         }
     }
 
-    /// Revokes every live token of an owner; returns how many.
-    pub async fn revoke_owner(&self, owner: &str, actor: Option<String>) -> Result<usize, StoreError> {
+    /// Revokes every live token of an owner; returns how many. Audited as
+    /// [`Action::RevokeAll`], one entry a token.
+    pub async fn revoke_owner(&self, owner: &str, actor: &Actor) -> Result<usize, StoreError> {
+        let actor = actor.clone();
         match self {
             Store::Sqlite(s) => {
                 let owner = owner.to_owned();
-                Self::blocking(s, move |s| s.revoke_owner(&owner, actor.as_deref(), now())).await
+                Self::blocking(s, move |s| s.revoke_owner(&owner, &actor, now())).await
             }
-            Store::Postgres(p) => p.revoke_owner(owner, actor.as_deref(), now()).await,
+            Store::Postgres(p) => p.revoke_owner(owner, &actor, now()).await,
         }
     }
 
-    /// Revokes the live tokens whose secrets hash to these; returns the ids revoked.
-    pub async fn revoke_hashes(&self, hashes: Vec<TokenHash>, actor: Option<String>) -> Result<Vec<String>, StoreError> {
+    /// Revokes the live tokens whose secrets hash to these (a leak report); returns the
+    /// ids revoked. Audited as [`Action::LeakReport`], one entry a token.
+    pub async fn revoke_hashes(&self, hashes: Vec<TokenHash>, actor: &Actor) -> Result<Vec<String>, StoreError> {
         if hashes.is_empty() {
             return Ok(Vec::new());
         }
+        let actor = actor.clone();
         match self {
-            Store::Sqlite(s) => Self::blocking(s, move |s| s.revoke_hashes(&hashes, actor.as_deref(), now())).await,
-            Store::Postgres(p) => p.revoke_hashes(&hashes, actor.as_deref(), now()).await,
+            Store::Sqlite(s) => Self::blocking(s, move |s| s.revoke_hashes(&hashes, &actor, now())).await,
+            Store::Postgres(p) => p.revoke_hashes(&hashes, &actor, now()).await,
+        }
+    }
+
+    /// Appends entries to the audit trail, in one transaction, in their order.
+    pub async fn append_audit(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Store::Sqlite(s) => Self::blocking(s, move |s| s.append_audit(&entries)).await,
+            Store::Postgres(p) => p.append_audit(&entries).await,
+        }
+    }
+
+    /// A page of the audit trail, newest first (by `seq`), as [`AuditQuery`] filters it.
+    pub async fn audit_page(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        let query = AuditQuery {
+            limit: query.limit.clamp(1, MAX_PAGE),
+            ..query.clone()
+        };
+        match self {
+            Store::Sqlite(s) => Self::blocking(s, move |s| s.audit_page(&query)).await,
+            Store::Postgres(p) => p.audit_page(&query).await,
+        }
+    }
+
+    /// Deletes the audit entries from before `before` (Unix ms), a batch at a time so
+    /// that no one transaction holds the store long; returns how many.
+    pub async fn prune_audit(&self, before: i64) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = match self {
+                Store::Sqlite(s) => Self::blocking(s, move |s| s.prune_audit(before, PRUNE_BATCH)).await?,
+                Store::Postgres(p) => p.prune_audit(before, PRUNE_BATCH).await?,
+            };
+            total += n;
+            if n < PRUNE_BATCH {
+                return Ok(total);
+            }
         }
     }
 
@@ -648,4 +705,70 @@ impl Store {
 
 fn new_token_id() -> String {
     random_base62(16)
+}
+
+/// Audit entries deleted in one transaction when pruning.
+const PRUNE_BATCH: usize = 10_000;
+
+/// Which audit entries to read, and where a page starts. Filters that are `None` let
+/// everything through; `time` bounds are Unix milliseconds, `from` inclusive, `to`
+/// exclusive.
+#[derive(Debug, Clone)]
+pub struct AuditQuery {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub owner: Option<String>,
+    pub token_id: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub action: Option<Action>,
+    /// Only entries older than this `seq`: the `next` of the previous page.
+    pub after: Option<i64>,
+    /// The most entries in one page (1 to [`MAX_PAGE`]).
+    pub limit: usize,
+}
+
+impl Default for AuditQuery {
+    fn default() -> Self {
+        AuditQuery {
+            from: None,
+            to: None,
+            owner: None,
+            token_id: None,
+            outcome: None,
+            action: None,
+            after: None,
+            limit: MAX_PAGE,
+        }
+    }
+}
+
+/// A page of the audit trail, newest first, and the `after` of the next page (none: this
+/// was the last).
+#[derive(Debug, Clone)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    pub next: Option<i64>,
+}
+
+impl AuditPage {
+    /// Cuts `entries` (read with one extra) to `limit` and says where the next page starts.
+    fn of(mut entries: Vec<AuditEntry>, limit: usize) -> AuditPage {
+        let next = if entries.len() > limit {
+            entries.truncate(limit);
+            entries.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        AuditPage { entries, next }
+    }
+}
+
+/// The audit entry of a change the store makes to token `id` of `owner`, by `actor`.
+fn lifecycle(action: Action, id: &str, owner: &str, actor: &Actor) -> AuditEntry {
+    let mut e = AuditEntry::new(crate::audit::now_millis(), action, Outcome::Success);
+    e.token_id = Some(id.to_owned());
+    e.owner = Some(owner.to_owned());
+    e.actor = actor.name.clone();
+    e.client = actor.client;
+    e
 }

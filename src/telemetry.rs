@@ -1,5 +1,6 @@
 //! Logging set-up: one subscriber writing to standard error, human-readable or JSON.
-//! Targets: `patgate::access` (one event per request), `patgate::cgi` (git's own stderr).
+//! Targets: `patgate::access` (one event per request), `patgate::cgi` (git's own stderr),
+//! `patgate::audit` (the audit trail's writer: a full queue, a store that fails).
 //! No event carries a secret or an Authorization value: the request path logs token ids.
 
 pub mod metrics;

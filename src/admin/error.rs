@@ -65,6 +65,12 @@ pub enum AdminError {
     TooManyWaiting { retry_after: Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// No audit stream has this id.
+    #[error("no audit stream with id {0}")]
+    NoStream(String),
+    /// Another audit stream has the name, or there are as many as there may be.
+    #[error("{0}")]
+    StreamConflict(String),
 }
 
 impl AdminError {
@@ -81,7 +87,14 @@ impl AdminError {
         use StatusCode as S;
         match self {
             AdminError::Auth(AuthError::Credential(_)) => S::BAD_REQUEST,
-            AdminError::Auth(AuthError::Missing | AuthError::Malformed | AuthError::Unknown | AuthError::Expired) => S::UNAUTHORIZED,
+            AdminError::Auth(
+                AuthError::Missing
+                | AuthError::Malformed
+                | AuthError::Unknown
+                | AuthError::Expired { .. }
+                | AuthError::Revoked { .. }
+                | AuthError::Superseded { .. },
+            ) => S::UNAUTHORIZED,
             AdminError::Auth(AuthError::ScopeMissing { .. } | AuthError::OrgMissing { .. }) => S::FORBIDDEN,
             AdminError::MalformedJson(_)
             | AdminError::BadJson(_)
@@ -93,7 +106,8 @@ impl AdminError {
             AdminError::BodyTimeout { .. } => S::REQUEST_TIMEOUT,
             AdminError::NotJson => S::UNSUPPORTED_MEDIA_TYPE,
             AdminError::FromWebPage => S::FORBIDDEN,
-            AdminError::NoEndpoint => S::NOT_FOUND,
+            AdminError::NoEndpoint | AdminError::NoStream(_) => S::NOT_FOUND,
+            AdminError::StreamConflict(_) => S::CONFLICT,
             AdminError::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
             AdminError::RateLimited { .. } | AdminError::TooManyWaiting { .. } | AdminError::Blocked(_) => S::TOO_MANY_REQUESTS,
             AdminError::Store(e) => match e {
@@ -110,9 +124,14 @@ impl AdminError {
     /// in the server's log, not to the client.
     pub fn public_message(&self) -> String {
         match self {
-            AdminError::Auth(AuthError::Missing | AuthError::Malformed | AuthError::Unknown | AuthError::Expired) => {
-                UNAUTHORIZED_BODY.to_owned()
-            }
+            AdminError::Auth(
+                AuthError::Missing
+                | AuthError::Malformed
+                | AuthError::Unknown
+                | AuthError::Expired { .. }
+                | AuthError::Revoked { .. }
+                | AuthError::Superseded { .. },
+            ) => UNAUTHORIZED_BODY.to_owned(),
             AdminError::Store(StoreError::TaskStopped) => format!("the token store is unavailable: {}", StoreError::TaskStopped),
             AdminError::Store(StoreError::Open { .. } | StoreError::SchemaTooNew { .. } | StoreError::Database(_)) => {
                 "internal error in the token store; the server's log has the details".to_owned()
@@ -125,6 +144,17 @@ impl AdminError {
 /// Why a request failed, for the request log (a response extension).
 #[derive(Debug, Clone)]
 pub struct Reason(pub String);
+
+/// A refused authentication or authorization, for the audit trail (a response extension).
+/// A request without any credential is not one.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// The credential, or its scope: with the token the refused credential named, when it
+    /// is known and the caller is not.
+    Credential(Option<crate::auth::KnownToken>),
+    /// The address is locked out (`[brute_force]`).
+    Blocked,
+}
 
 #[derive(serde::Serialize)]
 struct ErrorBody {
@@ -151,6 +181,15 @@ impl IntoResponse for AdminError {
         if status == StatusCode::REQUEST_TIMEOUT {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        let refusal = match &self {
+            AdminError::Auth(AuthError::Missing) => None,
+            AdminError::Auth(e) => Some(Refusal::Credential(e.known_token().cloned())),
+            AdminError::Blocked(_) => Some(Refusal::Blocked),
+            _ => None,
+        };
+        if let Some(refusal) = refusal {
+            r.extensions_mut().insert(refusal);
+        }
         r.extensions_mut().insert(Reason(clean(&self.to_string())));
         r
     }
@@ -167,12 +206,18 @@ mod tests {
     fn every_error_has_its_status_and_one_json_line() {
         use StatusCode as S;
         let scope = Scope::from_name("tokens:admin").unwrap();
+        let known = crate::auth::KnownToken {
+            id: "t1".into(),
+            owner: "alice".into(),
+        };
         let cases: Vec<(AdminError, StatusCode)> = vec![
             (AdminError::Auth(AuthError::Credential(CredentialError::BadBase64)), S::BAD_REQUEST),
             (AdminError::Auth(AuthError::Missing), S::UNAUTHORIZED),
             (AdminError::Auth(AuthError::Malformed), S::UNAUTHORIZED),
             (AdminError::Auth(AuthError::Unknown), S::UNAUTHORIZED),
-            (AdminError::Auth(AuthError::Expired), S::UNAUTHORIZED),
+            (AdminError::Auth(AuthError::Expired { token: known.clone() }), S::UNAUTHORIZED),
+            (AdminError::Auth(AuthError::Revoked { token: known.clone() }), S::UNAUTHORIZED),
+            (AdminError::Auth(AuthError::Superseded { token: known }), S::UNAUTHORIZED),
             (AdminError::Auth(AuthError::ScopeMissing { scope }), S::FORBIDDEN),
             (AdminError::Auth(AuthError::OrgMissing { org: "x".into() }), S::FORBIDDEN),
             (AdminError::MalformedJson("eof".into()), S::BAD_REQUEST),
@@ -205,6 +250,8 @@ mod tests {
                 S::TOO_MANY_REQUESTS,
             ),
             (AdminError::Store(StoreError::NotFound("a".into())), S::NOT_FOUND),
+            (AdminError::NoStream("a".into()), S::NOT_FOUND),
+            (AdminError::StreamConflict("name: taken".into()), S::CONFLICT),
             (
                 AdminError::Store(StoreError::NotLive {
                     id: "a".into(),

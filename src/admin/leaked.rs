@@ -105,10 +105,12 @@ pub async fn leaked(State(s): State<AdminState>, Admitted(ip): Admitted, body: B
         .filter_map(|t| TokenSecret::parse(t.trim()))
         .map(|t| t.hash())
         .collect();
-    let ids = s
-        .store()
-        .revoke_hashes(hashes.into_iter().collect(), Some(ACTOR.to_owned()))
-        .await?;
+    // The reporter's address, unless the request came without a connection (tests).
+    let actor = crate::audit::Actor {
+        name: Some(ACTOR.to_owned()),
+        client: Some(ip).filter(|ip| !ip.is_unspecified()),
+    };
+    let ids = s.store().revoke_hashes(hashes.into_iter().collect(), &actor).await?;
     if !ids.is_empty() {
         s.applied().await;
         let list = ids.join(",");

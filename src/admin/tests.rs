@@ -120,7 +120,7 @@ impl Harness {
                     scopes: ScopeSet::parse(scopes).unwrap(),
                     lifespan: Duration::from_secs(3600),
                 },
-                None,
+                &crate::audit::Actor::default(),
             )
             .await
             .unwrap();
@@ -989,4 +989,58 @@ async fn a_follower_sees_each_of_its_events_once_and_cursors_never_cross_owners(
         .call("GET", &format!("/admin/v1/tokens?owner=bob&after={cursor}"), Some(&alice), None)
         .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
+}
+
+#[test]
+fn the_openapi_document_names_every_audit_action() {
+    let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+    let names: Vec<&str> = crate::audit::Action::ALL.iter().map(|a| a.as_str()).collect();
+    let enums = [
+        "/components/schemas/AuditEntry/properties/action/enum",
+        "/paths/~1admin~1v1~1audit/get/parameters/5/schema/enum",
+    ];
+    for pointer in enums {
+        let listed: Vec<&str> = doc
+            .pointer(pointer)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(listed, names, "{pointer}");
+    }
+    assert_eq!(doc.pointer("/paths/~1admin~1v1~1audit/get/parameters/5/name").unwrap(), "action");
+}
+
+#[tokio::test]
+async fn the_audit_trail_is_read_with_auditlog_read_and_refusals_are_recorded() {
+    let h = Harness::new().await;
+    let (auditor, writer) = crate::audit::writer::start(h.state.store().clone(), &crate::audit::Config::default());
+    h.state.set_auditor(auditor);
+    let root = h.mint("root", &["tokens:admin", "auditlog:read"]).await;
+    let plain = h.mint("alice", &["code:read"]).await;
+    let a = h.call("GET", paths::AUDIT, Some(&plain), None).await;
+    assert_eq!((a.status, a.error()), (StatusCode::FORBIDDEN, "token lacks scope auditlog:read"));
+    // A change the policy refuses.
+    let body = json!({"name": "x", "owner": "alice", "scopes": ["full"], "orgs": "*"});
+    let a = h.call("POST", paths::TOKENS, Some(&root), Some(body)).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    writer.finish().await;
+    let a = h.call("GET", &format!("{}?outcome=failure", paths::AUDIT), Some(&root), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    let actions: Vec<&str> = a.json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["policy_refusal", "auth_refused"], "{}", a.json);
+    assert_eq!(a.json["entries"][1]["owner"], "alice");
+    assert_eq!(a.json["entries"][1]["route"], paths::AUDIT);
+    assert_eq!(
+        a.json["entries"][0]["reason"],
+        "policy.allow_full: a token may not hold every scope"
+    );
+    assert_eq!(a.json["next"], Value::Null);
 }

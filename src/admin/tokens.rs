@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::audit::RequestInfo;
 use super::caller::{Access, Caller, Who};
 use super::error::AdminError;
 use super::request::{self, Body, Expiry, Params, Segment};
@@ -103,7 +104,12 @@ fn scopes(names: &[String]) -> Result<ScopeSet, AdminError> {
 }
 
 /// `POST /admin/v1/tokens`.
-pub async fn create(State(s): State<AdminState>, caller: Caller, body: Body) -> Result<(StatusCode, Json<WithSecret>), AdminError> {
+pub async fn create(
+    State(s): State<AdminState>,
+    caller: Caller,
+    info: RequestInfo,
+    body: Body,
+) -> Result<(StatusCode, Json<WithSecret>), AdminError> {
     let who = caller.require(Access::Manage)?;
     let b: CreateBody = body.parse()?;
     let owner = match b.owner {
@@ -124,8 +130,9 @@ pub async fn create(State(s): State<AdminState>, caller: Caller, body: Body) -> 
     if expires_at <= now {
         return Err(AdminError::field("expires_at", "must be in the future"));
     }
-    policy.check_grant(scopes, &b.orgs, who.admin)?;
-    policy.check_life(now, expires_at)?;
+    let refused = |e| info.policy_refusal(&s, &who, None, &owner, e);
+    policy.check_grant(scopes, &b.orgs, who.admin).map_err(refused)?;
+    policy.check_life(now, expires_at).map_err(refused)?;
     let new = NewToken {
         name: b.name,
         owner,
@@ -133,7 +140,7 @@ pub async fn create(State(s): State<AdminState>, caller: Caller, body: Body) -> 
         scopes,
         lifespan: std::time::Duration::from_secs(expires_at.abs_diff(now)),
     };
-    let created = s.store().create(new, Some(who.owner)).await?;
+    let created = s.store().create(new, &info.actor(&who)).await?;
     s.applied().await;
     Ok((StatusCode::CREATED, Json(created.into())))
 }
@@ -196,7 +203,13 @@ pub async fn get(State(s): State<AdminState>, caller: Caller, Segment(id): Segme
 /// token as changed is checked as a create would be (`grantable_scopes` for callers
 /// without `tokens:admin`, `allow_full`, `allow_all_orgs`); a new expiry must keep its
 /// life within `max_lifespan` from its creation.
-pub async fn update(State(s): State<AdminState>, caller: Caller, Segment(id): Segment, body: Body) -> Result<Json<TokenJson>, AdminError> {
+pub async fn update(
+    State(s): State<AdminState>,
+    caller: Caller,
+    Segment(id): Segment,
+    info: RequestInfo,
+    body: Body,
+) -> Result<Json<TokenJson>, AdminError> {
     let who = caller.require(Access::Manage)?;
     let b: UpdateBody = body.parse()?;
     let scopes = b.scopes.as_deref().map(scopes).transpose()?;
@@ -205,10 +218,13 @@ pub async fn update(State(s): State<AdminState>, caller: Caller, Segment(id): Se
     // The token as changed must be one the caller could create; its life counts from its creation.
     let orgs = b.orgs.as_ref().unwrap_or(&current.orgs);
     let policy = s.policy();
-    policy.check_grant(scopes.unwrap_or(current.scopes), orgs, who.admin)?;
+    let refused = |e| info.policy_refusal(&s, &who, Some(&current.id), &current.owner, e);
+    policy
+        .check_grant(scopes.unwrap_or(current.scopes), orgs, who.admin)
+        .map_err(refused)?;
     let expires_at = expiry.map(|e| e.at(store::now()));
     if let Some(at) = expires_at {
-        policy.check_life(current.created_at, at)?;
+        policy.check_life(current.created_at, at).map_err(refused)?;
     }
     let update = TokenUpdate {
         name: b.name,
@@ -216,7 +232,7 @@ pub async fn update(State(s): State<AdminState>, caller: Caller, Segment(id): Se
         orgs: b.orgs,
         expires_at,
     };
-    let record = s.store().update(&id, update, Some(who.owner)).await?;
+    let record = s.store().update(&id, update, &info.actor(&who)).await?;
     s.applied().await;
     Ok(Json(TokenJson::new(record)))
 }
@@ -224,35 +240,51 @@ pub async fn update(State(s): State<AdminState>, caller: Caller, Segment(id): Se
 /// `POST /admin/v1/tokens/{id}/regenerate`: a new secret under the same id, for a token
 /// the policy would let the caller create (so `tokens:manage` cannot take over a
 /// same-owner `tokens:admin` token).
-pub async fn regenerate(State(s): State<AdminState>, caller: Caller, Segment(id): Segment) -> Result<Json<WithSecret>, AdminError> {
+pub async fn regenerate(
+    State(s): State<AdminState>,
+    caller: Caller,
+    Segment(id): Segment,
+    info: RequestInfo,
+) -> Result<Json<WithSecret>, AdminError> {
     let who = caller.require(Access::Manage)?;
     let current = visible(&s, &who, &id).await?;
     // A new secret is a new credential: only for a token the caller could create now.
     let policy = s.policy();
-    policy.check_grant(current.scopes, &current.orgs, who.admin)?;
-    policy.check_life(current.created_at, current.expires_at)?;
-    let created = s.store().regenerate(&id, Some(who.owner)).await?;
+    let refused = |e| info.policy_refusal(&s, &who, Some(&current.id), &current.owner, e);
+    policy.check_grant(current.scopes, &current.orgs, who.admin).map_err(refused)?;
+    policy.check_life(current.created_at, current.expires_at).map_err(refused)?;
+    let created = s.store().regenerate(&id, &info.actor(&who)).await?;
     s.applied().await;
     Ok(Json(created.into()))
 }
 
 /// `POST /admin/v1/tokens/{id}/revoke` (idempotent).
-pub async fn revoke(State(s): State<AdminState>, caller: Caller, Segment(id): Segment) -> Result<Json<TokenJson>, AdminError> {
+pub async fn revoke(
+    State(s): State<AdminState>,
+    caller: Caller,
+    Segment(id): Segment,
+    info: RequestInfo,
+) -> Result<Json<TokenJson>, AdminError> {
     let who = caller.require(Access::Manage)?;
     visible(&s, &who, &id).await?;
-    let record = s.store().revoke(&id, Some(who.owner)).await?;
+    let record = s.store().revoke(&id, &info.actor(&who)).await?;
     s.applied().await;
     Ok(Json(TokenJson::new(record)))
 }
 
 /// `POST /admin/v1/owners/{owner}/revoke`: every live token of an owner.
-pub async fn revoke_owner(State(s): State<AdminState>, caller: Caller, Segment(owner): Segment) -> Result<Json<Revoked>, AdminError> {
+pub async fn revoke_owner(
+    State(s): State<AdminState>,
+    caller: Caller,
+    Segment(owner): Segment,
+    info: RequestInfo,
+) -> Result<Json<Revoked>, AdminError> {
     let who = caller.require(Access::Manage)?;
     if owner != who.owner {
         who.require_admin()?;
         request::owner(&owner)?;
     }
-    let revoked = s.store().revoke_owner(&owner, Some(who.owner)).await?;
+    let revoked = s.store().revoke_owner(&owner, &info.actor(&who)).await?;
     s.applied().await;
     Ok(Json(Revoked { revoked }))
 }

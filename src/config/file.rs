@@ -336,6 +336,8 @@ pub struct AuditFile {
     pub stream_backlog: usize,
     /// Tokens that expire within this long are warned of once (a stream event and a metric).
     pub expiry_warning: String,
+    /// The folder file streams may write in (empty: file streams are refused).
+    pub stream_dir: String,
 }
 
 impl Default for AuditFile {
@@ -346,6 +348,7 @@ impl Default for AuditFile {
             queue: 10_000,
             stream_backlog: 10_000,
             expiry_warning: "7d".into(),
+            stream_dir: String::new(),
         }
     }
 }

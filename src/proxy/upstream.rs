@@ -110,7 +110,7 @@ impl std::fmt::Debug for Trust {
 
 /// The system's root certificates, read once per process when an https upstream is first
 /// reached.
-fn system_roots() -> Arc<RootCertStore> {
+pub(crate) fn system_roots() -> Arc<RootCertStore> {
     static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
     ROOTS
         .get_or_init(|| {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::audit::Actor;
 
 fn new(owner: &str, scopes: &[&str]) -> NewToken {
     NewToken {
@@ -21,26 +22,31 @@ pub async fn run_all(store: Store) {
     paging_and_filters(&store).await;
     updates_narrow_only(&store).await;
     regenerate_and_leaks(&store).await;
+    audit_lifecycle(&store).await;
+    audit_filters_paging_and_pruning(&store).await;
 }
 
 async fn lifecycle_and_feed(store: &Store) {
     let base = store.snapshot().await.unwrap().seq;
-    let a = store.create(new("alice", &["code:read"]), Some("cli".into())).await.unwrap();
-    let b = store.create(new("alice", &["code:read"]), None).await.unwrap();
-    let c = store.create(new("bob", &["code:read"]), None).await.unwrap();
+    let a = store.create(new("alice", &["code:read"]), &Actor::named("cli")).await.unwrap();
+    let b = store.create(new("alice", &["code:read"]), &Actor::default()).await.unwrap();
+    let c = store.create(new("bob", &["code:read"]), &Actor::default()).await.unwrap();
     assert_eq!(a.record.hash, a.secret.hash());
     let snap = store.snapshot().await.unwrap();
     assert_eq!(snap.seq, base + 3);
     assert!(snap.live.iter().any(|r| r.id == c.record.id));
     assert_eq!(store.get(&a.record.id).await.unwrap(), a.record);
 
-    let r = store.revoke(&b.record.id, Some("admin".into())).await.unwrap();
+    let r = store.revoke(&b.record.id, &Actor::named("admin")).await.unwrap();
     assert!(r.revoked_at.is_some());
     assert_eq!(r.revoked_by.as_deref(), Some("admin"));
     // Idempotent: no second event.
-    store.revoke(&b.record.id, None).await.unwrap();
-    assert_eq!(store.revoke_owner("alice", None).await.unwrap(), 1);
-    assert!(matches!(store.revoke("nope", None).await, Err(StoreError::NotFound(_))));
+    store.revoke(&b.record.id, &Actor::default()).await.unwrap();
+    assert_eq!(store.revoke_owner("alice", &Actor::default()).await.unwrap(), 1);
+    assert!(matches!(
+        store.revoke("nope", &Actor::default()).await,
+        Err(StoreError::NotFound(_))
+    ));
 
     let changes = store.changes_since(base + 3, 100).await.unwrap();
     let seen: Vec<(i64, &str, EventKind)> = changes
@@ -62,15 +68,22 @@ async fn lifecycle_and_feed(store: &Store) {
     store.record_last_used(vec![(c.record.id.clone(), 42)]).await.unwrap();
     store.record_last_used(vec![(c.record.id.clone(), 41)]).await.unwrap();
     assert_eq!(store.get(&c.record.id).await.unwrap().last_used_at, Some(42));
-    store.revoke(&c.record.id, None).await.unwrap();
+    store.revoke(&c.record.id, &Actor::default()).await.unwrap();
 }
 
 async fn paging_and_filters(store: &Store) {
     let mut ids = Vec::new();
     for _ in 0..5 {
-        ids.push(store.create(new("pager", &["code:read"]), None).await.unwrap().record.id);
+        ids.push(
+            store
+                .create(new("pager", &["code:read"]), &Actor::default())
+                .await
+                .unwrap()
+                .record
+                .id,
+        );
     }
-    store.revoke(&ids[0], None).await.unwrap();
+    store.revoke(&ids[0], &Actor::default()).await.unwrap();
     let mut seen = Vec::new();
     let mut after = None;
     let mut pages = 0;
@@ -116,11 +129,11 @@ async fn paging_and_filters(store: &Store) {
         .await
         .unwrap();
     assert!(nobody.items.is_empty() && nobody.next.is_none());
-    assert_eq!(store.revoke_owner("pager", None).await.unwrap(), 4);
+    assert_eq!(store.revoke_owner("pager", &Actor::default()).await.unwrap(), 4);
 }
 
 async fn updates_narrow_only(store: &Store) {
-    let t = store.create(new("carol", &["code:write"]), None).await.unwrap().record;
+    let t = store.create(new("carol", &["code:write"]), &Actor::default()).await.unwrap().record;
     let narrowed = store
         .update(
             &t.id,
@@ -130,7 +143,7 @@ async fn updates_narrow_only(store: &Store) {
                 orgs: Some(Orgs::parse("acme").unwrap()),
                 expires_at: Some(now() + 7200),
             },
-            Some("carol".into()),
+            &Actor::named("carol"),
         )
         .await
         .unwrap();
@@ -142,7 +155,7 @@ async fn updates_narrow_only(store: &Store) {
 
     let widen = |u: TokenUpdate| {
         let id = t.id.clone();
-        async move { store.update(&id, u, None).await.unwrap_err() }
+        async move { store.update(&id, u, &Actor::default()).await.unwrap_err() }
     };
     let e = widen(TokenUpdate {
         scopes: Some(ScopeSet::parse(&["code:write"]).unwrap()),
@@ -165,10 +178,10 @@ async fn updates_narrow_only(store: &Store) {
     let e = widen(TokenUpdate::default()).await;
     assert!(matches!(e, StoreError::Invalid(InvalidToken::NoChange)), "{e}");
     assert!(matches!(
-        store.update("nope", TokenUpdate::default(), None).await,
+        store.update("nope", TokenUpdate::default(), &Actor::default()).await,
         Err(StoreError::NotFound(_))
     ));
-    store.revoke(&t.id, None).await.unwrap();
+    store.revoke(&t.id, &Actor::default()).await.unwrap();
     let e = widen(TokenUpdate {
         name: Some("x".into()),
         ..TokenUpdate::default()
@@ -187,8 +200,8 @@ async fn updates_narrow_only(store: &Store) {
 }
 
 async fn regenerate_and_leaks(store: &Store) {
-    let t = store.create(new("dave", &["code:read"]), None).await.unwrap();
-    let again = store.regenerate(&t.record.id, Some("dave".into())).await.unwrap();
+    let t = store.create(new("dave", &["code:read"]), &Actor::default()).await.unwrap();
+    let again = store.regenerate(&t.record.id, &Actor::named("dave")).await.unwrap();
     assert_eq!(again.record.id, t.record.id);
     assert_ne!(again.record.hash, t.record.hash);
     assert_eq!(again.record.hash, again.secret.hash());
@@ -197,20 +210,203 @@ async fn regenerate_and_leaks(store: &Store) {
     assert_eq!(live.hash, again.secret.hash());
 
     // The old secret is not a live token any more: reporting it revokes nothing.
-    assert!(store.revoke_hashes(vec![t.secret.hash()], None).await.unwrap().is_empty());
-    let other = store.create(new("erin", &["code:read"]), None).await.unwrap();
+    assert!(store
+        .revoke_hashes(vec![t.secret.hash()], &Actor::default())
+        .await
+        .unwrap()
+        .is_empty());
+    let other = store.create(new("erin", &["code:read"]), &Actor::default()).await.unwrap();
     let ids = store
         .revoke_hashes(
             vec![again.secret.hash(), other.secret.hash(), TokenHash([7; 32])],
-            Some("leak report".into()),
+            &Actor::named("leak report"),
         )
         .await
         .unwrap();
     assert_eq!(ids.len(), 2);
     assert!(store.get(&other.record.id).await.unwrap().revoked_at.is_some());
     assert!(matches!(
-        store.regenerate(&t.record.id, None).await,
+        store.regenerate(&t.record.id, &Actor::default()).await,
         Err(StoreError::NotLive { .. })
     ));
-    assert!(matches!(store.regenerate("nope", None).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.regenerate("nope", &Actor::default()).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn audit_lifecycle(store: &Store) {
+    use crate::audit::Action;
+    let root = Actor {
+        name: Some("root".into()),
+        client: Some("192.0.2.1".parse().unwrap()),
+    };
+    let t = store.create(new("auditee", &["code:write"]), &root).await.unwrap().record;
+    let update = TokenUpdate {
+        name: Some("renamed".into()),
+        ..TokenUpdate::default()
+    };
+    store.update(&t.id, update, &root).await.unwrap();
+    store.regenerate(&t.id, &root).await.unwrap();
+    store.revoke(&t.id, &root).await.unwrap();
+    // Revoking again changes nothing, and adds nothing to the trail.
+    store.revoke(&t.id, &root).await.unwrap();
+    let u = store.create(new("auditee", &["code:read"]), &root).await.unwrap().record;
+    assert_eq!(store.revoke_owner("auditee", &root).await.unwrap(), 1);
+    let v = store.create(new("auditee", &["code:read"]), &root).await.unwrap();
+    let reporter = Actor {
+        name: Some("leak report".into()),
+        client: Some("2001:db8::7".parse().unwrap()),
+    };
+    store.revoke_hashes(vec![v.secret.hash()], &reporter).await.unwrap();
+    // A refused change leaves no entry.
+    assert!(store.regenerate(&t.id, &root).await.is_err());
+
+    let page = store
+        .audit_page(&AuditQuery {
+            owner: Some("auditee".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(page.next.is_none());
+    let v = v.record.id;
+    let seen: Vec<(Action, &str)> = page.entries.iter().map(|e| (e.action, e.token_id.as_deref().unwrap())).collect();
+    assert_eq!(
+        seen,
+        vec![
+            (Action::LeakReport, v.as_str()),
+            (Action::Create, v.as_str()),
+            (Action::RevokeAll, u.id.as_str()),
+            (Action::Create, u.id.as_str()),
+            (Action::Revoke, t.id.as_str()),
+            (Action::Regenerate, t.id.as_str()),
+            (Action::Update, t.id.as_str()),
+            (Action::Create, t.id.as_str()),
+        ],
+        "newest first"
+    );
+    assert!(page.entries.windows(2).all(|w| w[0].seq > w[1].seq));
+    for e in &page.entries {
+        assert_eq!(e.outcome, Outcome::Success);
+        assert_eq!(e.owner.as_deref(), Some("auditee"));
+        assert_eq!(e.count, 1);
+        assert!((e.time - crate::audit::now_millis()).abs() < 60_000, "{e:?}");
+        let who = if e.action == Action::LeakReport { &reporter } else { &root };
+        assert_eq!((&e.actor, e.client), (&who.name, who.client), "{e:?}");
+    }
+}
+
+async fn audit_filters_paging_and_pruning(store: &Store) {
+    use crate::audit::{Action, AuditEntry};
+    let entry = |time: i64, action: Action, outcome: Outcome, owner: &str, token: &str| {
+        let mut e = AuditEntry::new(time, action, outcome);
+        e.owner = Some(owner.into());
+        e.token_id = Some(token.into());
+        e
+    };
+    let refused = {
+        let mut e = entry(1_000, Action::AuthRefused, Outcome::Failure, "filt", "tokA");
+        e.reason = Some("expired token".into());
+        e.client = Some("2001:db8::1".parse().unwrap());
+        e.method = Some("GET".into());
+        e.path = Some("/acme/x.git/info/refs".into());
+        e.route = Some("/{org}/**".into());
+        e.status = Some(401);
+        e
+    };
+    let mut access = entry(2_000, Action::Access, Outcome::Success, "filt", "tokB");
+    access.count = 7;
+    let others = entry(3_000, Action::AuthRefused, Outcome::Failure, "else", "tokC");
+    store
+        .append_audit(vec![refused.clone(), access.clone(), others.clone()])
+        .await
+        .unwrap();
+    let q = |f: fn(&mut AuditQuery)| {
+        let mut q = AuditQuery::default();
+        f(&mut q);
+        async move {
+            let mut entries = store.audit_page(&q).await.unwrap().entries;
+            for e in &mut entries {
+                e.seq = 0;
+            }
+            entries
+        }
+    };
+    // Every field reads back as written.
+    assert_eq!(q(|q| q.token_id = Some("tokA".into())).await, vec![refused.clone()]);
+    assert_eq!(q(|q| q.token_id = Some("tokB".into())).await, vec![access.clone()]);
+    assert_eq!(
+        q(|q| {
+            q.owner = Some("filt".into());
+            q.outcome = Some(Outcome::Failure);
+        })
+        .await,
+        vec![refused.clone()]
+    );
+    assert_eq!(q(|q| q.action = Some(Action::Access)).await, vec![access.clone()]);
+    // `from` is inclusive, `to` exclusive.
+    assert_eq!(
+        q(|q| {
+            q.from = Some(1_000);
+            q.to = Some(3_000);
+        })
+        .await,
+        vec![access.clone(), refused.clone()]
+    );
+    assert_eq!(
+        q(|q| {
+            q.from = Some(1_001);
+            q.to = Some(3_001);
+        })
+        .await,
+        vec![others, access]
+    );
+    assert!(q(|q| q.owner = Some("nobody".into())).await.is_empty());
+
+    // Paging: newest first, each entry once, no gaps, whatever is written meanwhile.
+    let batch: Vec<AuditEntry> = (0..5)
+        .map(|i| entry(10_000 + i, Action::AuthRefused, Outcome::Failure, "pages", &format!("p{i}")))
+        .collect();
+    store.append_audit(batch).await.unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .audit_page(&AuditQuery {
+                owner: Some("pages".into()),
+                after,
+                limit: 2,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(page.entries.len() <= 2);
+        seen.extend(page.entries.iter().map(|e| e.token_id.clone().unwrap()));
+        if pages == 1 {
+            // Written after the first page: it comes before it, so it is not seen.
+            let late = entry(20_000, Action::AuthRefused, Outcome::Failure, "pages", "late");
+            store.append_audit(vec![late]).await.unwrap();
+        }
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, vec!["p4", "p3", "p2", "p1", "p0"]);
+
+    // Pruning deletes what is older than the cut, nothing else.
+    let old = vec![
+        entry(10, Action::AuthRefused, Outcome::Failure, "old", "o1"),
+        entry(20, Action::AuthRefused, Outcome::Failure, "old", "o2"),
+    ];
+    store.append_audit(old).await.unwrap();
+    assert_eq!(store.prune_audit(25).await.unwrap(), 2);
+    assert!(q(|q| q.owner = Some("old".into())).await.is_empty());
+    assert_eq!(q(|q| q.token_id = Some("tokA".into())).await, vec![refused]);
+    assert_eq!(store.prune_audit(25).await.unwrap(), 0);
+    store.append_audit(Vec::new()).await.unwrap();
 }

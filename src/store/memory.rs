@@ -1,9 +1,13 @@
 //! The in-memory copy of every live token, keyed by hash: the only part of the store that
 //! the request path reads. It is filled from a [`super::Snapshot`] at start and kept
 //! current by applying the event feed ([`super::follow`]).
+//!
+//! Tokens that stop being live (revoked, regenerated, expired) are remembered a while by
+//! their former hash ([`TokenCache::retired`]), so that a refusal can name the token in the
+//! logs and the audit trail; the answer is the same 401 either way.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -94,6 +98,30 @@ impl Borrow<str> for ById {
     }
 }
 
+/// Why a token that was live no longer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retired {
+    Revoked,
+    /// Its secret was replaced; the old one is retired.
+    Regenerated,
+    Expired,
+}
+
+/// A token no longer live, as remembered under the hash of a secret it had.
+#[derive(Debug, Clone)]
+pub struct RetiredToken {
+    pub id: CompactString,
+    pub owner: Arc<str>,
+    pub why: Retired,
+    /// When it was retired here (Unix seconds).
+    at: i64,
+}
+
+/// Retired tokens remembered, at most; the oldest go first.
+pub const MAX_RETIRED: usize = 100_000;
+/// How long a retired token is remembered (seconds).
+pub const RETIRED_FOR: i64 = 86_400;
+
 /// Puts `key` in `table`, in place of an equal key if there is one (a plain insert would
 /// keep the old key, that is, the old token), in one step under the shard's lock: a
 /// reader sees the old token or the new one, never neither.
@@ -127,6 +155,11 @@ pub struct TokenCache {
     orphaned_uses: std::sync::Mutex<HashMap<String, i64>>,
     /// False while the store cannot be read: the copy is then as of the last read.
     store_reachable: std::sync::atomic::AtomicBool,
+    /// Tokens no longer live, by a hash they were held under, read only when a lookup
+    /// misses; bounded by [`MAX_RETIRED`] and [`RETIRED_FOR`].
+    retired: DashMap<TokenHash, RetiredToken, PassThroughState>,
+    /// The order they were retired in, for the bound.
+    retired_order: std::sync::Mutex<VecDeque<(TokenHash, i64)>>,
 }
 
 impl Default for TokenCache {
@@ -141,6 +174,8 @@ impl Default for TokenCache {
             apply_lock: tokio::sync::Mutex::new(()),
             orphaned_uses: std::sync::Mutex::default(),
             store_reachable: std::sync::atomic::AtomicBool::new(true),
+            retired: DashMap::default(),
+            retired_order: std::sync::Mutex::default(),
         }
     }
 }
@@ -150,6 +185,37 @@ impl TokenCache {
     #[inline]
     pub fn get(&self, hash: &TokenHash) -> Option<Arc<CachedToken>> {
         self.by_hash.get(hash).map(|e| Arc::clone(&e.key().0))
+    }
+
+    /// The token that was held under `hash` and was retired less than [`RETIRED_FOR`]
+    /// ago: for naming the token of a refused request. Called only when
+    /// [`TokenCache::get`] misses.
+    pub fn retired(&self, hash: &TokenHash, now: i64) -> Option<RetiredToken> {
+        let r = self.retired.get(hash)?;
+        (now - r.at < RETIRED_FOR).then(|| r.value().clone())
+    }
+
+    /// Remembers a token that stopped being live; the oldest remembered go first.
+    fn retire(&self, hash: TokenHash, id: &str, owner: Arc<str>, why: Retired, now: i64) {
+        let mut order = self.retired_order.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(&(h, at)) = order.front() {
+            if order.len() < MAX_RETIRED && now - at < RETIRED_FOR {
+                break;
+            }
+            order.pop_front();
+            // Unless it was retired again since (expired, then revoked).
+            self.retired.remove_if(&h, |_, r| r.at == at);
+        }
+        order.push_back((hash, now));
+        self.retired.insert(
+            hash,
+            RetiredToken {
+                id: CompactString::from(id),
+                owner,
+                why,
+                at: now,
+            },
+        );
     }
 
     /// Whether `token`, admitted earlier, would still be admitted at `now`: its secret
@@ -163,6 +229,10 @@ impl TokenCache {
     /// live, removed when revoked, expired or gone.
     pub fn apply(&self, record: &TokenRecord, now: i64) {
         let live = record.revoked_at.is_none() && record.expires_at > now;
+        let ended = match record.revoked_at {
+            Some(_) => Retired::Revoked,
+            None => Retired::Expired,
+        };
         let prev = self.by_id.remove(record.id.as_str()).map(|(t, ())| t.0);
         if let Some(old) = &prev {
             if old.hash != record.hash || !live {
@@ -170,11 +240,18 @@ impl TokenCache {
                 // Its uses would go with it: a token used and revoked before the next
                 // write-back must still show when it was last used.
                 self.keep_unflushed_use(old);
+                let why = if old.hash != record.hash { Retired::Regenerated } else { ended };
+                self.retire(old.hash, &old.id, old.owner.clone(), why, now);
             }
         }
         if !live {
+            // Also a token never held live here (revoked before this instance saw it).
+            if prev.as_ref().is_none_or(|p| p.hash != record.hash) {
+                self.retire(record.hash, &record.id, self.owner(&record.owner), ended, now);
+            }
             return;
         }
+        self.retired.remove(&record.hash);
         let used = record.last_used_at.unwrap_or(0);
         // Keep uses seen in this process that the store does not have yet.
         let (seen, flushed) = match prev.as_deref().filter(|p| p.hash == record.hash) {
@@ -228,6 +305,7 @@ impl TokenCache {
             let keep = t.0.expires_at > now;
             if !keep {
                 self.keep_unflushed_use(&t.0);
+                self.retire(t.0.hash, &t.0.id, t.0.owner.clone(), Retired::Expired, now);
             }
             keep
         });
@@ -236,6 +314,17 @@ impl TokenCache {
         self.owners.retain(|o| Arc::strong_count(o) > 1);
         self.org_lists.retain(|o| Arc::strong_count(o) > 1);
         before - self.by_hash.len()
+    }
+
+    /// Calls `f` with each live token held that expires after `now` and by `until` (Unix
+    /// seconds): for the expiry warnings and their gauge, off the request path.
+    pub fn for_each_expiring(&self, now: i64, until: i64, mut f: impl FnMut(&CachedToken)) {
+        for e in self.by_id.iter() {
+            let t = &e.key().0;
+            if t.expires_at > now && t.expires_at <= until {
+                f(t);
+            }
+        }
     }
 
     /// How many live tokens are held.
@@ -385,6 +474,71 @@ mod tests {
         assert!(cache.take_unflushed_uses().is_empty());
         assert_eq!(cache.prune_expired(100), 1);
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn tokens_that_stop_being_live_are_remembered_a_while_by_their_hash() {
+        let cache = TokenCache::default();
+        let why = |s: &TokenSecret, now| cache.retired(&s.hash(), now).map(|r| (r.id.to_string(), r.why));
+        // Revoked.
+        let s1 = TokenSecret::generate();
+        let mut r = rec("a", &s1, 100);
+        cache.apply(&r, 0);
+        assert!(why(&s1, 0).is_none());
+        r.revoked_at = Some(5);
+        cache.apply(&r, 5);
+        assert_eq!(why(&s1, 6), Some(("a".into(), Retired::Revoked)));
+        assert_eq!(cache.retired(&s1.hash(), 6).unwrap().owner.as_ref(), "o");
+        // Regenerated: the old secret is superseded, the new one is live.
+        let (s2, s3) = (TokenSecret::generate(), TokenSecret::generate());
+        let mut r = rec("b", &s2, 100);
+        cache.apply(&r, 0);
+        r.hash = s3.hash();
+        cache.apply(&r, 7);
+        assert_eq!(why(&s2, 8), Some(("b".into(), Retired::Regenerated)));
+        assert!(why(&s3, 8).is_none() && cache.get(&s3.hash()).is_some());
+        // Expired and pruned; and revoked before this copy ever held it.
+        let s4 = TokenSecret::generate();
+        cache.apply(&rec("c", &s4, 10), 0);
+        assert_eq!(cache.prune_expired(10), 1);
+        assert_eq!(why(&s4, 11), Some(("c".into(), Retired::Expired)));
+        let s5 = TokenSecret::generate();
+        let mut r = rec("d", &s5, 100);
+        r.revoked_at = Some(1);
+        cache.apply(&r, 12);
+        assert_eq!(why(&s5, 13), Some(("d".into(), Retired::Revoked)));
+        // Forgotten after a day.
+        assert!(why(&s1, 5 + RETIRED_FOR).is_none());
+    }
+
+    #[test]
+    fn retired_tokens_are_bounded_oldest_out() {
+        let cache = TokenCache::default();
+        let first = TokenSecret::generate();
+        let mut r = rec("first", &first, 100);
+        r.revoked_at = Some(1);
+        cache.apply(&r, 1);
+        for i in 0..MAX_RETIRED {
+            let mut r = rec(&format!("t{i}"), &TokenSecret::generate(), 100);
+            r.revoked_at = Some(2);
+            cache.apply(&r, 2);
+        }
+        assert_eq!(cache.retired.len(), MAX_RETIRED);
+        assert!(cache.retired(&first.hash(), 3).is_none(), "the oldest went first");
+        // Retired again later (expired, then revoked), a hash outlives its first retirement.
+        let again = TokenSecret::generate();
+        cache.apply(&rec("again", &again, 10), 0);
+        cache.prune_expired(10);
+        let mut r = rec("again", &again, 10);
+        r.revoked_at = Some(11);
+        cache.apply(&r, 11);
+        assert_eq!(cache.retired(&again.hash(), 12).unwrap().why, Retired::Revoked);
+        // A day later, one retirement sweeps out everything older than a day.
+        let late = TokenSecret::generate();
+        let mut r = rec("late", &late, RETIRED_FOR + 100);
+        r.revoked_at = Some(1);
+        cache.apply(&r, 12 + RETIRED_FOR);
+        assert_eq!(cache.retired.len(), 1);
     }
 
     #[test]

@@ -24,8 +24,12 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
 
-use super::sqlite::{orgs_to_text, page};
-use super::{Change, EventKind, ListQuery, Page, Snapshot, StoreError, TokenEvent, TokenRecord, TokenState, TokenUpdate};
+use super::sqlite::{orgs_to_text, page, AUDIT_COLUMNS};
+use super::{
+    lifecycle, AuditPage, AuditQuery, Change, EventKind, ListQuery, Page, Snapshot, StoreError, TokenEvent, TokenRecord, TokenState,
+    TokenUpdate,
+};
+use crate::audit::{Action, Actor, AuditEntry, Outcome};
 use crate::auth::scope::ScopeSet;
 use crate::auth::token::TokenHash;
 use crate::auth::Orgs;
@@ -48,7 +52,8 @@ const MIGRATE_LOCK: i64 = 0x7061_7467_6174_6501;
 const WRITE_LOCK: i64 = 0x7061_7467_6174_6502;
 
 /// Schema migrations, in order; the position plus one is the version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tokens (
     id            TEXT PRIMARY KEY,
     hash          BYTEA NOT NULL UNIQUE,
@@ -71,7 +76,31 @@ CREATE TABLE token_events (
     at        BIGINT NOT NULL,
     actor     TEXT
 );
-"#];
+"#,
+    // 2: the audit trail. Entries are written under the writer lock, as events are, so
+    // that `seq` order is commit order.
+    r#"
+CREATE TABLE audit_log (
+    seq       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    time      BIGINT NOT NULL,
+    action    TEXT NOT NULL,
+    outcome   TEXT NOT NULL,
+    reason    TEXT,
+    token_id  TEXT,
+    owner     TEXT,
+    actor     TEXT,
+    client    TEXT,
+    method    TEXT,
+    path      TEXT,
+    route     TEXT,
+    status    INTEGER,
+    count     BIGINT NOT NULL DEFAULT 1
+);
+CREATE INDEX audit_log_time ON audit_log (time);
+CREATE INDEX audit_log_owner ON audit_log (owner, seq);
+CREATE INDEX audit_log_token ON audit_log (token_id, seq);
+"#,
+];
 
 const COLUMNS: &str = "id, hash, name, owner, orgs, scopes, created_at, expires_at, revoked_at, revoked_by, last_used_at";
 
@@ -225,7 +254,7 @@ macro_rules! with_client {
     }};
 }
 
-fn settle<T>(slot: &mut Option<Object>, r: Result<Result<T, StoreError>, tokio::time::error::Elapsed>) -> Result<T, StoreError> {
+pub(super) fn settle<T>(slot: &mut Option<Object>, r: Result<Result<T, StoreError>, tokio::time::error::Elapsed>) -> Result<T, StoreError> {
     match r {
         Ok(r) => r,
         Err(_) => {
@@ -282,7 +311,7 @@ impl PgStore {
         Ok(store)
     }
 
-    async fn client(&self) -> Result<Object, StoreError> {
+    pub(super) async fn client(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(|e| {
             StoreError::Unavailable(match e {
                 PoolError::Timeout(_) => "no PostgreSQL connection free or made in time".into(),
@@ -318,12 +347,14 @@ impl PgStore {
                 )
                 .await?;
             }
+            // The audit streams' tables, outside the versioned migrations (see super::streams).
+            tx.batch_execute(super::streams::PG_SCHEMA).await?;
             tx.commit().await?;
             Ok(())
         })
     }
 
-    pub(super) async fn insert(&self, r: &TokenRecord, actor: Option<&str>) -> Result<(), StoreError> {
+    pub(super) async fn insert(&self, r: &TokenRecord, actor: &Actor) -> Result<(), StoreError> {
         with_client!(self, |c| {
             let tx = write_tx(c).await?;
             let st = tx
@@ -349,6 +380,7 @@ impl PgStore {
             )
             .await?;
             append_events(&tx, std::slice::from_ref(&r.id), EventKind::Created, r.created_at, actor).await?;
+            append_audit(&tx, &[lifecycle(Action::Create, &r.id, &r.owner, actor)]).await?;
             tx.commit().await?;
             Ok(())
         })
@@ -395,7 +427,7 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn update(&self, id: &str, update: &TokenUpdate, actor: Option<&str>, now: i64) -> Result<TokenRecord, StoreError> {
+    pub(super) async fn update(&self, id: &str, update: &TokenUpdate, actor: &Actor, now: i64) -> Result<TokenRecord, StoreError> {
         with_client!(self, |c| {
             let tx = write_tx(c).await?;
             let current = get_for_update(&tx, id).await?;
@@ -412,12 +444,13 @@ impl PgStore {
             )
             .await?;
             append_events(&tx, &[id.to_owned()], EventKind::Updated, now, actor).await?;
+            append_audit(&tx, &[lifecycle(Action::Update, id, &next.owner, actor)]).await?;
             tx.commit().await?;
             Ok(next)
         })
     }
 
-    pub(super) async fn regenerate(&self, id: &str, hash: TokenHash, actor: Option<&str>, now: i64) -> Result<TokenRecord, StoreError> {
+    pub(super) async fn regenerate(&self, id: &str, hash: TokenHash, actor: &Actor, now: i64) -> Result<TokenRecord, StoreError> {
         with_client!(self, |c| {
             let tx = write_tx(c).await?;
             let mut record = get_for_update(&tx, id).await?;
@@ -428,59 +461,69 @@ impl PgStore {
             tx.execute("UPDATE tokens SET hash = $2 WHERE id = $1", &[&id, &&hash.0[..]])
                 .await?;
             append_events(&tx, &[id.to_owned()], EventKind::Regenerated, now, actor).await?;
+            append_audit(&tx, &[lifecycle(Action::Regenerate, id, &record.owner, actor)]).await?;
             tx.commit().await?;
             record.hash = hash;
             Ok(record)
         })
     }
 
-    pub(super) async fn revoke_hashes(&self, hashes: &[TokenHash], actor: Option<&str>, now: i64) -> Result<Vec<String>, StoreError> {
+    pub(super) async fn revoke_hashes(&self, hashes: &[TokenHash], actor: &Actor, now: i64) -> Result<Vec<String>, StoreError> {
         with_client!(self, |c| {
             let tx = write_tx(c).await?;
             let st = tx
-                .prepare_cached("UPDATE tokens SET revoked_at = $2, revoked_by = $3 WHERE hash = $1 AND revoked_at IS NULL RETURNING id")
+                .prepare_cached(
+                    "UPDATE tokens SET revoked_at = $2, revoked_by = $3 WHERE hash = $1 AND revoked_at IS NULL RETURNING id, owner",
+                )
                 .await?;
             let mut ids = Vec::new();
+            let mut entries = Vec::new();
             for h in hashes {
-                if let Some(row) = tx.query_opt(&st, &[&&h.0[..], &now, &actor]).await? {
-                    ids.push(row.try_get(0)?);
+                if let Some(row) = tx.query_opt(&st, &[&&h.0[..], &now, &actor.name]).await? {
+                    let (id, owner): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+                    entries.push(lifecycle(Action::LeakReport, &id, &owner, actor));
+                    ids.push(id);
                 }
             }
             append_events(&tx, &ids, EventKind::Revoked, now, actor).await?;
+            append_audit(&tx, &entries).await?;
             tx.commit().await?;
             Ok(ids)
         })
     }
 
-    pub(super) async fn revoke(&self, id: &str, actor: Option<&str>, now: i64) -> Result<TokenRecord, StoreError> {
+    pub(super) async fn revoke(&self, id: &str, actor: &Actor, now: i64) -> Result<TokenRecord, StoreError> {
         with_client!(self, |c| {
             let tx = write_tx(c).await?;
             let changed = tx
                 .execute(
                     "UPDATE tokens SET revoked_at = $2, revoked_by = $3 WHERE id = $1 AND revoked_at IS NULL",
-                    &[&id, &now, &actor],
+                    &[&id, &now, &actor.name],
                 )
                 .await?;
+            let record = get_for_update(&tx, id).await?;
             if changed == 1 {
                 append_events(&tx, &[id.to_owned()], EventKind::Revoked, now, actor).await?;
+                append_audit(&tx, &[lifecycle(Action::Revoke, id, &record.owner, actor)]).await?;
             }
-            let record = get_for_update(&tx, id).await?;
             tx.commit().await?;
             Ok(record)
         })
     }
 
-    pub(super) async fn revoke_owner(&self, owner: &str, actor: Option<&str>, now: i64) -> Result<usize, StoreError> {
+    pub(super) async fn revoke_owner(&self, owner: &str, actor: &Actor, now: i64) -> Result<usize, StoreError> {
         with_client!(self, |c| {
             let tx = write_tx(c).await?;
             let rows = tx
                 .query(
                     "UPDATE tokens SET revoked_at = $2, revoked_by = $3 WHERE owner = $1 AND revoked_at IS NULL RETURNING id",
-                    &[&owner, &now, &actor],
+                    &[&owner, &now, &actor.name],
                 )
                 .await?;
             let ids = rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<String>, _>>()?;
             append_events(&tx, &ids, EventKind::Revoked, now, actor).await?;
+            let entries: Vec<AuditEntry> = ids.iter().map(|id| lifecycle(Action::RevokeAll, id, owner, actor)).collect();
+            append_audit(&tx, &entries).await?;
             tx.commit().await?;
             Ok(ids.len())
         })
@@ -557,6 +600,66 @@ impl PgStore {
                 out.push(Change { event, record });
             }
             Ok(out)
+        })
+    }
+
+    pub(super) async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        with_client!(self, |c| {
+            let tx = write_tx(c).await?;
+            append_audit(&tx, entries).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    pub(super) async fn audit_page(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
+        let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE TRUE");
+        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        let mut filter = |sql: &mut String, cond: &str, v: Box<dyn ToSql + Sync + Send>| {
+            args.push(v);
+            *sql += &format!(" AND {cond} ${}", args.len());
+        };
+        if let Some(from) = q.from {
+            filter(&mut sql, "time >=", Box::new(from));
+        }
+        if let Some(to) = q.to {
+            filter(&mut sql, "time <", Box::new(to));
+        }
+        if let Some(owner) = &q.owner {
+            filter(&mut sql, "owner =", Box::new(owner.clone()));
+        }
+        if let Some(id) = &q.token_id {
+            filter(&mut sql, "token_id =", Box::new(id.clone()));
+        }
+        if let Some(outcome) = q.outcome {
+            filter(&mut sql, "outcome =", Box::new(outcome.as_str()));
+        }
+        if let Some(action) = q.action {
+            filter(&mut sql, "action =", Box::new(action.as_str()));
+        }
+        if let Some(after) = q.after {
+            filter(&mut sql, "seq <", Box::new(after));
+        }
+        // One more than asked tells whether another page follows.
+        args.push(Box::new((q.limit + 1) as i64));
+        sql += &format!(" ORDER BY seq DESC LIMIT ${}", args.len());
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
+        with_client!(self, |c| {
+            let st = c.prepare_cached(&sql).await?;
+            let rows = c.query(&st, &params).await?;
+            let entries = rows.iter().map(read_audit).collect::<Result<Vec<_>, _>>()?;
+            Ok(AuditPage::of(entries, q.limit))
+        })
+    }
+
+    /// Deletes at most `batch` audit entries from before `before` (Unix ms), oldest first.
+    pub(super) async fn prune_audit(&self, before: i64, batch: usize) -> Result<usize, StoreError> {
+        with_client!(self, |c| {
+            let st = c
+                .prepare_cached("DELETE FROM audit_log WHERE seq IN (SELECT seq FROM audit_log WHERE time < $1 ORDER BY time LIMIT $2)")
+                .await?;
+            let n = c.execute(&st, &[&before, &(batch as i64)]).await?;
+            Ok(usize::try_from(n).unwrap_or(usize::MAX))
         })
     }
 
@@ -656,7 +759,7 @@ impl Drop for EventListener {
 
 /// Starts a write transaction: the writer lock first, so that sequence numbers are
 /// drawn, and become visible, in commit order.
-async fn write_tx(c: &mut Object) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+pub(super) async fn write_tx(c: &mut Object) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
     let tx = c.transaction().await?;
     let st = tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await?;
     tx.execute(&st, &[&WRITE_LOCK]).await?;
@@ -669,11 +772,12 @@ async fn append_events(
     ids: &[String],
     kind: EventKind,
     at: i64,
-    actor: Option<&str>,
+    actor: &Actor,
 ) -> Result<(), StoreError> {
     if ids.is_empty() {
         return Ok(());
     }
+    let actor = actor.name.as_deref();
     let st = tx
         .prepare_cached(
             "INSERT INTO token_events (token_id, kind, at, actor) SELECT id, $2, $3, $4 FROM unnest($1::text[]) WITH ORDINALITY AS u(id, n) ORDER BY n",
@@ -683,6 +787,76 @@ async fn append_events(
     let st = tx.prepare_cached("SELECT pg_notify($1, '')").await?;
     tx.execute(&st, &[&CHANNEL]).await?;
     Ok(())
+}
+
+/// Appends audit entries within `tx` (which holds the writer lock), in their order, in
+/// one statement.
+pub(super) async fn append_audit(tx: &deadpool_postgres::Transaction<'_>, entries: &[AuditEntry]) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let text = |f: fn(&AuditEntry) -> Option<&str>| entries.iter().map(f).collect::<Vec<Option<&str>>>();
+    let times: Vec<i64> = entries.iter().map(|e| e.time).collect();
+    let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    let outcomes: Vec<&str> = entries.iter().map(|e| e.outcome.as_str()).collect();
+    let clients: Vec<Option<String>> = entries.iter().map(|e| e.client.map(|c| c.to_string())).collect();
+    let statuses: Vec<Option<i32>> = entries.iter().map(|e| e.status.map(i32::from)).collect();
+    let counts: Vec<i64> = entries.iter().map(|e| i64::from(e.count)).collect();
+    let st = tx
+        .prepare_cached(
+            "INSERT INTO audit_log (time, action, outcome, reason, token_id, owner, actor, client, method, path, route, status, count) \
+             SELECT time, action, outcome, reason, token_id, owner, actor, client, method, path, route, status, count \
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+                         $9::text[], $10::text[], $11::text[], $12::int[], $13::bigint[]) \
+             WITH ORDINALITY AS u(time, action, outcome, reason, token_id, owner, actor, client, method, path, route, status, count, n) \
+             ORDER BY n",
+        )
+        .await?;
+    tx.execute(
+        &st,
+        &[
+            &times,
+            &actions,
+            &outcomes,
+            &text(|e| e.reason.as_deref()),
+            &text(|e| e.token_id.as_deref()),
+            &text(|e| e.owner.as_deref()),
+            &text(|e| e.actor.as_deref()),
+            &clients,
+            &text(|e| e.method.as_deref()),
+            &text(|e| e.path.as_deref()),
+            &text(|e| e.route.as_deref()),
+            &statuses,
+            &counts,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// One audit entry in [`AUDIT_COLUMNS`], read as [`super::sqlite`] reads it.
+pub(super) fn read_audit(r: &Row) -> Result<AuditEntry, StoreError> {
+    let action: String = r.try_get(2)?;
+    let outcome: String = r.try_get(3)?;
+    let client: Option<String> = r.try_get(8)?;
+    let status: Option<i32> = r.try_get(12)?;
+    let count: i64 = r.try_get(13)?;
+    Ok(AuditEntry {
+        seq: r.try_get(0)?,
+        time: r.try_get(1)?,
+        action: Action::from_name(&action).unwrap_or(Action::Access),
+        outcome: Outcome::from_name(&outcome).unwrap_or(Outcome::Failure),
+        reason: r.try_get(4)?,
+        token_id: r.try_get(5)?,
+        owner: r.try_get(6)?,
+        actor: r.try_get(7)?,
+        client: client.and_then(|c| c.parse().ok()),
+        method: r.try_get(9)?,
+        path: r.try_get(10)?,
+        route: r.try_get(11)?,
+        status: status.and_then(|s| u16::try_from(s).ok()),
+        count: u32::try_from(count).unwrap_or(u32::MAX),
+    })
 }
 
 async fn get_for_update(tx: &deadpool_postgres::Transaction<'_>, id: &str) -> Result<TokenRecord, StoreError> {
@@ -841,7 +1015,7 @@ mod tests {
         let writes: Vec<_> = (0..40)
             .map(|_| {
                 let store = store.clone();
-                tokio::spawn(async move { store.create(new(), None).await.map(|_| ()) })
+                tokio::spawn(async move { store.create(new(), &crate::audit::Actor::default()).await.map(|_| ()) })
             })
             .collect();
         // A follower reading while the writers commit must never skip an event.
@@ -879,7 +1053,7 @@ mod tests {
             lifespan: Duration::from_secs(60),
         };
         let s = store.clone();
-        let create = tokio::spawn(async move { s.create(new, None).await.map(|c| c.record.id) });
+        let create = tokio::spawn(async move { s.create(new, &crate::audit::Actor::default()).await.map(|c| c.record.id) });
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(
             store.changes_since(0, 10).await.unwrap().is_empty(),

@@ -8,13 +8,18 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-use super::{Change, Cursor, EventKind, ListQuery, Page, Snapshot, StoreError, TokenEvent, TokenRecord, TokenState, TokenUpdate};
+use super::{
+    lifecycle, AuditPage, AuditQuery, Change, Cursor, EventKind, ListQuery, Page, Snapshot, StoreError, TokenEvent, TokenRecord,
+    TokenState, TokenUpdate,
+};
+use crate::audit::{Action, Actor, AuditEntry, Outcome};
 use crate::auth::scope::ScopeSet;
 use crate::auth::token::TokenHash;
 use crate::auth::Orgs;
 
 /// Schema migrations, in order; the position plus one is the version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tokens (
     id            TEXT PRIMARY KEY,
     hash          BLOB NOT NULL UNIQUE,
@@ -36,7 +41,34 @@ CREATE TABLE token_events (
     at        INTEGER NOT NULL,
     actor     TEXT
 );
-"#];
+"#,
+    // 2: the audit trail. `seq` never goes back, even after the oldest rows are pruned.
+    r#"
+CREATE TABLE audit_log (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    time      INTEGER NOT NULL,
+    action    TEXT NOT NULL,
+    outcome   TEXT NOT NULL,
+    reason    TEXT,
+    token_id  TEXT,
+    owner     TEXT,
+    actor     TEXT,
+    client    TEXT,
+    method    TEXT,
+    path      TEXT,
+    route     TEXT,
+    status    INTEGER,
+    count     INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX audit_log_time ON audit_log (time);
+CREATE INDEX audit_log_owner ON audit_log (owner, seq);
+CREATE INDEX audit_log_token ON audit_log (token_id, seq);
+"#,
+];
+
+/// The audit trail's columns, in the order [`read_audit`] reads them.
+pub(super) const AUDIT_COLUMNS: &str =
+    "seq, time, action, outcome, reason, token_id, owner, actor, client, method, path, route, status, count";
 
 const COLUMNS: &str = "id, hash, name, owner, orgs, scopes, created_at, expires_at, revoked_at, revoked_by, last_used_at";
 
@@ -77,13 +109,13 @@ impl SqliteStore {
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(super) fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         // A panic while holding the lock leaves the connection usable: SQLite rolls back.
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut conn)
     }
 
-    pub(super) fn insert(&self, r: &TokenRecord, actor: Option<&str>) -> Result<(), StoreError> {
+    pub(super) fn insert(&self, r: &TokenRecord, actor: &Actor) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
@@ -103,6 +135,7 @@ impl SqliteStore {
                 ],
             )?;
             append_event(&tx, &r.id, EventKind::Created, r.created_at, actor)?;
+            append_audit(&tx, &[lifecycle(Action::Create, &r.id, &r.owner, actor)])?;
             tx.commit()?;
             Ok(())
         })
@@ -145,7 +178,7 @@ impl SqliteStore {
         self.with(|c| get(c, id))
     }
 
-    pub(super) fn update(&self, id: &str, update: &TokenUpdate, actor: Option<&str>, now: i64) -> Result<TokenRecord, StoreError> {
+    pub(super) fn update(&self, id: &str, update: &TokenUpdate, actor: &Actor, now: i64) -> Result<TokenRecord, StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let current = get(&tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
@@ -155,12 +188,13 @@ impl SqliteStore {
                 params![id, next.name, orgs_to_text(&next.orgs), next.scopes.to_string(), next.expires_at],
             )?;
             append_event(&tx, id, EventKind::Updated, now, actor)?;
+            append_audit(&tx, &[lifecycle(Action::Update, id, &next.owner, actor)])?;
             tx.commit()?;
             Ok(next)
         })
     }
 
-    pub(super) fn regenerate(&self, id: &str, hash: TokenHash, actor: Option<&str>, now: i64) -> Result<TokenRecord, StoreError> {
+    pub(super) fn regenerate(&self, id: &str, hash: TokenHash, actor: &Actor, now: i64) -> Result<TokenRecord, StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut record = get(&tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
@@ -170,26 +204,28 @@ impl SqliteStore {
             }
             tx.execute("UPDATE tokens SET hash = ?2 WHERE id = ?1", params![id, &hash.0[..]])?;
             append_event(&tx, id, EventKind::Regenerated, now, actor)?;
+            append_audit(&tx, &[lifecycle(Action::Regenerate, id, &record.owner, actor)])?;
             tx.commit()?;
             record.hash = hash;
             Ok(record)
         })
     }
 
-    pub(super) fn revoke_hashes(&self, hashes: &[TokenHash], actor: Option<&str>, now: i64) -> Result<Vec<String>, StoreError> {
+    pub(super) fn revoke_hashes(&self, hashes: &[TokenHash], actor: &Actor, now: i64) -> Result<Vec<String>, StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut ids = Vec::new();
             for h in hashes {
-                let id: Option<String> = tx
+                let revoked: Option<(String, String)> = tx
                     .query_row(
-                        "UPDATE tokens SET revoked_at = ?2, revoked_by = ?3 WHERE hash = ?1 AND revoked_at IS NULL RETURNING id",
-                        params![&h.0[..], now, actor],
-                        |r| r.get(0),
+                        "UPDATE tokens SET revoked_at = ?2, revoked_by = ?3 WHERE hash = ?1 AND revoked_at IS NULL RETURNING id, owner",
+                        params![&h.0[..], now, actor.name],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?;
-                if let Some(id) = id {
+                if let Some((id, owner)) = revoked {
                     append_event(&tx, &id, EventKind::Revoked, now, actor)?;
+                    append_audit(&tx, &[lifecycle(Action::LeakReport, &id, &owner, actor)])?;
                     ids.push(id);
                 }
             }
@@ -198,23 +234,24 @@ impl SqliteStore {
         })
     }
 
-    pub(super) fn revoke(&self, id: &str, actor: Option<&str>, now: i64) -> Result<TokenRecord, StoreError> {
+    pub(super) fn revoke(&self, id: &str, actor: &Actor, now: i64) -> Result<TokenRecord, StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let changed = tx.execute(
                 "UPDATE tokens SET revoked_at = ?2, revoked_by = ?3 WHERE id = ?1 AND revoked_at IS NULL",
-                params![id, now, actor],
+                params![id, now, actor.name],
             )?;
+            let record = get(&tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
             if changed == 1 {
                 append_event(&tx, id, EventKind::Revoked, now, actor)?;
+                append_audit(&tx, &[lifecycle(Action::Revoke, id, &record.owner, actor)])?;
             }
-            let record = get(&tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
             tx.commit()?;
             Ok(record)
         })
     }
 
-    pub(super) fn revoke_owner(&self, owner: &str, actor: Option<&str>, now: i64) -> Result<usize, StoreError> {
+    pub(super) fn revoke_owner(&self, owner: &str, actor: &Actor, now: i64) -> Result<usize, StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let ids: Vec<String> = {
@@ -225,10 +262,12 @@ impl SqliteStore {
             for id in &ids {
                 tx.execute(
                     "UPDATE tokens SET revoked_at = ?2, revoked_by = ?3 WHERE id = ?1",
-                    params![id, now, actor],
+                    params![id, now, actor.name],
                 )?;
                 append_event(&tx, id, EventKind::Revoked, now, actor)?;
             }
+            let entries: Vec<AuditEntry> = ids.iter().map(|id| lifecycle(Action::RevokeAll, id, owner, actor)).collect();
+            append_audit(&tx, &entries)?;
             tx.commit()?;
             Ok(ids.len())
         })
@@ -289,6 +328,64 @@ impl SqliteStore {
         })
     }
 
+    pub(super) fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            append_audit(&tx, entries)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    pub(super) fn audit_page(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
+        let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut filter = |sql: &mut String, cond: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            *sql += &format!(" AND {cond} ?{}", args.len());
+        };
+        if let Some(from) = q.from {
+            filter(&mut sql, "time >=", from.into());
+        }
+        if let Some(to) = q.to {
+            filter(&mut sql, "time <", to.into());
+        }
+        if let Some(owner) = &q.owner {
+            filter(&mut sql, "owner =", owner.clone().into());
+        }
+        if let Some(id) = &q.token_id {
+            filter(&mut sql, "token_id =", id.clone().into());
+        }
+        if let Some(outcome) = q.outcome {
+            filter(&mut sql, "outcome =", outcome.as_str().to_owned().into());
+        }
+        if let Some(action) = q.action {
+            filter(&mut sql, "action =", action.as_str().to_owned().into());
+        }
+        if let Some(after) = q.after {
+            filter(&mut sql, "seq <", after.into());
+        }
+        // One more than asked tells whether another page follows.
+        args.push(((q.limit + 1) as i64).into());
+        sql += &format!(" ORDER BY seq DESC LIMIT ?{}", args.len());
+        self.with(|c| {
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map(rusqlite::params_from_iter(args), read_audit)?;
+            let entries = rows.collect::<Result<Vec<_>, _>>()?;
+            Ok(AuditPage::of(entries, q.limit))
+        })
+    }
+
+    /// Deletes at most `batch` audit entries from before `before` (Unix ms), oldest first.
+    pub(super) fn prune_audit(&self, before: i64, batch: usize) -> Result<usize, StoreError> {
+        self.with(|c| {
+            Ok(c.execute(
+                "DELETE FROM audit_log WHERE seq IN (SELECT seq FROM audit_log WHERE time < ?1 ORDER BY time LIMIT ?2)",
+                params![before, batch as i64],
+            )?)
+        })
+    }
+
     pub(super) fn record_last_used(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -317,6 +414,8 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             return Err(StoreError::SchemaTooNew { found: current, known });
         }
         if current == known {
+            // The audit streams' tables, outside the versioned migrations (see super::streams).
+            tx.execute_batch(super::streams::SQLITE_SCHEMA)?;
             tx.commit()?;
             return Ok(());
         }
@@ -329,12 +428,64 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
 }
 
-fn append_event(tx: &Transaction<'_>, id: &str, kind: EventKind, at: i64, actor: Option<&str>) -> Result<(), StoreError> {
+fn append_event(tx: &Transaction<'_>, id: &str, kind: EventKind, at: i64, actor: &Actor) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO token_events (token_id, kind, at, actor) VALUES (?1, ?2, ?3, ?4)",
-        params![id, kind.as_str(), at, actor],
+        params![id, kind.as_str(), at, actor.name],
     )?;
     Ok(())
+}
+
+/// Appends audit entries within `tx`, in their order.
+pub(super) fn append_audit(tx: &Transaction<'_>, entries: &[AuditEntry]) -> Result<(), StoreError> {
+    let mut st = tx.prepare_cached(
+        "INSERT INTO audit_log (time, action, outcome, reason, token_id, owner, actor, client, method, path, route, status, count) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?;
+    for e in entries {
+        st.execute(params![
+            e.time,
+            e.action.as_str(),
+            e.outcome.as_str(),
+            e.reason,
+            e.token_id,
+            e.owner,
+            e.actor,
+            e.client.map(|c| c.to_string()),
+            e.method,
+            e.path,
+            e.route,
+            e.status,
+            e.count
+        ])?;
+    }
+    Ok(())
+}
+
+/// One audit entry in [`AUDIT_COLUMNS`]. A value this patgate does not know (an action
+/// of a newer version, say) reads as the nearest it knows rather than failing the page.
+pub(super) fn read_audit(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+    let action: String = r.get(2)?;
+    let outcome: String = r.get(3)?;
+    let client: Option<String> = r.get(8)?;
+    let status: Option<i64> = r.get(12)?;
+    let count: i64 = r.get(13)?;
+    Ok(AuditEntry {
+        seq: r.get(0)?,
+        time: r.get(1)?,
+        action: Action::from_name(&action).unwrap_or(Action::Access),
+        outcome: Outcome::from_name(&outcome).unwrap_or(Outcome::Failure),
+        reason: r.get(4)?,
+        token_id: r.get(5)?,
+        owner: r.get(6)?,
+        actor: r.get(7)?,
+        client: client.and_then(|c| c.parse().ok()),
+        method: r.get(9)?,
+        path: r.get(10)?,
+        route: r.get(11)?,
+        status: status.and_then(|s| u16::try_from(s).ok()),
+        count: u32::try_from(count).unwrap_or(u32::MAX),
+    })
 }
 
 fn get(c: &Connection, id: &str) -> Result<Option<TokenRecord>, StoreError> {
@@ -426,7 +577,7 @@ mod tests {
         let loc = super::super::Location::Sqlite(dir.path().join("p.db"));
         let id = {
             let store = Store::open(&loc).await.unwrap();
-            store.create(new("alice"), None).await.unwrap().record.id
+            store.create(new("alice"), &crate::audit::Actor::default()).await.unwrap().record.id
         };
         let store = Store::open(&loc).await.unwrap();
         assert_eq!(store.get(&id).await.unwrap().owner, "alice");

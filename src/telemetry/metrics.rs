@@ -58,6 +58,19 @@ struct ResultLabels {
     result: &'static str,
 }
 
+/// An audit stream, by its name (bounded: a store holds at most
+/// [`crate::store::streams::MAX_STREAMS`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabels {
+    stream: String,
+}
+
+/// The expiry warning window as configured, e.g. `7d`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WithinLabels {
+    within: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
@@ -133,6 +146,9 @@ pub struct Metrics {
     pub feed_lag_events: Gauge,
     /// Changes that reached this instance more than a second after their commit.
     pub feed_late_events: Counter,
+    /// Audit entries lost: the queue to the store was full, or the store could not be
+    /// written before shutdown.
+    pub audit_dropped: Counter,
     /// 1 while the store answers, 0 while the instance serves from memory alone; set
     /// when scraped.
     pub store_reachable: Gauge,
@@ -141,6 +157,11 @@ pub struct Metrics {
     routes: RwLock<HashMap<String, RouteLabel>>,
     /// `[metrics] enabled`: when false, the request path counts nothing.
     enabled: AtomicBool,
+    stream_delivered: Family<StreamLabels, Counter>,
+    stream_dropped: Family<StreamLabels, Counter>,
+    tokens_expiring: Family<WithinLabels, Gauge>,
+    /// `audit.expiry_warning`, once the expiry task runs: the window of `tokens_expiring`.
+    expiry_window: RwLock<Option<(std::time::Duration, WithinLabels)>>,
 }
 
 /// Seconds, for the request latency histogram: 1 ms to about 65 s.
@@ -202,6 +223,12 @@ impl Metrics {
             "Events of the store's feed that this instance applied at its last read: how far behind it was",
             feed_lag_events.clone(),
         );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_dropped",
+            "Audit entries lost: dropped when the queue to the store (audit.queue) was full, or not written before shutdown",
+            audit_dropped.clone(),
+        );
         let feed_late_events = Counter::default();
         registry.register(
             "feed_late_events",
@@ -216,6 +243,24 @@ impl Metrics {
         );
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register("reloads", "Configuration reloads (SIGHUP) by result: ok or failed", reloads.clone());
+        let stream_delivered = Family::<StreamLabels, Counter>::default();
+        registry.register(
+            "audit_stream_delivered",
+            "Audit entries delivered to an audit stream (webhook or file), by stream name",
+            stream_delivered.clone(),
+        );
+        let stream_dropped = Family::<StreamLabels, Counter>::default();
+        registry.register(
+            "audit_stream_dropped",
+            "Audit entries an audit stream skipped, by stream name: it fell more than audit.stream_backlog entries behind",
+            stream_dropped.clone(),
+        );
+        let tokens_expiring = Family::<WithinLabels, Gauge>::default();
+        registry.register(
+            "tokens_expiring",
+            "Live tokens that expire within the window of audit.expiry_warning (the label)",
+            tokens_expiring.clone(),
+        );
         registry.register(
             "build",
             "The version and commit this binary was built from",
@@ -243,10 +288,15 @@ impl Metrics {
             feed_lag_seconds,
             feed_lag_events,
             feed_late_events,
+            audit_dropped,
             store_reachable,
             reloads,
             routes: RwLock::default(),
             enabled: AtomicBool::new(true),
+            stream_delivered,
+            stream_dropped,
+            tokens_expiring,
+            expiry_window: RwLock::new(None),
         }
     }
 
@@ -318,12 +368,71 @@ impl Metrics {
         self.reloads.get_or_create(&ResultLabels { result }).inc();
     }
 
+    /// Counts audit entries delivered to a stream.
+    pub fn stream_delivered(&self, stream: &str, n: u64) {
+        let labels = StreamLabels { stream: stream.to_owned() };
+        self.stream_delivered.get_or_create(&labels).inc_by(n);
+        // Listed, at zero, once the stream runs.
+        self.stream_dropped.get_or_create(&labels).inc_by(0);
+    }
+
+    /// Counts audit entries a stream skipped.
+    pub fn stream_dropped(&self, stream: &str, n: u64) {
+        let labels = StreamLabels { stream: stream.to_owned() };
+        self.stream_dropped.get_or_create(&labels).inc_by(n);
+        self.stream_delivered.get_or_create(&labels).inc_by(0);
+    }
+
+    /// Drops the series of a stream that was deleted or renamed.
+    pub fn forget_stream(&self, stream: &str) {
+        let labels = StreamLabels { stream: stream.to_owned() };
+        self.stream_delivered.remove(&labels);
+        self.stream_dropped.remove(&labels);
+    }
+
+    /// Sets the window of `patgate_tokens_expiring` (`audit.expiry_warning`), at start.
+    pub fn set_expiry_window(&self, window: std::time::Duration) {
+        let labels = WithinLabels {
+            within: short_duration(window),
+        };
+        self.tokens_expiring.get_or_create(&labels).set(0);
+        *self.expiry_window.write().unwrap_or_else(|e| e.into_inner()) = Some((window, labels));
+    }
+
+    /// The window of `patgate_tokens_expiring`, once set.
+    pub fn expiry_window(&self) -> Option<std::time::Duration> {
+        self.expiry_window
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(w, _)| *w)
+    }
+
+    /// Sets how many live tokens expire within the window; when scraped.
+    pub fn set_tokens_expiring(&self, n: usize) {
+        if let Some((_, labels)) = &*self.expiry_window.read().unwrap_or_else(|e| e.into_inner()) {
+            self.tokens_expiring.get_or_create(labels).set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
     /// The whole registry in the Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// A duration as config files write it, in its largest whole unit: `7d`, `36h`, `90s`.
+pub fn short_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".to_owned(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }
 
@@ -355,6 +464,10 @@ mod tests {
         m.auth(AuthOutcome::Expired);
         m.upstream_fault(&r, UpstreamFault::Timeout);
         m.reload(false);
+        m.stream_delivered("siem", 3);
+        m.stream_dropped("siem", 2);
+        m.set_expiry_window(std::time::Duration::from_secs(7 * 86_400));
+        m.set_tokens_expiring(4);
         let text = m.encode();
         for line in [
             "patgate_requests_total{route=\"/{org}/**\",method=\"read\",status=\"200\"} 1",
@@ -365,6 +478,9 @@ mod tests {
             "patgate_upstream_faults_total{upstream=\"git-http-backend\",kind=\"timeout\"} 1",
             "patgate_reloads_total{result=\"failed\"} 1",
             "patgate_request_duration_seconds_count{route=\"/{org}/**\"} 2",
+            "patgate_audit_stream_delivered_total{stream=\"siem\"} 3",
+            "patgate_audit_stream_dropped_total{stream=\"siem\"} 2",
+            "patgate_tokens_expiring{within=\"7d\"} 4",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod answers;
+mod audit;
 mod cli;
 mod cluster;
 mod differential;
@@ -22,6 +23,7 @@ mod postgres;
 mod proxy;
 mod readme;
 mod reload;
+mod streams;
 mod tls;
 mod upgrade;
 mod upstream_tls;

@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use patgate::audit::Actor;
 use patgate::auth::scope::ScopeSet;
 use patgate::auth::token::TokenSecret;
 use patgate::auth::Orgs;
@@ -247,26 +248,29 @@ async fn with_the_server_down_operations_fail_fast_and_work_again_after_a_restar
     let pg = PgCluster::start();
     let url = fresh_database(&pg.url()).await;
     let store = Store::open(&Location::parse(&url).unwrap()).await.unwrap();
-    let t = store.create(token("alice"), None).await.unwrap().record;
+    let t = store.create(token("alice"), &Actor::default()).await.unwrap().record;
 
     pg.stop();
-    unavailable!(store.create(token("alice"), None));
+    unavailable!(store.create(token("alice"), &Actor::default()));
     unavailable!(store.get(&t.id));
     unavailable!(store.list(store::ListQuery::default()));
-    unavailable!(store.revoke(&t.id, None));
-    unavailable!(store.revoke_owner("alice", None));
+    unavailable!(store.revoke(&t.id, &Actor::default()));
+    unavailable!(store.revoke_owner("alice", &Actor::default()));
     unavailable!(store.snapshot());
     unavailable!(store.changes_since(0, 10));
     unavailable!(store.record_last_used(vec![(t.id.clone(), 1)]));
-    let e = store.revoke(&t.id, None).await.unwrap_err();
+    let entry = patgate::audit::AuditEntry::new(0, patgate::audit::Action::AuthRefused, patgate::audit::Outcome::Failure);
+    unavailable!(store.append_audit(vec![entry]));
+    unavailable!(store.audit_page(&store::AuditQuery::default()));
+    let e = store.revoke(&t.id, &Actor::default()).await.unwrap_err();
     assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
     assert!(!e.to_string().contains('\n'), "one line: {e}");
 
     // The same handle works again as soon as the server is back: no reopening.
     pg.start_server();
     assert!(store.get(&t.id).await.unwrap().revoked_at.is_none());
-    store.revoke(&t.id, Some("admin".into())).await.unwrap();
-    let again = store.create(token("alice"), None).await.unwrap().record;
+    store.revoke(&t.id, &Actor::named("admin")).await.unwrap();
+    let again = store.create(token("alice"), &Actor::default()).await.unwrap().record;
     assert_eq!(
         store
             .snapshot()
@@ -311,7 +315,7 @@ impl Instance {
     /// (and, for an hour, only) poll reaches the cache.
     async fn wait_listening(&self, other: &Store) {
         for _ in 0..2 {
-            let probe = other.create(token("probe"), None).await.unwrap();
+            let probe = other.create(token("probe"), &Actor::default()).await.unwrap();
             let seen = within(Duration::from_secs(15), || self.has(&probe.secret)).await;
             assert!(seen.is_some(), "the follower did not hear of a new token");
         }
@@ -328,14 +332,14 @@ async fn a_revocation_through_another_instance_reaches_the_cache_within_a_second
     let pg = PgCluster::start();
     let location = Location::parse(&fresh_database(&pg.url()).await).unwrap();
     let other = Store::open(&location).await.unwrap();
-    let kept = other.create(token("bob"), None).await.unwrap();
+    let kept = other.create(token("bob"), &Actor::default()).await.unwrap();
     let here = Instance::start(&location).await;
     assert!(here.has(&kept.secret));
     here.wait_listening(&other).await;
 
-    let t = other.create(token("alice"), None).await.unwrap();
+    let t = other.create(token("alice"), &Actor::default()).await.unwrap();
     assert!(within(Duration::from_secs(1), || here.has(&t.secret)).await.is_some());
-    other.revoke(&t.record.id, None).await.unwrap();
+    other.revoke(&t.record.id, &Actor::default()).await.unwrap();
     let took = within(Duration::from_secs(1), || !here.has(&t.secret)).await;
     assert!(took.is_some(), "the revocation did not reach the cache within 1 s");
 
@@ -346,9 +350,9 @@ async fn a_revocation_through_another_instance_reaches_the_cache_within_a_second
     assert!(here.has(&kept.secret), "serving from memory while the store is down");
     pg.start_server();
     here.wait_listening(&other).await;
-    let t = other.create(token("alice"), None).await.unwrap();
+    let t = other.create(token("alice"), &Actor::default()).await.unwrap();
     assert!(within(Duration::from_secs(1), || here.has(&t.secret)).await.is_some());
-    other.revoke(&t.record.id, None).await.unwrap();
+    other.revoke(&t.record.id, &Actor::default()).await.unwrap();
     let took = within(Duration::from_secs(1), || !here.has(&t.secret)).await;
     assert!(took.is_some(), "after a restart, the revocation did not reach the cache within 1 s");
 
@@ -362,7 +366,7 @@ async fn a_revocation_made_while_the_listener_was_cut_off_is_applied_when_it_rec
     let other = Store::open(&location).await.unwrap();
     let here = Instance::start(&location).await;
     here.wait_listening(&other).await;
-    let t = other.create(token("alice"), None).await.unwrap();
+    let t = other.create(token("alice"), &Actor::default()).await.unwrap();
     assert!(within(Duration::from_secs(1), || here.has(&t.secret)).await.is_some());
 
     // Cut the listening connection and revoke before it is back: the notification is
@@ -377,15 +381,15 @@ async fn a_revocation_made_while_the_listener_was_cut_off_is_applied_when_it_rec
         .await
         .unwrap();
     assert_eq!(cut.len(), 1, "one listening connection");
-    other.revoke(&t.record.id, None).await.unwrap();
+    other.revoke(&t.record.id, &Actor::default()).await.unwrap();
     let took = within(Duration::from_secs(5), || !here.has(&t.secret)).await;
     assert!(took.is_some(), "the revocation was missed across the reconnect");
 
     // And across a restart of the server.
-    let u = other.create(token("alice"), None).await.unwrap();
+    let u = other.create(token("alice"), &Actor::default()).await.unwrap();
     assert!(within(Duration::from_secs(1), || here.has(&u.secret)).await.is_some());
     pg.restart();
-    other.revoke(&u.record.id, None).await.unwrap();
+    other.revoke(&u.record.id, &Actor::default()).await.unwrap();
     let took = within(Duration::from_secs(5), || !here.has(&u.secret)).await;
     assert!(took.is_some(), "the revocation was missed across the restart");
 

@@ -82,64 +82,7 @@ impl TestPatgate {
             ),
         )
         .unwrap();
-        let mut cmd = match env.iter().find(|(k, _)| *k == "PATGATE_TEST_NOFILE") {
-            Some((_, n)) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        cmd.arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let mut tx = Some(tx);
-                // The admin API announces itself before the proxy's "Listening".
-                let mut admin = None;
-                let addr_of = |line: &str| {
-                    let text = line.split("addr=").nth(1).and_then(|r| r.split_whitespace().next());
-                    let json = line.split("\"addr\":\"").nth(1).and_then(|r| r.split('"').next());
-                    text.or(json).map(str::to_owned)
-                };
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.is_some() && line.contains("Admin API up") {
-                        admin = addr_of(&line);
-                    }
-                    if line.contains("Listening") {
-                        if let Some(addr) = addr_of(&line) {
-                            if let Some(tx) = tx.take() {
-                                let _ = tx.send((addr, admin.take()));
-                            }
-                        }
-                    }
-                    let mut l = log.lock().unwrap();
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-        }
-        let (addr, admin) = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok((a, admin)) => (a.parse().unwrap(), admin.map(|a| a.parse().unwrap())),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("patgate did not start:\n{}", log.lock().unwrap());
-            }
-        };
+        let (child, addr, admin, log) = launch(&config, env);
         TestPatgate {
             dir,
             addr,
@@ -148,6 +91,20 @@ impl TestPatgate {
             child,
             log,
         }
+    }
+
+    /// Kills the process at once (SIGKILL: nothing is drained or flushed) and waits for it.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts a new process on the same config and store, once this one has ended
+    /// ([`TestPatgate::kill9`], [`TestPatgate::terminate`]); its addresses are new.
+    pub fn restart(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_some(), "patgate still runs");
+        let (child, addr, admin, log) = launch(&self.config, &[]);
+        (self.child, self.addr, self.admin, self.log) = (child, addr, admin, log);
     }
 
     pub fn repos(&self) -> PathBuf {
@@ -353,6 +310,70 @@ impl Drop for TestPatgate {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `patgate serve` on `config` and waits until it listens: the process, the proxy's
+/// and the admin API's addresses, and its log as it is read.
+fn launch(config: &Path, env: &[(&str, &str)]) -> (Child, SocketAddr, Option<SocketAddr>, Arc<Mutex<String>>) {
+    let mut cmd = match env.iter().find(|(k, _)| *k == "PATGATE_TEST_NOFILE") {
+        Some((_, n)) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}")).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    cmd.arg("--config")
+        .arg(config)
+        .arg("serve")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            // The admin API announces itself before the proxy's "Listening".
+            let mut admin = None;
+            let addr_of = |line: &str| {
+                let text = line.split("addr=").nth(1).and_then(|r| r.split_whitespace().next());
+                let json = line.split("\"addr\":\"").nth(1).and_then(|r| r.split('"').next());
+                text.or(json).map(str::to_owned)
+            };
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.is_some() && line.contains("Admin API up") {
+                    admin = addr_of(&line);
+                }
+                if line.contains("Listening") {
+                    if let Some(addr) = addr_of(&line) {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send((addr, admin.take()));
+                        }
+                    }
+                }
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+    }
+    let (addr, admin) = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok((a, admin)) => (a.parse().unwrap(), admin.map(|a| a.parse().unwrap())),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("patgate did not start:\n{}", log.lock().unwrap());
+        }
+    };
+    (child, addr, admin, log)
 }
 
 /// The result of a git command.
