@@ -37,6 +37,7 @@ fn record(i: usize, secret: &TokenSecret) -> TokenRecord {
         revoked_at: None,
         revoked_by: None,
         last_used_at: None,
+        last_used_from: None,
     }
 }
 

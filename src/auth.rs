@@ -187,9 +187,22 @@ impl AuthError {
 
 /// A live token, identified by the credential of a request.
 #[derive(Clone)]
-pub struct Identity(Arc<CachedToken>);
+pub struct Identity(Arc<CachedToken>, FirstUse);
+
+/// Whether this use was the token's first in its second: only then is its client address
+/// noted for `last_used_from`.
+#[derive(Clone, Copy)]
+struct FirstUse(bool);
 
 impl Identity {
+    /// Notes `client` as where the token was last used from, once a second at most.
+    #[inline]
+    pub fn note_client(&self, tokens: &TokenCache, client: std::net::IpAddr) {
+        if self.1 .0 {
+            tokens.note_client(&self.0, client);
+        }
+    }
+
     /// The token's public id.
     pub fn token_id(&self) -> &str {
         &self.0.id
@@ -295,8 +308,8 @@ fn live_token(tokens: &TokenCache, hash: &TokenHash, now: i64, checksum_ok: impl
             },
         });
     }
-    token.touch(now);
-    Ok(Identity(token))
+    let first = token.touch(now);
+    Ok(Identity(token, FirstUse(first)))
 }
 
 /// The last `Authorization` value that named a live token on one connection, with the
@@ -372,6 +385,7 @@ mod tests {
             revoked_at: None,
             revoked_by: None,
             last_used_at: None,
+            last_used_from: None,
         }
     }
 

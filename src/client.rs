@@ -33,6 +33,9 @@ pub struct TokenView {
     pub revoked_at: Option<String>,
     pub revoked_by: Option<String>,
     pub last_used_at: Option<String>,
+    /// The client address of that use.
+    #[serde(default)]
+    pub last_used_from: Option<String>,
     pub state: String,
 }
 

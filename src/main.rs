@@ -687,7 +687,7 @@ fn print_audit(entries: &[AuditEntry]) {
 }
 
 fn print_table(all: &[TokenView]) {
-    let rows: Vec<[String; 8]> = all
+    let rows: Vec<[String; 9]> = all
         .iter()
         .map(|t| {
             [
@@ -699,10 +699,14 @@ fn print_table(all: &[TokenView]) {
                 t.orgs.to_string(),
                 t.expires_at.clone(),
                 t.last_used_at.clone().unwrap_or_else(|| "-".into()),
+                t.last_used_from.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    print_columns(["ID", "NAME", "OWNER", "STATE", "SCOPES", "ORGS", "EXPIRES", "LAST USED"], &rows);
+    print_columns(
+        ["ID", "NAME", "OWNER", "STATE", "SCOPES", "ORGS", "EXPIRES", "LAST USED", "FROM"],
+        &rows,
+    );
 }
 
 /// A table: a head and rows, each column as wide as its widest cell.

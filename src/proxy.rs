@@ -547,6 +547,7 @@ impl Proxy {
                 lockout.failed(client, Instant::now());
             }
         })?;
+        identity.note_client(&self.tokens, client);
         log.identity = Some(identity.clone());
         // Route and rule.
         let found = live.routes.find(&path).ok_or(ProxyError::NoRoute)?;

@@ -96,6 +96,23 @@ pub struct TokenRecord {
     pub revoked_by: Option<String>,
     #[serde(serialize_with = "rfc3339_opt")]
     pub last_used_at: Option<i64>,
+    /// The client address of that use, through trusted proxies.
+    pub last_used_from: Option<String>,
+}
+
+/// A token's last use seen by a server, to be written back: when (Unix seconds) and from
+/// which client address (none when unknown).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TokenUse {
+    pub id: String,
+    pub at: i64,
+    pub from: Option<std::net::IpAddr>,
+}
+
+impl TokenUse {
+    pub fn new(id: impl Into<String>, at: i64, from: Option<std::net::IpAddr>) -> TokenUse {
+        TokenUse { id: id.into(), at, from }
+    }
 }
 
 /// A token's state at a moment.
@@ -502,6 +519,7 @@ impl Store {
             revoked_at: None,
             revoked_by: None,
             last_used_at: None,
+            last_used_from: None,
         };
         let actor = actor.clone();
         match self {
@@ -692,7 +710,7 @@ impl Store {
     }
 
     /// Writes back when tokens were last used (advisory; not an event).
-    pub async fn record_last_used(&self, uses: Vec<(String, i64)>) -> Result<(), StoreError> {
+    pub async fn record_last_used(&self, uses: Vec<TokenUse>) -> Result<(), StoreError> {
         if uses.is_empty() {
             return Ok(());
         }

@@ -133,6 +133,9 @@ impl FromRequestParts<AdminState> for Caller {
                 lockout.failed(ip, Instant::now());
             }
         })?;
+        if let Some(ip) = peer {
+            identity.note_client(state.tokens(), ip);
+        }
         if let Some(slot) = parts.extensions.get::<LogSlot>() {
             let _ = slot.0.set((identity.token_id().to_owned(), identity.owner().to_owned()));
         }

@@ -321,6 +321,7 @@ pub(crate) mod tests {
             revoked_at: None,
             revoked_by: None,
             last_used_at: None,
+            last_used_from: None,
         };
         cache.apply(&record, 0);
         let mut h = HeaderMap::new();

@@ -65,9 +65,21 @@ async fn lifecycle_and_feed(store: &Store) {
     let limited = store.changes_since(base, 2).await.unwrap();
     assert_eq!(limited.iter().map(|c| c.event.seq).collect::<Vec<_>>(), vec![base + 1, base + 2]);
 
-    store.record_last_used(vec![(c.record.id.clone(), 42)]).await.unwrap();
-    store.record_last_used(vec![(c.record.id.clone(), 41)]).await.unwrap();
-    assert_eq!(store.get(&c.record.id).await.unwrap().last_used_at, Some(42));
+    let from: std::net::IpAddr = "192.0.2.9".parse().unwrap();
+    store
+        .record_last_used(vec![TokenUse::new(&c.record.id, 42, Some(from))])
+        .await
+        .unwrap();
+    store.record_last_used(vec![TokenUse::new(&c.record.id, 41, None)]).await.unwrap();
+    let r = store.get(&c.record.id).await.unwrap();
+    assert_eq!((r.last_used_at, r.last_used_from.as_deref()), (Some(42), Some("192.0.2.9")));
+    store.record_last_used(vec![TokenUse::new(&c.record.id, 43, None)]).await.unwrap();
+    let r = store.get(&c.record.id).await.unwrap();
+    assert_eq!(
+        (r.last_used_at, r.last_used_from.as_deref()),
+        (Some(43), Some("192.0.2.9")),
+        "an unknown address keeps the last one"
+    );
     store.revoke(&c.record.id, &Actor::default()).await.unwrap();
 }
 

@@ -9,6 +9,7 @@
 use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::{DashMap, DashSet};
 use tokio::sync::watch;
 
-use super::TokenRecord;
+use super::{TokenRecord, TokenUse};
 use crate::auth::scope::ScopeSet;
 use crate::auth::token::{PassThroughState, TokenHash};
 use crate::auth::Orgs;
@@ -41,12 +42,15 @@ pub struct CachedToken {
 }
 
 impl CachedToken {
-    /// Notes a use at `now`. Writes only when the second changes, to keep the cache line shared.
+    /// Notes a use at `now`. Writes only when the second changes, to keep the cache line
+    /// shared; true when it did (the first use of this second).
     #[inline]
-    pub fn touch(&self, now: i64) {
+    pub fn touch(&self, now: i64) -> bool {
         if self.last_used.load(Ordering::Relaxed) < now {
             self.last_used.store(now, Ordering::Relaxed);
+            return true;
         }
+        false
     }
 }
 
@@ -152,7 +156,10 @@ pub struct TokenCache {
     /// Uses not yet written back of tokens no longer held (revoked, regenerated, expired,
     /// removed), and uses whose write failed: id to the last use. Never touched by the
     /// request path.
-    orphaned_uses: std::sync::Mutex<HashMap<String, i64>>,
+    orphaned_uses: std::sync::Mutex<HashMap<String, (i64, Option<IpAddr>)>>,
+    /// The client address of each token's latest noted use not yet written back (noted
+    /// once a second at most per token, by [`TokenCache::note_client`]).
+    last_clients: DashMap<CompactString, IpAddr>,
     /// False while the store cannot be read: the copy is then as of the last read.
     store_reachable: std::sync::atomic::AtomicBool,
     /// Tokens no longer live, by a hash they were held under, read only when a lookup
@@ -173,6 +180,7 @@ impl Default for TokenCache {
             seq_tx: watch::Sender::new(0),
             apply_lock: tokio::sync::Mutex::new(()),
             orphaned_uses: std::sync::Mutex::default(),
+            last_clients: DashMap::new(),
             store_reachable: std::sync::atomic::AtomicBool::new(true),
             retired: DashMap::default(),
             retired_order: std::sync::Mutex::default(),
@@ -366,28 +374,35 @@ impl TokenCache {
         self.seq_tx.subscribe()
     }
 
-    /// Uses not yet written back, of the tokens held and of those no longer held:
-    /// `(id, last_used)` pairs, marked as written. Give them back with
+    /// Notes the client address of a use that [`CachedToken::touch`] found the first of
+    /// its second: written back with the use.
+    pub fn note_client(&self, token: &CachedToken, client: IpAddr) {
+        self.last_clients.insert(token.id.clone(), client);
+    }
+
+    /// Uses not yet written back, of the tokens held and of those no longer held, with
+    /// their client addresses where noted, marked as written. Give them back with
     /// [`TokenCache::return_uses`] if the write fails.
-    pub fn take_unflushed_uses(&self) -> Vec<(String, i64)> {
+    pub fn take_unflushed_uses(&self) -> Vec<TokenUse> {
         let mut uses = std::mem::take(&mut *self.orphaned_uses.lock().unwrap_or_else(|e| e.into_inner()));
         for e in self.by_hash.iter() {
             let t = &e.key().0;
             let used = t.last_used.load(Ordering::Relaxed);
             if used > t.flushed.swap(used, Ordering::Relaxed) {
-                let at = uses.entry(t.id.to_string()).or_insert(used);
-                *at = (*at).max(used);
+                let from = self.last_clients.remove(t.id.as_str()).map(|(_, ip)| ip);
+                merge_use(&mut uses, t.id.to_string(), used, from);
             }
         }
-        uses.into_iter().collect()
+        let mut out: Vec<TokenUse> = uses.into_iter().map(|(id, (at, from))| TokenUse { id, at, from }).collect();
+        out.sort();
+        out
     }
 
     /// Takes back uses whose write failed, to be written with the next ones.
-    pub fn return_uses(&self, uses: Vec<(String, i64)>) {
+    pub fn return_uses(&self, uses: Vec<TokenUse>) {
         let mut kept = self.orphaned_uses.lock().unwrap_or_else(|e| e.into_inner());
-        for (id, used) in uses {
-            let at = kept.entry(id).or_insert(used);
-            *at = (*at).max(used);
+        for u in uses {
+            merge_use(&mut kept, u.id, u.at, u.from);
         }
     }
 
@@ -395,8 +410,24 @@ impl TokenCache {
     fn keep_unflushed_use(&self, token: &CachedToken) {
         let used = token.last_used.load(Ordering::Relaxed);
         if used > token.flushed.swap(used, Ordering::Relaxed) {
-            self.return_uses(vec![(token.id.to_string(), used)]);
+            let from = self.last_clients.remove(token.id.as_str()).map(|(_, ip)| ip);
+            self.return_uses(vec![TokenUse {
+                id: token.id.to_string(),
+                at: used,
+                from,
+            }]);
         }
+    }
+}
+
+/// Puts a use in `uses`: the later one of a token wins, with its address, or the earlier
+/// one's address when the later has none.
+fn merge_use(uses: &mut HashMap<String, (i64, Option<IpAddr>)>, id: String, at: i64, from: Option<IpAddr>) {
+    let e = uses.entry(id).or_insert((at, from));
+    if at > e.0 {
+        *e = (at, from.or(e.1));
+    } else if e.1.is_none() {
+        e.1 = from;
     }
 }
 
@@ -418,6 +449,7 @@ mod tests {
             revoked_at: None,
             revoked_by: None,
             last_used_at: None,
+            last_used_from: None,
         }
     }
 
@@ -470,7 +502,7 @@ mod tests {
         let s = TokenSecret::generate();
         cache.apply(&rec("a", &s, 100), 0);
         cache.get(&s.hash()).unwrap().touch(7);
-        assert_eq!(cache.take_unflushed_uses(), vec![("a".to_string(), 7)]);
+        assert_eq!(cache.take_unflushed_uses(), vec![TokenUse::new("a", 7, None)]);
         assert!(cache.take_unflushed_uses().is_empty());
         assert_eq!(cache.prune_expired(100), 1);
         assert!(cache.is_empty());
@@ -552,14 +584,14 @@ mod tests {
         r.revoked_at = Some(8);
         cache.apply(&r, 8);
         assert!(cache.is_empty());
-        assert_eq!(cache.take_unflushed_uses(), vec![("a".to_string(), 7)]);
+        assert_eq!(cache.take_unflushed_uses(), vec![TokenUse::new("a", 7, None)]);
         // Regenerated: the old secret's use stays the token's.
         let mut r = rec("b", &s, 100);
         cache.apply(&r, 0);
         cache.get(&s.hash()).unwrap().touch(9);
         r.hash = TokenSecret::generate().hash();
         cache.apply(&r, 9);
-        assert_eq!(cache.take_unflushed_uses(), vec![("b".to_string(), 9)]);
+        assert_eq!(cache.take_unflushed_uses(), vec![TokenUse::new("b", 9, None)]);
         // Expired and pruned, or gone from the store.
         cache.apply(&rec("c", &s, 100), 0);
         cache.get(&s.hash()).unwrap().touch(10);
@@ -570,11 +602,36 @@ mod tests {
         cache.remove_id("d");
         let mut uses = cache.take_unflushed_uses();
         uses.sort();
-        assert_eq!(uses, vec![("c".to_string(), 10), ("d".to_string(), 11)]);
+        assert_eq!(uses, vec![TokenUse::new("c", 10, None), TokenUse::new("d", 11, None)]);
         // A failed write gives them back; a later use of the same token wins.
-        cache.return_uses(vec![("c".to_string(), 10)]);
-        cache.return_uses(vec![("c".to_string(), 12), ("c".to_string(), 3)]);
-        assert_eq!(cache.take_unflushed_uses(), vec![("c".to_string(), 12)]);
+        cache.return_uses(vec![TokenUse::new("c", 10, None)]);
+        cache.return_uses(vec![TokenUse::new("c", 12, None), TokenUse::new("c", 3, None)]);
+        assert_eq!(cache.take_unflushed_uses(), vec![TokenUse::new("c", 12, None)]);
         assert!(cache.take_unflushed_uses().is_empty());
+    }
+
+    #[test]
+    fn a_use_is_written_back_with_its_client_address() {
+        let cache = TokenCache::default();
+        let s = TokenSecret::generate();
+        cache.apply(&rec("a", &s, 100), 0);
+        let t = cache.get(&s.hash()).unwrap();
+        let (one, two): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        assert!(t.touch(7));
+        cache.note_client(&t, one);
+        assert!(!t.touch(7), "the same second again is not a first use");
+        assert!(t.touch(8));
+        cache.note_client(&t, two);
+        assert_eq!(cache.take_unflushed_uses(), vec![TokenUse::new("a", 8, Some(two))]);
+        // Revoked before the write-back: the address goes with the use.
+        assert!(t.touch(9));
+        cache.note_client(&t, one);
+        let mut r = rec("a", &s, 100);
+        r.revoked_at = Some(9);
+        cache.apply(&r, 9);
+        assert_eq!(cache.take_unflushed_uses(), vec![TokenUse::new("a", 9, Some(one))]);
+        // A later use without an address keeps the earlier one's.
+        cache.return_uses(vec![TokenUse::new("b", 5, Some(one)), TokenUse::new("b", 6, None)]);
+        assert_eq!(cache.take_unflushed_uses(), vec![TokenUse::new("b", 6, Some(one))]);
     }
 }

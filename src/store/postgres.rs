@@ -27,7 +27,7 @@ use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
 use super::sqlite::{orgs_to_text, page, AUDIT_COLUMNS};
 use super::{
     lifecycle, AuditPage, AuditQuery, Change, EventKind, ListQuery, Page, Snapshot, StoreError, TokenEvent, TokenRecord, TokenState,
-    TokenUpdate,
+    TokenUpdate, TokenUse,
 };
 use crate::audit::{Action, Actor, AuditEntry, Outcome};
 use crate::auth::scope::ScopeSet;
@@ -100,9 +100,11 @@ CREATE INDEX audit_log_time ON audit_log (time);
 CREATE INDEX audit_log_owner ON audit_log (owner, seq);
 CREATE INDEX audit_log_token ON audit_log (token_id, seq);
 "#,
+    // 3: where each token was last used from.
+    "ALTER TABLE tokens ADD COLUMN last_used_from TEXT;",
 ];
 
-const COLUMNS: &str = "id, hash, name, owner, orgs, scopes, created_at, expires_at, revoked_at, revoked_by, last_used_at";
+const COLUMNS: &str = "id, hash, name, owner, orgs, scopes, created_at, expires_at, revoked_at, revoked_by, last_used_at, last_used_from";
 
 /// A PostgreSQL connection URL (`postgres://` or `postgresql://`), checked. Display and
 /// Debug mask the password: `postgres://user:***@host:5432/db`.
@@ -359,7 +361,7 @@ impl PgStore {
             let tx = write_tx(c).await?;
             let st = tx
                 .prepare_cached(&format!(
-                    "INSERT INTO tokens ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                    "INSERT INTO tokens ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
                 ))
                 .await?;
             tx.execute(
@@ -376,6 +378,7 @@ impl PgStore {
                     &r.revoked_at,
                     &r.revoked_by,
                     &r.last_used_at,
+                    &r.last_used_from,
                 ],
             )
             .await?;
@@ -663,21 +666,24 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn record_last_used(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {
+    pub(super) async fn record_last_used(&self, uses: &[TokenUse]) -> Result<(), StoreError> {
         let mut uses = uses.to_vec();
-        uses.sort();
-        uses.dedup_by(|b, a| a.0 == b.0);
-        let ids: Vec<String> = uses.iter().map(|(id, _)| id.clone()).collect();
-        let ats: Vec<i64> = uses.iter().map(|&(_, at)| at).collect();
+        // The latest use of each token, in id order.
+        uses.sort_by(|a, b| a.id.cmp(&b.id).then(b.at.cmp(&a.at)));
+        uses.dedup_by(|b, a| a.id == b.id);
+        let ids: Vec<String> = uses.iter().map(|u| u.id.clone()).collect();
+        let ats: Vec<i64> = uses.iter().map(|u| u.at).collect();
+        let froms: Vec<Option<String>> = uses.iter().map(|u| u.from.map(|ip| ip.to_string())).collect();
         with_client!(self, |c| {
             let tx = c.transaction().await?;
             // Rows are locked in id order, so two instances writing back at once cannot deadlock.
             tx.query("SELECT id FROM tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE", &[&ids])
                 .await?;
             tx.execute(
-                "UPDATE tokens SET last_used_at = u.at FROM unnest($1::text[], $2::bigint[]) AS u(id, at) \
+                "UPDATE tokens SET last_used_at = u.at, last_used_from = COALESCE(u.from_ip, tokens.last_used_from) \
+                 FROM unnest($1::text[], $2::bigint[], $3::text[]) AS u(id, at, from_ip) \
                  WHERE tokens.id = u.id AND (tokens.last_used_at IS NULL OR tokens.last_used_at < u.at)",
-                &[&ids, &ats],
+                &[&ids, &ats, &froms],
             )
             .await?;
             tx.commit().await?;
@@ -891,6 +897,7 @@ fn read_record(r: &Row, at: usize) -> Result<TokenRecord, StoreError> {
         revoked_at: r.try_get(at + 8)?,
         revoked_by: r.try_get(at + 9)?,
         last_used_at: r.try_get(at + 10)?,
+        last_used_from: r.try_get(at + 11)?,
         id,
     })
 }

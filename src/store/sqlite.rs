@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, Transact
 
 use super::{
     lifecycle, AuditPage, AuditQuery, Change, Cursor, EventKind, ListQuery, Page, Snapshot, StoreError, TokenEvent, TokenRecord,
-    TokenState, TokenUpdate,
+    TokenState, TokenUpdate, TokenUse,
 };
 use crate::audit::{Action, Actor, AuditEntry, Outcome};
 use crate::auth::scope::ScopeSet;
@@ -64,13 +64,15 @@ CREATE INDEX audit_log_time ON audit_log (time);
 CREATE INDEX audit_log_owner ON audit_log (owner, seq);
 CREATE INDEX audit_log_token ON audit_log (token_id, seq);
 "#,
+    // 3: where each token was last used from.
+    "ALTER TABLE tokens ADD COLUMN last_used_from TEXT;",
 ];
 
 /// The audit trail's columns, in the order [`read_audit`] reads them.
 pub(super) const AUDIT_COLUMNS: &str =
     "seq, time, action, outcome, reason, token_id, owner, actor, client, method, path, route, status, count";
 
-const COLUMNS: &str = "id, hash, name, owner, orgs, scopes, created_at, expires_at, revoked_at, revoked_by, last_used_at";
+const COLUMNS: &str = "id, hash, name, owner, orgs, scopes, created_at, expires_at, revoked_at, revoked_by, last_used_at, last_used_from";
 
 /// A SQLite database file.
 pub struct SqliteStore {
@@ -119,7 +121,7 @@ impl SqliteStore {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
-                &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
                 params![
                     r.id,
                     &r.hash.0[..],
@@ -131,7 +133,8 @@ impl SqliteStore {
                     r.expires_at,
                     r.revoked_at,
                     r.revoked_by,
-                    r.last_used_at
+                    r.last_used_at,
+                    r.last_used_from
                 ],
             )?;
             append_event(&tx, &r.id, EventKind::Created, r.created_at, actor)?;
@@ -386,14 +389,16 @@ impl SqliteStore {
         })
     }
 
-    pub(super) fn record_last_used(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {
+    pub(super) fn record_last_used(&self, uses: &[TokenUse]) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
-                let mut st =
-                    tx.prepare("UPDATE tokens SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)")?;
-                for (id, at) in uses {
-                    st.execute(params![id, at])?;
+                let mut st = tx.prepare(
+                    "UPDATE tokens SET last_used_at = ?2, last_used_from = COALESCE(?3, last_used_from) \
+                     WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+                )?;
+                for u in uses {
+                    st.execute(params![u.id, u.at, u.from.map(|ip| ip.to_string())])?;
                 }
             }
             tx.commit()?;
@@ -544,6 +549,7 @@ fn read_row(r: &Row<'_>) -> rusqlite::Result<Result<TokenRecord, StoreError>> {
         revoked_at: r.get(8)?,
         revoked_by: r.get(9)?,
         last_used_at: r.get(10)?,
+        last_used_from: r.get(11)?,
     }))
 }
 

@@ -64,6 +64,7 @@ impl Harness {
                 revoked_at: None,
                 revoked_by: None,
                 last_used_at: None,
+                last_used_from: None,
             },
             patgate::store::now(),
         );

@@ -35,6 +35,11 @@ fn a_use_shows_after_the_token_is_revoked_or_regenerated_before_the_write_back()
     loop {
         let (a, b) = (last_used(&p, &revoked.id), last_used(&p, &regenerated.id));
         if a.is_string() && b.is_string() {
+            for id in [&revoked.id, &regenerated.id] {
+                let out = p.cli(&["token", "show", id, "--json"]);
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                assert_eq!(v["last_used_from"], "127.0.0.1", "{v}");
+            }
             break;
         }
         assert!(std::time::Instant::now() < deadline, "last_used_at still {a} and {b}\n{}", p.log());

@@ -258,7 +258,7 @@ async fn with_the_server_down_operations_fail_fast_and_work_again_after_a_restar
     unavailable!(store.revoke_owner("alice", &Actor::default()));
     unavailable!(store.snapshot());
     unavailable!(store.changes_since(0, 10));
-    unavailable!(store.record_last_used(vec![(t.id.clone(), 1)]));
+    unavailable!(store.record_last_used(vec![patgate::store::TokenUse::new(&t.id, 1, None)]));
     let entry = patgate::audit::AuditEntry::new(0, patgate::audit::Action::AuthRefused, patgate::audit::Outcome::Failure);
     unavailable!(store.append_audit(vec![entry]));
     unavailable!(store.audit_page(&store::AuditQuery::default()));
