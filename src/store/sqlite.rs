@@ -77,6 +77,10 @@ const COLUMNS: &str = "id, hash, name, owner, orgs, scopes, created_at, expires_
 /// A SQLite database file.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// A second connection for the work behind the scenes (the audit writer, the audit
+    /// streams, expiry warnings): while the file is locked, such work waits out its busy
+    /// timeout on this one, not in front of an admin write or the feed on `conn`.
+    background: Mutex<Connection>,
 }
 
 impl SqliteStore {
@@ -108,7 +112,24 @@ impl SqliteStore {
             StoreError::SchemaTooNew { .. } => e,
             other => fail(other.to_string()),
         })?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        let background = Connection::open(path).map_err(|e| fail(e.to_string()))?;
+        background.busy_timeout(Duration::from_secs(5)).map_err(|e| fail(e.to_string()))?;
+        background
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| fail(e.to_string()))?;
+        background
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            background: Mutex::new(background),
+        })
+    }
+
+    /// As [`SqliteStore::with`], on the connection for work behind the scenes.
+    pub(super) fn with_background<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut conn = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn)
     }
 
     pub(super) fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
@@ -332,7 +353,7 @@ impl SqliteStore {
     }
 
     pub(super) fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
-        self.with(|c| {
+        self.with_background(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             append_audit(&tx, entries)?;
             tx.commit()?;
@@ -381,7 +402,7 @@ impl SqliteStore {
 
     /// Deletes at most `batch` audit entries from before `before` (Unix ms), oldest first.
     pub(super) fn prune_audit(&self, before: i64, batch: usize) -> Result<usize, StoreError> {
-        self.with(|c| {
+        self.with_background(|c| {
             Ok(c.execute(
                 "DELETE FROM audit_log WHERE seq IN (SELECT seq FROM audit_log WHERE time < ?1 ORDER BY time LIMIT ?2)",
                 params![before, batch as i64],

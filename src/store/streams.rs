@@ -502,7 +502,7 @@ impl Store {
             Store::Sqlite(s) => {
                 let (id, owner) = (id.to_owned(), owner.to_owned());
                 Self::blocking(s, move |s| {
-                    s.with(|c| {
+                    s.with_background(|c| {
                         Ok(c.execute(
                             "UPDATE audit_streams SET lease_owner = ?2, lease_until = ?4 \
                              WHERE id = ?1 AND enabled AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_until < ?3)",
@@ -531,7 +531,7 @@ impl Store {
             Store::Sqlite(s) => {
                 let owner = owner.to_owned();
                 Self::blocking(s, move |s| {
-                    s.with(|c| {
+                    s.with_background(|c| {
                         c.execute(
                             "UPDATE audit_streams SET lease_owner = NULL, lease_until = 0 WHERE lease_owner = ?1",
                             [&owner],
@@ -559,7 +559,7 @@ impl Store {
             Store::Sqlite(s) => {
                 let id = id.to_owned();
                 Self::blocking(s, move |s| {
-                    s.with(|c| {
+                    s.with_background(|c| {
                         Ok(c.execute(
                             "UPDATE audit_streams SET delivered_seq = ?3 WHERE id = ?1 AND delivered_seq = ?2",
                             params![id, from, to],
@@ -584,7 +584,7 @@ impl Store {
         match self {
             Store::Sqlite(s) => {
                 Self::blocking(s, |s| {
-                    s.with(|c| Ok(c.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_log", [], |r| r.get(0))?))
+                    s.with_background(|c| Ok(c.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_log", [], |r| r.get(0))?))
                 })
                 .await
             }
@@ -600,7 +600,7 @@ impl Store {
         let n: i64 = match self {
             Store::Sqlite(s) => {
                 Self::blocking(s, move |s| {
-                    s.with(|c| {
+                    s.with_background(|c| {
                         Ok(c.query_row(
                             "SELECT COUNT(*) FROM audit_log WHERE seq > ?1 AND seq <= ?2",
                             params![after, upto],
@@ -626,7 +626,7 @@ impl Store {
         match self {
             Store::Sqlite(s) => {
                 Self::blocking(s, move |s| {
-                    s.with(|c| {
+                    s.with_background(|c| {
                         let mut st = c.prepare_cached(&format!(
                             "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2"
                         ))?;
@@ -661,7 +661,7 @@ impl Store {
         match self {
             Store::Sqlite(s) => {
                 Self::blocking(s, move |s| {
-                    s.with(|c| {
+                    s.with_background(|c| {
                         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                         let noted = tx.execute(
                             "INSERT INTO expiry_warnings (token_id, expires_at, warned_at) VALUES (?1, ?2, ?3) \
@@ -701,7 +701,7 @@ impl Store {
         match self {
             Store::Sqlite(s) => {
                 Self::blocking(s, move |s| {
-                    s.with(|c| {
+                    s.with_background(|c| {
                         c.execute("DELETE FROM expiry_warnings WHERE expires_at < ?1", [before])?;
                         Ok(())
                     })
