@@ -648,7 +648,9 @@ fn auth_outcome(error: Option<&ProxyError>, authenticated: bool) -> Option<AuthO
         Some(ProxyError::Auth(e)) => match e {
             AuthError::Missing => AuthOutcome::NoCredential,
             AuthError::Credential(_) | AuthError::Malformed => AuthOutcome::Malformed,
-            AuthError::Unknown | AuthError::Revoked { .. } | AuthError::Superseded { .. } => AuthOutcome::Unknown,
+            AuthError::Unknown => AuthOutcome::Unknown,
+            AuthError::Revoked { .. } => AuthOutcome::Revoked,
+            AuthError::Superseded { .. } => AuthOutcome::Superseded,
             AuthError::Expired { .. } => AuthOutcome::Expired,
             AuthError::ScopeMissing { .. } => AuthOutcome::LacksScope,
             AuthError::OrgMissing { .. } => AuthOutcome::LacksOrg,

@@ -85,6 +85,10 @@ pub enum AuthOutcome {
     Malformed,
     Unknown,
     Expired,
+    /// A revoked token (remembered a while after its revocation).
+    Revoked,
+    /// A secret a regenerate replaced.
+    Superseded,
     LacksScope,
     LacksOrg,
     NoRule,
@@ -93,12 +97,14 @@ pub enum AuthOutcome {
 
 impl AuthOutcome {
     /// Every outcome, for the tests and for listing them at zero.
-    pub const ALL: [AuthOutcome; 9] = [
+    pub const ALL: [AuthOutcome; 11] = [
         AuthOutcome::Allowed,
         AuthOutcome::NoCredential,
         AuthOutcome::Malformed,
         AuthOutcome::Unknown,
         AuthOutcome::Expired,
+        AuthOutcome::Revoked,
+        AuthOutcome::Superseded,
         AuthOutcome::LacksScope,
         AuthOutcome::LacksOrg,
         AuthOutcome::NoRule,
@@ -113,6 +119,8 @@ impl AuthOutcome {
             AuthOutcome::Malformed => "malformed",
             AuthOutcome::Unknown => "unknown",
             AuthOutcome::Expired => "expired",
+            AuthOutcome::Revoked => "revoked",
+            AuthOutcome::Superseded => "superseded",
             AuthOutcome::LacksScope => "lacks_scope",
             AuthOutcome::LacksOrg => "lacks_org",
             AuthOutcome::NoRule => "no_rule",

@@ -107,6 +107,15 @@ fn metrics_count_requests_and_outcomes_with_bounded_labels() {
     for secret in [&reader.token, &reader.id, "patg_", "127.0.0.1"] {
         assert!(!text.contains(secret), "{secret} in\n{text}");
     }
+    // A revoked token is counted as such once the server has the revocation.
+    assert!(p.cli(&["token", "revoke", &reader.id]).status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while get(Some(&basic("x", &reader.token)), refs).status != 401 {
+        assert!(std::time::Instant::now() < deadline, "the revocation never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (_, m) = scrape(&p);
+    assert_eq!(sample(&m, "patgate_auth", &[("outcome", "revoked")]), 1.0);
     // A reload counts.
     p.reload();
     let (_, m) = scrape(&p);
