@@ -723,6 +723,12 @@ mod tests {
             (ProxyError::Auth(AuthError::Expired { token: known() }), S::UNAUTHORIZED),
             (ProxyError::Auth(AuthError::Revoked { token: known() }), S::UNAUTHORIZED),
             (ProxyError::Auth(AuthError::Superseded { token: known() }), S::UNAUTHORIZED),
+            (
+                ProxyError::Auth(AuthError::ScopeMissing {
+                    scope: crate::auth::scope::Scope::from_name("code:write").unwrap(),
+                }),
+                S::FORBIDDEN,
+            ),
             (ProxyError::Auth(AuthError::OrgMissing { org: "x".into() }), S::FORBIDDEN),
             (ProxyError::NoRoute, S::NOT_FOUND),
             (
@@ -751,6 +757,15 @@ mod tests {
             (ProxyError::TooManyRequests, S::SERVICE_UNAVAILABLE),
             (ProxyError::Busy, S::SERVICE_UNAVAILABLE),
         ];
+        // The table holds every variant: `variant` matches without a wildcard, so a new
+        // variant does not compile until it is named there, and then fails here until the
+        // table has a case of it.
+        let mut listed: Vec<&str> = cases.iter().map(|(e, _)| variant(e)).collect();
+        listed.sort_unstable();
+        listed.dedup();
+        let mut every = VARIANTS.to_vec();
+        every.sort_unstable();
+        assert_eq!(listed, every, "a variant has no case in the table");
         for (e, want) in cases {
             let r = error_response(&e);
             assert_eq!(r.status(), want, "{e}");
@@ -762,6 +777,72 @@ mod tests {
             retry_after: Duration::from_millis(1500),
         }));
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+    }
+
+    /// Every variant of [`ProxyError`] (and of the [`AuthError`] it carries), by name.
+    const VARIANTS: &[&str] = &[
+        "AbsoluteForm",
+        "MethodNotAllowed",
+        "Head",
+        "Host",
+        "Body",
+        "Path",
+        "Auth::Credential",
+        "Auth::Missing",
+        "Auth::Malformed",
+        "Auth::Unknown",
+        "Auth::Expired",
+        "Auth::Revoked",
+        "Auth::Superseded",
+        "Auth::ScopeMissing",
+        "Auth::OrgMissing",
+        "NoRoute",
+        "NoRule",
+        "Query",
+        "UpstreamUnreachable",
+        "UpstreamTimeout",
+        "UpstreamFailed",
+        "CgiUnavailable",
+        "CgiMalformed",
+        "Blocked",
+        "BodyTooSlow",
+        "TooManyRequests",
+        "Busy",
+    ];
+
+    /// The name of `e`'s variant in [`VARIANTS`]. No wildcard: a new variant must be named.
+    fn variant(e: &ProxyError) -> &'static str {
+        match e {
+            ProxyError::AbsoluteForm => "AbsoluteForm",
+            ProxyError::MethodNotAllowed(_) => "MethodNotAllowed",
+            ProxyError::Head(_) => "Head",
+            ProxyError::Host(_) => "Host",
+            ProxyError::Body(_) => "Body",
+            ProxyError::Path(_) => "Path",
+            ProxyError::Auth(a) => match a {
+                AuthError::Credential(_) => "Auth::Credential",
+                AuthError::Missing => "Auth::Missing",
+                AuthError::Malformed => "Auth::Malformed",
+                AuthError::Unknown => "Auth::Unknown",
+                AuthError::Expired { .. } => "Auth::Expired",
+                AuthError::Revoked { .. } => "Auth::Revoked",
+                AuthError::Superseded { .. } => "Auth::Superseded",
+                AuthError::ScopeMissing { .. } => "Auth::ScopeMissing",
+                AuthError::OrgMissing { .. } => "Auth::OrgMissing",
+            },
+            ProxyError::NoRoute => "NoRoute",
+            ProxyError::NoRule { .. } => "NoRule",
+            ProxyError::Query(_) => "Query",
+            ProxyError::UpstreamUnreachable => "UpstreamUnreachable",
+            ProxyError::UpstreamTimeout(_) => "UpstreamTimeout",
+            ProxyError::UpstreamFailed => "UpstreamFailed",
+            ProxyError::CgiUnavailable => "CgiUnavailable",
+            ProxyError::CgiMalformed => "CgiMalformed",
+            ProxyError::Blocked(_) => "Blocked",
+            ProxyError::BodyTooSlow(_) => "BodyTooSlow",
+            ProxyError::TooManyRequests => "TooManyRequests",
+            ProxyError::Busy => "Busy",
+        }
     }
 
     #[test]
