@@ -38,6 +38,7 @@ pub mod events;
 pub mod leaked;
 pub mod policy;
 pub mod request;
+pub mod shown;
 pub mod streams;
 pub mod tokens;
 

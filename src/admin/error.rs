@@ -9,7 +9,7 @@ use axum::Json;
 use http::{header, HeaderValue, StatusCode};
 
 use super::policy::PolicyError;
-use super::request::clean;
+use super::shown::clean;
 use crate::auth::AuthError;
 use crate::proxy::UNAUTHORIZED_BODY;
 use crate::store::StoreError;
