@@ -14,7 +14,7 @@ pub mod token;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use compact_str::CompactString;
@@ -171,6 +171,23 @@ pub struct KnownToken {
 }
 
 impl AuthError {
+    /// The status of the answer, the same on the proxy and the admin API: 400 for an
+    /// `Authorization` header that cannot be read, 401 for every credential that names
+    /// no live token (however it failed: no oracle), 403 for a live token that lacks
+    /// the scope or the organization.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AuthError::Credential(_) => StatusCode::BAD_REQUEST,
+            AuthError::Missing
+            | AuthError::Malformed
+            | AuthError::Unknown
+            | AuthError::Expired { .. }
+            | AuthError::Revoked { .. }
+            | AuthError::Superseded { .. } => StatusCode::UNAUTHORIZED,
+            AuthError::ScopeMissing { .. } | AuthError::OrgMissing { .. } => StatusCode::FORBIDDEN,
+        }
+    }
+
     /// The token the refused credential named, when it is known.
     pub fn known_token(&self) -> Option<&KnownToken> {
         match self {

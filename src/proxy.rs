@@ -154,24 +154,12 @@ impl ProxyError {
     fn status(&self) -> StatusCode {
         match self {
             ProxyError::Head(e) => e.status(),
-            ProxyError::AbsoluteForm
-            | ProxyError::Host(_)
-            | ProxyError::Body(_)
-            | ProxyError::Path(_)
-            | ProxyError::Query(_)
-            | ProxyError::Auth(AuthError::Credential(_)) => StatusCode::BAD_REQUEST,
-            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::Auth(
-                AuthError::Missing
-                | AuthError::Malformed
-                | AuthError::Unknown
-                | AuthError::Expired { .. }
-                | AuthError::Revoked { .. }
-                | AuthError::Superseded { .. },
-            ) => StatusCode::UNAUTHORIZED,
-            ProxyError::Auth(AuthError::ScopeMissing { .. } | AuthError::OrgMissing { .. }) | ProxyError::NoRule { .. } => {
-                StatusCode::FORBIDDEN
+            ProxyError::AbsoluteForm | ProxyError::Host(_) | ProxyError::Body(_) | ProxyError::Path(_) | ProxyError::Query(_) => {
+                StatusCode::BAD_REQUEST
             }
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Auth(e) => e.status(),
+            ProxyError::NoRule { .. } => StatusCode::FORBIDDEN,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::UpstreamUnreachable | ProxyError::UpstreamFailed | ProxyError::CgiUnavailable | ProxyError::CgiMalformed => {
                 StatusCode::BAD_GATEWAY

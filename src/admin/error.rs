@@ -86,16 +86,7 @@ impl AdminError {
     pub fn status(&self) -> StatusCode {
         use StatusCode as S;
         match self {
-            AdminError::Auth(AuthError::Credential(_)) => S::BAD_REQUEST,
-            AdminError::Auth(
-                AuthError::Missing
-                | AuthError::Malformed
-                | AuthError::Unknown
-                | AuthError::Expired { .. }
-                | AuthError::Revoked { .. }
-                | AuthError::Superseded { .. },
-            ) => S::UNAUTHORIZED,
-            AdminError::Auth(AuthError::ScopeMissing { .. } | AuthError::OrgMissing { .. }) => S::FORBIDDEN,
+            AdminError::Auth(e) => e.status(),
             AdminError::MalformedJson(_)
             | AdminError::BadJson(_)
             | AdminError::Field { .. }
