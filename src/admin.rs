@@ -444,7 +444,7 @@ async fn access_log(State(s): State<AdminState>, mut req: Request, next: Next) -
     let status = res.status().as_u16();
     let duration_ms = crate::telemetry::millis(started.elapsed());
     if let (Some(error::Refusal::Blocked), Some(ip)) = (res.extensions().get::<error::Refusal>(), ip) {
-        s.auditor().blocked(ip);
+        s.auditor().blocked(crate::proxy::client_addr::client_key(ip));
     }
     if let Some(error::Refusal::Credential(known)) = res.extensions_mut().remove::<error::Refusal>() {
         let mut e = crate::audit::AuditEntry::new(

@@ -351,7 +351,9 @@ impl<'a> AccessEntry<'a> {
             ProxyError::Auth(AuthError::Missing) => return,
             ProxyError::Auth(a) => a.known_token(),
             ProxyError::NoRule { .. } => None,
-            ProxyError::Blocked(_) => return self.auditor.blocked(self.log.client.unwrap_or(self.peer)),
+            ProxyError::Blocked(_) => {
+                return self.auditor.blocked(client_addr::client_key(self.log.client.unwrap_or(self.peer)));
+            }
             _ => return,
         };
         let mut entry = self.audit_entry(Action::AuthRefused, Outcome::Failure, status);

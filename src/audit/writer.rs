@@ -181,6 +181,8 @@ impl Auditor {
 
     /// Counts a request refused because `client` is locked out (`[brute_force]`); the
     /// writer makes one [`Action::AuthRefused`] entry (429) per address and minute.
+    /// `client` is the address as the lockout counts it (an IPv6 address by its /64), so
+    /// that a blocked /64 sending from ever new addresses fills one entry, not millions.
     pub fn blocked(&self, client: IpAddr) {
         let Some(inner) = &self.0 else { return };
         if let Some(c) = inner.blocked.get(&client) {
