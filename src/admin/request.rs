@@ -65,9 +65,14 @@ impl Body {
     }
 }
 
-/// Parses JSON into `T`. A field that is unknown, missing or of the wrong type is named
-/// (with its path, e.g. `scopes[1]`); anything shaped like a token is masked.
+/// Parses a JSON object into `T`. A field that is unknown, missing or of the wrong type is
+/// named (with its path, e.g. `scopes[1]`); anything shaped like a token is masked. Every
+/// body of the API is an object: an array is refused here, where serde would read one
+/// into a struct by position (`[["patg_..."]]` as a leak report, say).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(AdminError::BadJson("the body must be a JSON object, not an array".into()));
+    }
     axum::Json::<T>::from_bytes(bytes).map(|axum::Json(v)| v).map_err(|rejection| {
         // The text is "<what failed>: <path>: <serde's reason>"; keep what follows the first part.
         let text = rejection.body_text();
@@ -314,6 +319,8 @@ mod tests {
         }
         assert_eq!(json_err("[1]").status(), http::StatusCode::BAD_REQUEST);
         assert!(parse_json::<Sample>(br#"{"name": "x", "scopes": []} trailing"#).is_err());
+        // A struct is an object, never an array read by position.
+        assert!(matches!(parse_json::<Sample>(br#" ["x", []]"#), Err(AdminError::BadJson(_))));
     }
 
     #[test]
