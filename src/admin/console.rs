@@ -1,0 +1,627 @@
+//! The web token console at `/console/`: a static page and its script and style, built
+//! into the binary, and the browser sessions they run on.
+//!
+//! | endpoint | needs | answers |
+//! |---|---|---|
+//! | `GET /console/`, `/console/console.js`, `/console/console.css` | none | the page |
+//! | `POST /console/session` `{"token"}` | a token with `tokens:read` | 201 `{"csrf", "owner", ...}`, the session cookie |
+//! | `GET /console/session` | the session cookie | `{"csrf", "owner", ...}` |
+//! | `DELETE /console/session` | the session cookie and `X-CSRF-Token` | 204, the cookie cleared |
+//! | `GET /console/config.json` | the session cookie | the scope table, the policy, the caller |
+//!
+//! The page does everything else through the JSON admin API, which accepts the session in
+//! place of `Authorization` ([`session_caller`]): the same checks, the same errors. A
+//! session holds the token's hash, never its secret; it is looked up again on every
+//! request, so a revoked or expired token ends its sessions at once. Sessions live in this
+//! process's memory only: bounded in number, ended by an idle and an absolute timeout.
+//! Writes with a session need the session's `X-CSRF-Token`; the admin API's refusal of
+//! writes from other origins stays. Every answer here carries a strict
+//! `Content-Security-Policy`. Nothing here logs a session id, a CSRF token or a secret.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::caller::{Access, Caller};
+use super::error::AdminError;
+use super::request::Body;
+use super::AdminState;
+use crate::auth::rules::Requirement;
+use crate::auth::scope::{Scope, ScopeSet};
+use crate::auth::token::{TokenHash, TokenSecret};
+use crate::auth::{self, AuthError, Identity};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "patgate_session";
+/// The header a session's writes carry its CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The policy every console answer carries: nothing inline, nothing from elsewhere.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+const INDEX_HTML: &str = include_str!("console/index.html");
+const CONSOLE_JS: &str = include_str!("console/console.js");
+const CONSOLE_CSS: &str = include_str!("console/console.css");
+
+/// The console's routes (not part of the JSON API, so not in [`super::paths::ROUTES`],
+/// which is what the OpenAPI document describes).
+pub mod paths {
+    pub const ROOT: &str = "/console";
+    pub const INDEX: &str = "/console/";
+    pub const SCRIPT: &str = "/console/console.js";
+    pub const STYLE: &str = "/console/console.css";
+    pub const SESSION: &str = "/console/session";
+    pub const CONFIG: &str = "/console/config.json";
+    pub const ANY: &str = "/console/{*rest}";
+
+    /// Every console route: method and path.
+    pub const ROUTES: &[(&str, &str)] = &[
+        ("GET", ROOT),
+        ("GET", INDEX),
+        ("GET", SCRIPT),
+        ("GET", STYLE),
+        ("POST", SESSION),
+        ("GET", SESSION),
+        ("DELETE", SESSION),
+        ("GET", CONFIG),
+    ];
+}
+
+/// `[console]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Whether the admin listener serves the console (and accepts its sessions).
+    pub enabled: bool,
+    /// A session unused this long ends.
+    pub session_idle: Duration,
+    /// A session ends this long after sign-in, used or not.
+    pub session_max: Duration,
+    /// Sessions at once; signing in beyond ends the oldest.
+    pub max_sessions: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            enabled: true,
+            session_idle: Duration::from_secs(30 * 60),
+            session_max: Duration::from_secs(12 * 3600),
+            max_sessions: 10_000,
+        }
+    }
+}
+
+/// One signed-in browser.
+struct Session {
+    /// The token it signed in with: its hash, looked up on every request.
+    token: TokenHash,
+    csrf: String,
+    created: Instant,
+    seen: Instant,
+}
+
+/// A live session, as a request finds it.
+#[derive(Clone)]
+pub struct Found {
+    pub token: TokenHash,
+    pub csrf: String,
+}
+
+/// The sessions of this process, keyed by the SHA-256 of their ids.
+pub struct Sessions {
+    config: Config,
+    table: Mutex<HashMap<[u8; 32], Session>>,
+    rng: SystemRandom,
+}
+
+fn key(id: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, id.as_bytes()).as_ref());
+    out
+}
+
+impl Sessions {
+    pub fn new(config: Config) -> Sessions {
+        Sessions {
+            config,
+            table: Mutex::new(HashMap::new()),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// 32 random bytes, base64url.
+    fn random(&self) -> String {
+        let mut bytes = [0u8; 32];
+        self.rng.fill(&mut bytes).expect("the system's random source works");
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn live(&self, s: &Session, now: Instant) -> bool {
+        now.saturating_duration_since(s.seen) < self.config.session_idle
+            && now.saturating_duration_since(s.created) < self.config.session_max
+    }
+
+    /// A new session for `token`: its id and its CSRF token. Ended sessions are dropped
+    /// first; when the table is still full, the oldest goes.
+    pub fn create(&self, token: TokenHash, now: Instant) -> (String, String) {
+        let (id, csrf) = (self.random(), self.random());
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if table.len() >= self.config.max_sessions {
+            table.retain(|_, s| self.live(s, now));
+        }
+        while !table.is_empty() && table.len() >= self.config.max_sessions.max(1) {
+            let oldest = table.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                table.remove(&k);
+            }
+        }
+        let session = Session {
+            token,
+            csrf: csrf.clone(),
+            created: now,
+            seen: now,
+        };
+        table.insert(key(&id), session);
+        (id, csrf)
+    }
+
+    /// The live session `id`, marked as used at `now`; an ended one is removed.
+    pub fn get(&self, id: &str, now: Instant) -> Option<Found> {
+        let k = key(id);
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let s = table.get_mut(&k)?;
+        if !self.live(s, now) {
+            table.remove(&k);
+            return None;
+        }
+        s.seen = now;
+        Some(Found {
+            token: s.token,
+            csrf: s.csrf.clone(),
+        })
+    }
+
+    /// Ends session `id`.
+    pub fn remove(&self, id: &str) {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).remove(&key(id));
+    }
+
+    /// Sessions held, ended ones not yet dropped included.
+    pub fn len(&self) -> usize {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Equal in time that does not depend on where they differ.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The session id in the request's `Cookie` headers.
+pub fn session_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .filter(|id| !id.is_empty())
+}
+
+/// True when the request's `Origin` is this listener itself (the console's page): its
+/// scheme and the `Host` the request was sent to. A page of any other origin, a
+/// different port included, is not.
+pub fn same_origin(headers: &HeaderMap, tls: bool) -> bool {
+    let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST)) else {
+        return false;
+    };
+    let scheme = if tls { "https://" } else { "http://" };
+    let site_ok = headers
+        .get("sec-fetch-site")
+        .is_none_or(|v| v.as_bytes() == b"same-origin");
+    site_ok
+        && origin
+            .as_bytes()
+            .strip_prefix(scheme.as_bytes())
+            .is_some_and(|rest| !host.is_empty() && rest == host.as_bytes())
+}
+
+/// The caller of an admin API request by its console session, for
+/// [`Caller`](super::caller::Caller): none when the request carries `Authorization` or no
+/// session cookie (the token is read as usual then). A session that ended is 401, a write
+/// without the session's CSRF token 403, and the session's token is authenticated by its
+/// hash as a pasted token would be.
+pub fn session_caller(parts: &Parts, state: &AdminState) -> Result<Option<Identity>, AdminError> {
+    if !state.config().console.enabled || parts.headers.contains_key(header::AUTHORIZATION) {
+        return Ok(None);
+    }
+    let Some(id) = session_id(&parts.headers) else {
+        return Ok(None);
+    };
+    let sessions = state.sessions();
+    let Some(found) = sessions.get(id, Instant::now()) else {
+        return Err(AuthError::Missing.into());
+    };
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let identity = match auth::authenticate_digest(&found.token, state.tokens(), crate::store::now(), peer) {
+        Ok(identity) => identity,
+        Err(e) => {
+            sessions.remove(id);
+            return Err(e.into());
+        }
+    };
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        let sent = parts.headers.get(CSRF_HEADER).map(HeaderValue::as_bytes).unwrap_or_default();
+        if !same_secret(sent, found.csrf.as_bytes()) {
+            return Err(AdminError::Csrf);
+        }
+    }
+    Ok(Some(identity))
+}
+
+/// The console's router (empty when `[console] enabled = false`).
+pub fn router(state: &AdminState) -> Router<AdminState> {
+    if !state.config().console.enabled {
+        return Router::new();
+    }
+    Router::new()
+        .route(paths::ROOT, get(|| async { Redirect::permanent(paths::INDEX) }))
+        .route(paths::INDEX, get(|| async { file("text/html; charset=utf-8", INDEX_HTML) }))
+        .route(paths::SCRIPT, get(|| async { file("text/javascript; charset=utf-8", CONSOLE_JS) }))
+        .route(paths::STYLE, get(|| async { file("text/css; charset=utf-8", CONSOLE_CSS) }))
+        .route(paths::SESSION, get(current).post(sign_in).delete(sign_out))
+        .route(paths::CONFIG, get(config))
+        .route(paths::ANY, get(|| async { AdminError::NoEndpoint }))
+        .layer(middleware::from_fn(headers))
+}
+
+fn file(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Puts the console's security headers on every answer.
+async fn headers(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// What the page shows of a session.
+#[derive(serde::Serialize)]
+struct SessionJson {
+    csrf: String,
+    token_id: String,
+    owner: String,
+    /// `tokens:admin`: every owner.
+    admin: bool,
+    /// `tokens:manage` or more: may create and change tokens.
+    manage: bool,
+    idle_seconds: u64,
+    max_seconds: u64,
+}
+
+fn session_json(state: &AdminState, identity: &Identity, csrf: String) -> Result<SessionJson, AdminError> {
+    let access = [Access::Admin, Access::Manage, Access::Read].into_iter().find(|a| {
+auth::authorize(identity.clone(), Requirement::scope(a.scope())).is_ok()
+    });
+    let Some(access) = access else {
+        return Err(AuthError::ScopeMissing {
+            scope: Access::Read.scope(),
+        }
+        .into());
+    };
+    let c = &state.config().console;
+    Ok(SessionJson {
+        csrf,
+        token_id: identity.token_id().to_owned(),
+        owner: identity.owner().to_owned(),
+        admin: access == Access::Admin,
+        manage: access >= Access::Manage,
+        idle_seconds: c.session_idle.as_secs(),
+        max_seconds: c.session_max.as_secs(),
+    })
+}
+
+fn cookie(state: &AdminState, value: &str, max_age: Option<u64>) -> HeaderValue {
+    let secure = if state.config().tls.is_some() { "; Secure" } else { "" };
+    let age = max_age.map(|s| format!("; Max-Age={s}")).unwrap_or_default();
+    HeaderValue::from_str(&format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{secure}{age}"))
+        .expect("a session id is base64url")
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignIn {
+    token: String,
+}
+
+/// `POST /console/session`: a pasted token, authenticated as the admin API does (and
+/// counted by the lockout alike), exchanged for a session.
+async fn sign_in(State(s): State<AdminState>, parts: Parts, body: Body) -> Result<Response, AdminError> {
+    let lockout = s.lockout();
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let counted = lockout.as_ref().zip(peer);
+    if let Some((lockout, ip)) = counted {
+        lockout.check(ip, Instant::now())?;
+    }
+    let b: SignIn = body.parse()?;
+    let hash = TokenSecret::parse(b.token.trim()).map(|secret| secret.hash());
+    drop(b);
+    let found = match &hash {
+        Some(hash) => auth::authenticate_digest(hash, s.tokens(), crate::store::now(), peer),
+        None => Err(AuthError::Malformed),
+    };
+    let identity = found.inspect_err(|_| {
+        if let Some((lockout, ip)) = counted {
+            lockout.failed(ip, Instant::now());
+        }
+    })?;
+    let hash = hash.ok_or(AuthError::Malformed)?;
+    let info = session_json(&s, &identity, String::new())?;
+    let (id, csrf) = s.sessions().create(hash, Instant::now());
+    let body = SessionJson { csrf, ..info };
+    let token_id = body.token_id.as_str();
+    tracing::event!(target: "patgate::admin", tracing::Level::INFO, token.id = token_id, "Console session started");
+    let mut res = (StatusCode::CREATED, Json(body)).into_response();
+    res.headers_mut().insert(header::SET_COOKIE, cookie(&s, &id, None));
+    Ok(res)
+}
+
+/// `GET /console/session`: the session's caller and CSRF token, or 401.
+async fn current(State(s): State<AdminState>, parts: Parts) -> Result<Json<SessionJson>, AdminError> {
+    let identity = session_caller(&parts, &s)?.ok_or(AuthError::Missing)?;
+    let id = session_id(&parts.headers).ok_or(AuthError::Missing)?;
+    let found = s.sessions().get(id, Instant::now()).ok_or(AuthError::Missing)?;
+    Ok(Json(session_json(&s, &identity, found.csrf)?))
+}
+
+/// `DELETE /console/session`: signs out (with the session's CSRF token) and clears the
+/// cookie; without a live session it only clears the cookie.
+async fn sign_out(State(s): State<AdminState>, parts: Parts) -> Result<Response, AdminError> {
+    if let Some(id) = session_id(&parts.headers) {
+        if let Some(found) = s.sessions().get(id, Instant::now()) {
+            let sent = parts.headers.get(CSRF_HEADER).map(HeaderValue::as_bytes).unwrap_or_default();
+            if !same_secret(sent, found.csrf.as_bytes()) {
+                return Err(AdminError::Csrf);
+            }
+            s.sessions().remove(id);
+        }
+    }
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    res.headers_mut().insert(header::SET_COOKIE, cookie(&s, "", Some(0)));
+    Ok(res)
+}
+
+#[derive(serde::Serialize)]
+struct ScopeJson {
+    name: &'static str,
+    summary: &'static str,
+    /// The scopes it grants besides itself.
+    implies: Vec<&'static str>,
+    /// Whether this caller may grant it under the policy.
+    grantable: bool,
+}
+
+#[derive(serde::Serialize)]
+struct AreaJson {
+    area: &'static str,
+    scopes: Vec<ScopeJson>,
+}
+
+/// The area a scope's family is shown under.
+fn area(name: &str) -> &'static str {
+    match name.split(':').next().unwrap_or_default() {
+        "code" => "Code",
+        "agentpools" => "Agent pools",
+        "auditlog" => "Audit log",
+        "auditstreams" => "Audit streams",
+        "tokens" => "Tokens",
+        _ => "Other",
+    }
+}
+
+/// The scope table by area, in table order, for a caller that is `admin` or not.
+fn areas(grantable: ScopeSet, admin: bool) -> Vec<AreaJson> {
+    let mut out: Vec<AreaJson> = Vec::new();
+    for scope in Scope::all() {
+        let mut closure = ScopeSet::EMPTY;
+        closure.grant(scope);
+        let entry = ScopeJson {
+            name: scope.name(),
+            summary: scope.summary(),
+            implies: Scope::all().filter(|&o| o != scope && closure.allows(o)).map(Scope::name).collect(),
+            grantable: admin || grantable.allows(scope),
+        };
+        let a = area(scope.name());
+        match out.iter_mut().find(|x| x.area == a) {
+            Some(x) => x.scopes.push(entry),
+            None => out.push(AreaJson { area: a, scopes: vec![entry] }),
+        }
+    }
+    out
+}
+
+/// `GET /console/config.json`: what the "New token" form is built from.
+async fn config(State(s): State<AdminState>, caller: Caller) -> Result<Json<serde_json::Value>, AdminError> {
+    let who = caller.require(Access::Read)?;
+    let manage = caller.require(Access::Manage).is_ok();
+    let p = s.policy();
+    Ok(Json(serde_json::json!({
+        "owner": who.owner,
+        "admin": who.admin,
+        "manage": manage,
+        "policy": {
+            "max_lifespan_seconds": p.max_lifespan.as_secs(),
+            "default_lifespan_seconds": p.default_lifespan.as_secs(),
+            "allow_full": p.allow_full,
+            "allow_all_orgs": p.allow_all_orgs,
+            "grantable_scopes": Scope::all().filter(|&x| p.grantable_scopes.allows(x)).map(Scope::name).collect::<Vec<_>>(),
+        },
+        "areas": areas(p.grantable_scopes, who.admin),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sessions(idle: u64, max: u64, n: usize) -> Sessions {
+        Sessions::new(Config {
+            enabled: true,
+            session_idle: Duration::from_secs(idle),
+            session_max: Duration::from_secs(max),
+            max_sessions: n,
+        })
+    }
+
+    #[test]
+    fn a_session_ends_when_idle() {
+        let s = sessions(60, 3600, 10);
+        let t0 = Instant::now();
+        let (id, csrf) = s.create(TokenHash::of("a"), t0);
+        assert_eq!(id.len(), 43, "32 bytes in base64url");
+        assert_ne!(id, csrf);
+        let found = s.get(&id, t0 + Duration::from_secs(59)).unwrap();
+        assert!(found.token == TokenHash::of("a") && found.csrf == csrf);
+        // Each use restarts the idle clock.
+        assert!(s.get(&id, t0 + Duration::from_secs(118)).is_some());
+        assert!(s.get(&id, t0 + Duration::from_secs(178)).is_none());
+        assert!(s.is_empty(), "an ended session is dropped when found");
+        assert!(s.get(&id, t0).is_none());
+    }
+
+    #[test]
+    fn a_session_ends_at_its_absolute_timeout_however_used() {
+        let s = sessions(60, 150, 10);
+        let t0 = Instant::now();
+        let (id, _) = s.create(TokenHash::of("a"), t0);
+        for t in [50, 100, 149] {
+            assert!(s.get(&id, t0 + Duration::from_secs(t)).is_some(), "{t}");
+        }
+        assert!(s.get(&id, t0 + Duration::from_secs(150)).is_none());
+    }
+
+    #[test]
+    fn sign_out_ends_a_session_and_unknown_ids_find_nothing() {
+        let s = sessions(60, 3600, 10);
+        let t0 = Instant::now();
+        let (a, _) = s.create(TokenHash::of("a"), t0);
+        let (b, _) = s.create(TokenHash::of("b"), t0);
+        s.remove(&a);
+        assert!(s.get(&a, t0).is_none());
+        assert!(s.get(&b, t0).is_some());
+        assert!(s.get("", t0).is_none() && s.get("nope", t0).is_none());
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_the_oldest_go_first() {
+        let s = sessions(60, 3600, 3);
+        let t0 = Instant::now();
+        let ids: Vec<String> = (0..5)
+            .map(|i| s.create(TokenHash::of(&i.to_string()), t0 + Duration::from_secs(i)).0)
+            .collect();
+        assert_eq!(s.len(), 3);
+        let now = t0 + Duration::from_secs(5);
+        assert!(s.get(&ids[0], now).is_none() && s.get(&ids[1], now).is_none());
+        assert!(ids[2..].iter().all(|id| s.get(id, now).is_some()));
+        // Ended sessions make room before live ones are pushed out.
+        let s = sessions(10, 3600, 2);
+        let (old, _) = s.create(TokenHash::of("old"), t0);
+        let (live, _) = s.create(TokenHash::of("live"), t0 + Duration::from_secs(20));
+        let (new, _) = s.create(TokenHash::of("new"), t0 + Duration::from_secs(25));
+        let now = t0 + Duration::from_secs(26);
+        assert!(s.get(&old, now).is_none());
+        assert!(s.get(&live, now).is_some() && s.get(&new, now).is_some());
+    }
+
+    #[test]
+    fn csrf_tokens_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"ab"));
+        assert!(!same_secret(b"", b"abc"));
+        assert!(same_secret(b"", b""));
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        assert_eq!(session_id(&h), None);
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; patgate_session_x=2"));
+        assert_eq!(session_id(&h), None);
+        h.append(header::COOKIE, HeaderValue::from_static("b=2;  patgate_session=abc ; c=3"));
+        assert_eq!(session_id(&h), Some("abc"));
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("patgate_session="));
+        assert_eq!(session_id(&h), None);
+    }
+
+    #[test]
+    fn only_the_listeners_own_origin_is_the_same() {
+        let h = |origin: &str, host: &str, site: Option<&str>| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+            h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            if let Some(site) = site {
+                h.insert("sec-fetch-site", HeaderValue::from_str(site).unwrap());
+            }
+            h
+        };
+        assert!(same_origin(&h("http://127.0.0.1:9090", "127.0.0.1:9090", None), false));
+        assert!(same_origin(&h("http://127.0.0.1:9090", "127.0.0.1:9090", Some("same-origin")), false));
+        assert!(same_origin(&h("https://admin.example", "admin.example", None), true));
+        let refused = [
+            (h("http://127.0.0.1:9091", "127.0.0.1:9090", None), false),
+            (h("https://127.0.0.1:9090", "127.0.0.1:9090", None), false),
+            (h("http://127.0.0.1:9090", "127.0.0.1:9090", None), true),
+            (h("http://127.0.0.1:9090", "127.0.0.1:9090", Some("same-site")), false),
+            (h("http://evil.example", "127.0.0.1:9090", None), false),
+            (h("null", "127.0.0.1:9090", None), false),
+            (h("http://", "", None), false),
+        ];
+        for (headers, tls) in refused {
+            assert!(!same_origin(&headers, tls), "{headers:?} tls {tls}");
+        }
+        assert!(!same_origin(&HeaderMap::new(), false));
+    }
+
+    #[test]
+    fn scopes_are_grouped_by_area_with_their_implications() {
+        let admin_only = ScopeSet::parse(&["code:read"]).unwrap();
+        let a = areas(admin_only, false);
+        let names: Vec<&str> = a.iter().map(|x| x.area).collect();
+        assert_eq!(names, ["Code", "Agent pools", "Audit log", "Audit streams", "Tokens"]);
+        let code = &a[0].scopes;
+        assert_eq!(code.iter().map(|s| s.name).collect::<Vec<_>>(), ["code:read", "code:write", "code:manage"]);
+        assert_eq!(code[2].implies, ["code:read", "code:write"]);
+        assert!(code[0].grantable && !code[1].grantable);
+        assert!(areas(admin_only, true).iter().flat_map(|x| &x.scopes).all(|s| s.grantable));
+        let total: usize = a.iter().map(|x| x.scopes.len()).sum();
+        assert_eq!(total, Scope::all().count(), "every scope is shown once");
+    }
+}
