@@ -20,6 +20,7 @@
 //! | `GET /admin/v1/ready`, `GET /readyz` | none | `{"status": "ready", ...}` once the proxy listens; 503 before |
 //! | `GET /healthz` | none | `{"status": "ok"}` while the process serves |
 //! | `GET /metrics` | none | Prometheus metrics, OpenMetrics text ([`crate::telemetry::metrics`]) |
+//! | `/console/...` | a console session | the web token console ([`console`]) |
 //!
 //! Callers are tokens, read from `Authorization` as on the proxy ([`caller`]). Without
 //! `tokens:admin` a caller sees and changes only its owner's tokens. Tokens made or changed
@@ -33,6 +34,7 @@
 
 pub mod audit;
 pub mod caller;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod leaked;
@@ -97,6 +99,8 @@ pub struct Config {
     /// TLS for the admin listener, with client certificates when it names a client CA.
     pub tls: Option<crate::tls::ListenerTls>,
     pub policy: Policy,
+    /// `[console]`: the web token console and its sessions.
+    pub console: console::Config,
 }
 
 /// The routes, as the router and the OpenAPI document name them.
@@ -176,6 +180,8 @@ struct Shared {
     streams: std::sync::OnceLock<crate::audit::streams::Streams>,
     /// Where refusals go into the audit trail, once set ([`AdminState::set_auditor`]).
     auditor: std::sync::OnceLock<crate::audit::Auditor>,
+    /// The web console's signed-in browsers.
+    sessions: console::Sessions,
 }
 
 impl AdminState {
@@ -184,6 +190,7 @@ impl AdminState {
         let leaks = leaked::Limiter::new(config.leak_reports_per_minute);
         let waiters = Arc::new(Semaphore::new(waiting_slots(config.max_connections)));
         let openapi = ArcSwap::from_pointee(openapi_for(&config, config.listen));
+        let sessions = console::Sessions::new(config.console.clone());
         AdminState(Arc::new(Shared {
             policy: ArcSwap::from_pointee(config.policy.clone()),
             tls: config.tls.as_ref().map(|t| TlsSlot::new(t.config.clone())),
@@ -198,6 +205,7 @@ impl AdminState {
             stop,
             streams: std::sync::OnceLock::new(),
             auditor: std::sync::OnceLock::new(),
+            sessions,
         }))
     }
 
@@ -277,6 +285,11 @@ impl AdminState {
         &self.0.tokens
     }
 
+    /// The web console's sessions.
+    pub fn sessions(&self) -> &console::Sessions {
+        &self.0.sessions
+    }
+
     fn leak_limiter(&self) -> &leaked::Limiter {
         &self.0.leaks
     }
@@ -321,6 +334,7 @@ pub fn router(state: AdminState) -> Router {
         .route(METRICS, get(serve_metrics))
         .route(STREAMS, post(streams::create).get(streams::list))
         .route(STREAM, get(streams::get).patch(streams::update).delete(streams::delete))
+        .merge(console::router(&state))
         .fallback(|| async { AdminError::NoEndpoint })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), access_log))
@@ -423,7 +437,8 @@ async fn serve_metrics(State(s): State<AdminState>) -> Response {
 }
 
 /// Logs one line per request; refuses writes that carry an `Origin` (a web page may send
-/// them with credentials a browser remembered); marks every answer as not to be cached;
+/// them with credentials a browser remembered) other than this listener's own, the
+/// console's ([`console::same_origin`]); marks every answer as not to be cached;
 /// records refused authentications and authorizations in the audit trail.
 async fn access_log(State(s): State<AdminState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -433,7 +448,10 @@ async fn access_log(State(s): State<AdminState>, mut req: Request, next: Next) -
     let route = req.extensions().get::<axum::extract::MatchedPath>().cloned();
     let slot = LogSlot::default();
     req.extensions_mut().insert(slot.clone());
-    let from_page = req.headers().contains_key(header::ORIGIN) && method != Method::GET && method != Method::HEAD;
+    let from_page = req.headers().contains_key(header::ORIGIN)
+        && !(s.config().console.enabled && console::same_origin(req.headers(), s.config().tls.is_some()))
+        && method != Method::GET
+        && method != Method::HEAD;
     let mut res = if from_page {
         AdminError::FromWebPage.into_response()
     } else {

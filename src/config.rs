@@ -544,6 +544,24 @@ fn admin_config(cx: &Ctx<'_>, f: &FileConfig, proxy: &proxy::Config) -> Result<a
             allow_all_orgs: p.allow_all_orgs,
             allow_full: p.allow_full,
         },
+        console: console_config(cx, &f.console)?,
+    })
+}
+
+fn console_config(cx: &Ctx<'_>, c: &file::ConsoleFile) -> Result<admin::console::Config, ConfigError> {
+    let session_idle = cx.duration("console.session_idle", &c.session_idle)?;
+    let session_max = cx.duration("console.session_max", &c.session_max)?;
+    if session_idle > session_max {
+        return Err(cx.err(
+            "console.session_idle",
+            format!("`{}` is longer than console.session_max (`{}`)", c.session_idle, c.session_max),
+        ));
+    }
+    Ok(admin::console::Config {
+        enabled: c.enabled,
+        session_idle,
+        session_max,
+        max_sessions: cx.positive("console.max_sessions", c.max_sessions)?,
     })
 }
 
@@ -1006,5 +1024,51 @@ mod tests {
             e.starts_with(&format!("config/nowhere.toml: no such file under {}; ", here.display())),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_console_section_has_defaults_and_is_checked() {
+        let c = parse(ROUTE).unwrap();
+        assert_eq!(c.admin.console, admin::console::Config::default());
+        assert!(c.admin.console.enabled);
+        assert_eq!(c.admin.console.session_idle, Duration::from_secs(30 * 60));
+        assert_eq!(c.admin.console.session_max, Duration::from_secs(12 * 3600));
+        assert_eq!(c.admin.console.max_sessions, 10_000);
+        let set = parse(&format!(
+            "[console]\nenabled = false\nsession_idle = \"5m\"\nsession_max = \"1h\"\nmax_sessions = 7\n{ROUTE}"
+        ))
+        .unwrap();
+        let want = admin::console::Config {
+            enabled: false,
+            session_idle: Duration::from_secs(300),
+            session_max: Duration::from_secs(3600),
+            max_sessions: 7,
+        };
+        assert_eq!(set.admin.console, want);
+        for (toml, want) in [
+            (
+                "[console]\nsession_idle = \"0s\"\n",
+                "patgate.toml:2: console.session_idle: must be more than zero",
+            ),
+            (
+                "[console]\nsession_max = \"soon\"\n",
+                "patgate.toml:2: console.session_max: `soon` is not a duration",
+            ),
+            (
+                "[console]\nsession_idle = \"2h\"\nsession_max = \"1h\"\n",
+                "patgate.toml:2: console.session_idle: `2h` is longer than console.session_max (`1h`)",
+            ),
+            (
+                "[console]\nmax_sessions = 0\n",
+                "patgate.toml:2: console.max_sessions: must be at least 1",
+            ),
+            ("[console]\nsessions = 1\n", "console"),
+        ] {
+            let got = err(&format!("{toml}{ROUTE}"));
+            assert!(
+                got.starts_with(want) || (want == "console" && got.contains("sessions")),
+                "{toml}: {got}"
+            );
+        }
     }
 }

@@ -128,11 +128,15 @@ impl FromRequestParts<AdminState> for Caller {
         if let Some((lockout, ip)) = counted {
             lockout.check(ip, Instant::now())?;
         }
-        let identity = auth::authenticate(&parts.headers, state.tokens(), crate::store::now()).inspect_err(|e| {
-            if let (Some((lockout, ip)), false) = (counted, matches!(e, AuthError::Missing)) {
-                lockout.failed(ip, Instant::now());
-            }
-        })?;
+        // A console session stands in for Authorization (see super::console).
+        let identity = match super::console::session_caller(parts, state)? {
+            Some(identity) => identity,
+            None => auth::authenticate(&parts.headers, state.tokens(), crate::store::now()).inspect_err(|e| {
+                if let (Some((lockout, ip)), false) = (counted, matches!(e, AuthError::Missing)) {
+                    lockout.failed(ip, Instant::now());
+                }
+            })?,
+        };
         if let Some(ip) = peer {
             identity.note_client(state.tokens(), ip);
         }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{any, get, MethodRouter};
 use axum::{Json, Router};
 use base64::Engine;
 use http::request::Parts;
@@ -236,9 +236,7 @@ pub fn same_origin(headers: &HeaderMap, tls: bool) -> bool {
         return false;
     };
     let scheme = if tls { "https://" } else { "http://" };
-    let site_ok = headers
-        .get("sec-fetch-site")
-        .is_none_or(|v| v.as_bytes() == b"same-origin");
+    let site_ok = headers.get("sec-fetch-site").is_none_or(|v| v.as_bytes() == b"same-origin");
     site_ok
         && origin
             .as_bytes()
@@ -284,14 +282,19 @@ pub fn router(state: &AdminState) -> Router<AdminState> {
     if !state.config().console.enabled {
         return Router::new();
     }
+    // Each route answers other methods itself, inside the layer that sets the headers.
+    let only = |m: MethodRouter<AdminState>| m.fallback(|| async { AdminError::MethodNotAllowed });
     Router::new()
-        .route(paths::ROOT, get(|| async { Redirect::permanent(paths::INDEX) }))
-        .route(paths::INDEX, get(|| async { file("text/html; charset=utf-8", INDEX_HTML) }))
-        .route(paths::SCRIPT, get(|| async { file("text/javascript; charset=utf-8", CONSOLE_JS) }))
-        .route(paths::STYLE, get(|| async { file("text/css; charset=utf-8", CONSOLE_CSS) }))
-        .route(paths::SESSION, get(current).post(sign_in).delete(sign_out))
-        .route(paths::CONFIG, get(config))
-        .route(paths::ANY, get(|| async { AdminError::NoEndpoint }))
+        .route(paths::ROOT, only(get(|| async { Redirect::permanent(paths::INDEX) })))
+        .route(paths::INDEX, only(get(|| async { file("text/html; charset=utf-8", INDEX_HTML) })))
+        .route(
+            paths::SCRIPT,
+            only(get(|| async { file("text/javascript; charset=utf-8", CONSOLE_JS) })),
+        )
+        .route(paths::STYLE, only(get(|| async { file("text/css; charset=utf-8", CONSOLE_CSS) })))
+        .route(paths::SESSION, only(get(current).post(sign_in).delete(sign_out)))
+        .route(paths::CONFIG, only(get(config)))
+        .route(paths::ANY, any(|| async { AdminError::NoEndpoint }))
         .layer(middleware::from_fn(headers))
 }
 
@@ -326,9 +329,9 @@ struct SessionJson {
 }
 
 fn session_json(state: &AdminState, identity: &Identity, csrf: String) -> Result<SessionJson, AdminError> {
-    let access = [Access::Admin, Access::Manage, Access::Read].into_iter().find(|a| {
-auth::authorize(identity.clone(), Requirement::scope(a.scope())).is_ok()
-    });
+    let access = [Access::Admin, Access::Manage, Access::Read]
+        .into_iter()
+        .find(|a| auth::authorize(identity.clone(), Requirement::scope(a.scope())).is_ok());
     let Some(access) = access else {
         return Err(AuthError::ScopeMissing {
             scope: Access::Read.scope(),
@@ -350,8 +353,7 @@ auth::authorize(identity.clone(), Requirement::scope(a.scope())).is_ok()
 fn cookie(state: &AdminState, value: &str, max_age: Option<u64>) -> HeaderValue {
     let secure = if state.config().tls.is_some() { "; Secure" } else { "" };
     let age = max_age.map(|s| format!("; Max-Age={s}")).unwrap_or_default();
-    HeaderValue::from_str(&format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{secure}{age}"))
-        .expect("a session id is base64url")
+    HeaderValue::from_str(&format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{secure}{age}")).expect("a session id is base64url")
 }
 
 #[derive(serde::Deserialize)]
@@ -460,7 +462,10 @@ fn areas(grantable: ScopeSet, admin: bool) -> Vec<AreaJson> {
         let a = area(scope.name());
         match out.iter_mut().find(|x| x.area == a) {
             Some(x) => x.scopes.push(entry),
-            None => out.push(AreaJson { area: a, scopes: vec![entry] }),
+            None => out.push(AreaJson {
+                area: a,
+                scopes: vec![entry],
+            }),
         }
     }
     out
@@ -593,7 +598,10 @@ mod tests {
             h
         };
         assert!(same_origin(&h("http://127.0.0.1:9090", "127.0.0.1:9090", None), false));
-        assert!(same_origin(&h("http://127.0.0.1:9090", "127.0.0.1:9090", Some("same-origin")), false));
+        assert!(same_origin(
+            &h("http://127.0.0.1:9090", "127.0.0.1:9090", Some("same-origin")),
+            false
+        ));
         assert!(same_origin(&h("https://admin.example", "admin.example", None), true));
         let refused = [
             (h("http://127.0.0.1:9091", "127.0.0.1:9090", None), false),
@@ -610,6 +618,50 @@ mod tests {
         assert!(!same_origin(&HeaderMap::new(), false));
     }
 
+    /// Every console route (and one that is not), answered by the admin router: each answer
+    /// carries the console's headers.
+    #[tokio::test]
+    async fn every_console_answer_carries_the_security_headers() {
+        use http_body_util::BodyExt;
+        use hyper::service::Service;
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("patgate.toml");
+        let toml = format!(
+            "[store]\nurl = \"sqlite://{}\"\n[[routes]]\npath = \"/{{org}}/**\"\nupstream = \"git-http-backend:repos\"\nrules = \"git\"\n",
+            dir.path().join("t.db").display()
+        );
+        std::fs::write(&file, toml).unwrap();
+        let config = crate::config::load(&file).unwrap();
+        let store = crate::store::Store::open(&config.store.location).await.unwrap();
+        let tokens = std::sync::Arc::new(crate::store::memory::TokenCache::default());
+        let (_stop, stop) = tokio::sync::watch::channel(false);
+        let state = AdminState::new(config.admin, store, tokens, stop);
+        let app = hyper_util::service::TowerToHyperService::new(super::super::router(state));
+        let mut asked: Vec<(&str, &str)> = paths::ROUTES.to_vec();
+        asked.extend([("GET", "/console/nope"), ("POST", paths::CONFIG)]);
+        for (method, path) in asked {
+            let req = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(header::COOKIE, "patgate_session=nosuchsession")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let res = app.call(req).await.unwrap();
+            let h = res.headers().clone();
+            assert_eq!(
+                h.get(header::CONTENT_SECURITY_POLICY).map(|v| v.to_str().unwrap()),
+                Some(CSP),
+                "{method} {path}"
+            );
+            assert_eq!(h[header::REFERRER_POLICY], "no-referrer", "{method} {path}");
+            assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{method} {path}");
+            assert_eq!(h[header::CACHE_CONTROL], "no-store", "{method} {path}");
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            assert!(!String::from_utf8_lossy(&body).contains("nosuchsession"), "{method} {path}");
+        }
+    }
+
     #[test]
     fn scopes_are_grouped_by_area_with_their_implications() {
         let admin_only = ScopeSet::parse(&["code:read"]).unwrap();
@@ -617,7 +669,10 @@ mod tests {
         let names: Vec<&str> = a.iter().map(|x| x.area).collect();
         assert_eq!(names, ["Code", "Agent pools", "Audit log", "Audit streams", "Tokens"]);
         let code = &a[0].scopes;
-        assert_eq!(code.iter().map(|s| s.name).collect::<Vec<_>>(), ["code:read", "code:write", "code:manage"]);
+        assert_eq!(
+            code.iter().map(|s| s.name).collect::<Vec<_>>(),
+            ["code:read", "code:write", "code:manage"]
+        );
         assert_eq!(code[2].implies, ["code:read", "code:write"]);
         assert!(code[0].grantable && !code[1].grantable);
         assert!(areas(admin_only, true).iter().flat_map(|x| &x.scopes).all(|s| s.grantable));

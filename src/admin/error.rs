@@ -51,6 +51,9 @@ pub enum AdminError {
     /// A request a web page could have sent on someone's behalf.
     #[error("requests from web pages (with an Origin header) may only read")]
     FromWebPage,
+    /// A console session's write without the session's `X-CSRF-Token`.
+    #[error("csrf: missing or wrong X-CSRF-Token")]
+    Csrf,
     #[error("no such endpoint")]
     NoEndpoint,
     #[error("method not allowed on this endpoint")]
@@ -96,7 +99,7 @@ impl AdminError {
             AdminError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
             AdminError::BodyTimeout { .. } => S::REQUEST_TIMEOUT,
             AdminError::NotJson => S::UNSUPPORTED_MEDIA_TYPE,
-            AdminError::FromWebPage => S::FORBIDDEN,
+            AdminError::FromWebPage | AdminError::Csrf => S::FORBIDDEN,
             AdminError::NoEndpoint | AdminError::NoStream(_) => S::NOT_FOUND,
             AdminError::StreamConflict(_) => S::CONFLICT,
             AdminError::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
@@ -226,6 +229,7 @@ mod tests {
             ),
             (AdminError::NotJson, S::UNSUPPORTED_MEDIA_TYPE),
             (AdminError::FromWebPage, S::FORBIDDEN),
+            (AdminError::Csrf, S::FORBIDDEN),
             (AdminError::NoEndpoint, S::NOT_FOUND),
             (AdminError::MethodNotAllowed, S::METHOD_NOT_ALLOWED),
             (

@@ -21,6 +21,7 @@ pub struct FileConfig {
     pub policy: PolicyFile,
     pub audit: AuditFile,
     pub metrics: MetricsFile,
+    pub console: ConsoleFile,
     pub routes: Vec<RouteFile>,
 }
 
@@ -318,6 +319,31 @@ pub struct MetricsFile {
 impl Default for MetricsFile {
     fn default() -> Self {
         MetricsFile { enabled: true }
+    }
+}
+
+/// `[console]`: the web token console on the admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleFile {
+    /// Whether the admin listener serves the console at `/console/`.
+    pub enabled: bool,
+    /// A session unused this long ends.
+    pub session_idle: String,
+    /// A session ends this long after sign-in, used or not.
+    pub session_max: String,
+    /// Sessions at once; more sign-ins end the oldest.
+    pub max_sessions: usize,
+}
+
+impl Default for ConsoleFile {
+    fn default() -> Self {
+        ConsoleFile {
+            enabled: true,
+            session_idle: "30m".into(),
+            session_max: "12h".into(),
+            max_sessions: 10_000,
+        }
     }
 }
 

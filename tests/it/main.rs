@@ -8,6 +8,7 @@ mod answers;
 mod audit;
 mod cli;
 mod cluster;
+mod console;
 mod differential;
 mod duplex;
 mod faults;

@@ -138,7 +138,16 @@ $("sign-out").addEventListener("click", async () => {
 
 function when(text) {
   if (!text) return "never";
-  return text.replace("T", " ").replace(/:\d\d(\.\d+)?Z$/, " UTC");
+  return text.replace("T", " ").replace(/:\d\d(\.\d+)?Z$/, "");
+}
+
+// Shows the day of a time, with the whole time as the cell's title.
+function day(td, text) {
+  if (text) {
+    td.title = `${when(text)} UTC`;
+    td.textContent = text.slice(0, 10);
+  }
+  return td;
 }
 
 function orgsText(orgs) {
@@ -176,10 +185,16 @@ function row(t) {
   cell(tr, t.scopes.join(", "), "scopes");
   const st = cell(tr, t.state, `state state-${t.state}`);
   st.dataset.state = t.state;
-  cell(tr, when(t.created_at));
-  cell(tr, when(t.expires_at));
-  cell(tr, t.last_used_at ? `${when(t.last_used_at)}${t.last_used_from ? ` from ${t.last_used_from}` : ""}` : "never");
-  const actions = cell(tr, "", "actions");
+  day(cell(tr, when(t.created_at), "date"), t.created_at);
+  day(cell(tr, when(t.expires_at), "date"), t.expires_at);
+  const used = day(cell(tr, when(t.last_used_at), "date"), t.last_used_at);
+  if (t.last_used_from) {
+    const from = document.createElement("span");
+    from.className = "from";
+    from.textContent = `from ${t.last_used_from}`;
+    used.append(from);
+  }
+  const actions = cell(tr, "", "row-actions");
   if (state.session.manage && t.state === "active") {
     actions.append(
       button("Edit", "edit", () => openTokenDialog(t), t.name),
