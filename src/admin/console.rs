@@ -245,7 +245,7 @@ pub fn same_origin(headers: &HeaderMap, tls: bool) -> bool {
 }
 
 /// The caller of an admin API request by its console session, for
-/// [`Caller`](super::caller::Caller): none when the request carries `Authorization` or no
+/// [`Caller`]: none when the request carries `Authorization` or no
 /// session cookie (the token is read as usual then). A session that ended is 401, a write
 /// without the session's CSRF token 403, and the session's token is authenticated by its
 /// hash as a pasted token would be.
