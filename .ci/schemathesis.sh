@@ -85,7 +85,7 @@ allow_full = true
 stream_dir = "$work/streams"
 
 [[routes]]
-path = "/{org}/**"
+path = "/{org}/{repo}/**"
 upstream = "git-http-backend:$work/repos"
 rules = "git"
 EOF

@@ -24,6 +24,9 @@ use patgate::auth::{authenticate, authenticate_on, authorize, LastCredential, Or
 use patgate::store::memory::TokenCache;
 use patgate::store::{Location, Store, TokenRecord};
 
+/// The client address of every request measured.
+const CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 fn record(i: usize, secret: &TokenSecret) -> TokenRecord {
     TokenRecord {
         id: format!("id{i}"),
@@ -31,8 +34,11 @@ fn record(i: usize, secret: &TokenSecret) -> TokenRecord {
         name: "bench".into(),
         owner: format!("owner{}", i % 1000),
         orgs: Orgs::List(vec!["acme".into()]),
+        repos: Default::default(),
+        allow_from: Default::default(),
         scopes: ScopeSet::parse(&["code:write"]).unwrap(),
         created_at: 0,
+        rotated_at: None,
         expires_at: i64::MAX,
         revoked_at: None,
         revoked_by: None,
@@ -58,7 +64,7 @@ fn routes() -> RouteTable<()> {
         target: (),
     };
     RouteTable::new(vec![
-        route("/{org}/**", Rules::Git),
+        route("/{org}/{repo}/**", Rules::Git),
         route("/{org}/_apis/distributedtask/**", Rules::List(vec![])),
         route("/_apis/audit/**", Rules::List(vec![])),
     ])
@@ -81,12 +87,14 @@ fn decision(c: &mut Criterion) {
         let need = Requirement {
             scope: Scope::CODE_READ,
             org: Some("acme"),
+            repo: Some("demo.git"),
+            route: "/{org}/{repo}/**",
         };
         let mut group = c.benchmark_group("auth_decision");
         for (form, headers) in [("basic", &basic), ("bearer", &bearer)] {
             group.bench_with_input(BenchmarkId::new(form, n), &n, |b, _| {
                 b.iter(|| {
-                    let id = authenticate(black_box(headers), &cache, 1).unwrap();
+                    let id = authenticate(black_box(headers), &cache, 1, Some(CLIENT)).unwrap();
                     black_box(authorize(id, black_box(need)).unwrap());
                 })
             });
@@ -98,13 +106,13 @@ fn decision(c: &mut Criterion) {
             format!("Bearer {}", TokenSecret::generate().expose()).parse().unwrap(),
         );
         group.bench_with_input(BenchmarkId::new("unknown", n), &n, |b, _| {
-            b.iter(|| black_box(authenticate(black_box(&stranger), &cache, 1).err()))
+            b.iter(|| black_box(authenticate(black_box(&stranger), &cache, 1, Some(CLIENT)).err()))
         });
         let last = LastCredential::default();
-        authenticate_on(&basic, &cache, 1, &last).unwrap();
+        authenticate_on(&basic, &cache, 1, CLIENT, &last).unwrap();
         group.bench_with_input(BenchmarkId::new("basic_again", n), &n, |b, _| {
             b.iter(|| {
-                let id = authenticate_on(black_box(&basic), &cache, 1, &last).unwrap();
+                let id = authenticate_on(black_box(&basic), &cache, 1, CLIENT, &last).unwrap();
                 black_box(authorize(id, black_box(need)).unwrap());
             })
         });
@@ -115,10 +123,10 @@ fn decision(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("git_basic", n), &n, |b, _| {
             b.iter(|| {
                 let path = normalize(black_box("/acme/demo.git/info/refs")).unwrap();
-                let id = authenticate(black_box(&basic), &cache, 1).unwrap();
+                let id = authenticate(black_box(&basic), &cache, 1, Some(CLIENT)).unwrap();
                 let m = table.find(&path).unwrap();
                 let scope = m.route.required_scope(&method, &path, Some("service=git-upload-pack")).unwrap();
-                black_box(authorize(id, Requirement { scope, org: m.org }).unwrap());
+                black_box(authorize(id, m.requirement(scope)).unwrap());
             })
         });
         group.finish();

@@ -30,7 +30,7 @@ url = "sqlite://$work/patgate.db"
 [log]
 level = "warn"
 [[routes]]
-path = "/{org}/**"
+path = "/{org}/{repo}/**"
 upstream = "git-http-backend:$work/repos"
 rules = "git"
 TOML

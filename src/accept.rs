@@ -570,19 +570,26 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Metered<IO> {
     }
 }
 
-/// Connections open per client address, an IPv6 /64 counting as one address.
-struct PerAddress {
+/// Answers a connection refused for its address's count with a one-line 503, and closes.
+pub async fn refuse_too_many(mut tcp: TcpStream) {
+    let _ = tcp.write_all(TOO_MANY).await;
+}
+
+/// Connections open per client address, an IPv6 /64 counting as one address: the
+/// proxy's listeners and the admin listener each keep one.
+pub struct PerAddress {
     open: DashMap<IpAddr, usize>,
     max: usize,
 }
 
 impl PerAddress {
-    fn new(max: usize) -> Self {
+    /// At most `max` connections from one address.
+    pub fn new(max: usize) -> Self {
         PerAddress { open: DashMap::new(), max }
     }
 
     /// Counts one more connection from `ip`, or None when its address is at the limit.
-    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<AddressGuard> {
+    pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<AddressGuard> {
         let key = client_key(ip);
         let mut n = self.open.entry(key).or_insert(0);
         if *n >= self.max {
@@ -599,7 +606,7 @@ impl PerAddress {
 }
 
 /// One connection counted against its address; uncounted when dropped.
-struct AddressGuard {
+pub struct AddressGuard {
     table: Arc<PerAddress>,
     key: IpAddr,
 }

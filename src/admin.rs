@@ -8,6 +8,7 @@
 //! | `GET /admin/v1/tokens/{id}` | `tokens:read` | the token |
 //! | `PATCH /admin/v1/tokens/{id}` | `tokens:manage` | the token |
 //! | `POST /admin/v1/tokens/{id}/regenerate` | `tokens:manage` | `{"token", "secret"}` |
+//! | `POST /admin/v1/tokens/{id}/rotate` | `tokens:manage` | `{"token", "secret"}`; the old secret's later use revokes it |
 //! | `POST /admin/v1/tokens/{id}/revoke` | `tokens:manage` | the token |
 //! | `POST /admin/v1/owners/{owner}/revoke` | `tokens:manage` | `{"revoked": N}` |
 //! | `POST /admin/v1/leaked` | none; limited per address | `{"revoked": N}` |
@@ -89,6 +90,9 @@ pub struct Config {
     pub max_secrets_per_report: usize,
     /// Admin connections at once, long polls included; more wait to be accepted.
     pub max_connections: usize,
+    /// Admin connections at once from one client address (IPv6: one /64); more get 503
+    /// and are closed, so that one client cannot take every slot.
+    pub max_connections_per_ip: usize,
     /// From `[server]`: how long a client may take to send its headers, and here also its
     /// body (408 after).
     pub header_read_timeout: Duration,
@@ -108,6 +112,7 @@ pub mod paths {
     pub const TOKENS: &str = "/admin/v1/tokens";
     pub const TOKEN: &str = "/admin/v1/tokens/{id}";
     pub const REGENERATE: &str = "/admin/v1/tokens/{id}/regenerate";
+    pub const ROTATE: &str = "/admin/v1/tokens/{id}/rotate";
     pub const REVOKE: &str = "/admin/v1/tokens/{id}/revoke";
     pub const OWNER_REVOKE: &str = "/admin/v1/owners/{owner}/revoke";
     pub const LEAKED: &str = "/admin/v1/leaked";
@@ -131,6 +136,7 @@ pub mod paths {
         ("GET", TOKEN),
         ("PATCH", TOKEN),
         ("POST", REGENERATE),
+        ("POST", ROTATE),
         ("POST", REVOKE),
         ("POST", OWNER_REVOKE),
         ("POST", LEAKED),
@@ -322,6 +328,7 @@ pub fn router(state: AdminState) -> Router {
         .route(TOKENS, post(tokens::create).get(tokens::list))
         .route(TOKEN, get(tokens::get).patch(tokens::update))
         .route(REGENERATE, post(tokens::regenerate))
+        .route(ROTATE, post(tokens::rotate))
         .route(REVOKE, post(tokens::revoke))
         .route(OWNER_REVOKE, post(tokens::revoke_owner))
         .route(LEAKED, post(leaked::leaked))
@@ -513,6 +520,7 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
     let app = router(state.clone());
     let max = config.max_connections.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize) as u32;
     let slots = Arc::new(Semaphore::new(max as usize));
+    let per_ip = Arc::new(crate::accept::PerAddress::new(config.max_connections_per_ip));
     let mut stop = state.stop();
     loop {
         let slot = tokio::select! {
@@ -531,6 +539,17 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
             },
         };
         let _ = tcp.set_nodelay(true);
+        let Some(counted) = per_ip.enter(peer.ip()) else {
+            tracing::debug!(target: "patgate::admin", ip = %peer.ip(), "Too many admin connections from one address");
+            let too_many = state.0.tls.is_none();
+            tokio::spawn(async move {
+                if too_many {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), crate::accept::refuse_too_many(tcp)).await;
+                }
+                drop(slot);
+            });
+            continue;
+        };
         let app = TowerToHyperService::new(app.clone());
         let conn_stop = state.stop();
         let config = config.clone();
@@ -549,7 +568,7 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
                     }
                 }
             }
-            drop(slot);
+            drop((slot, counted));
         });
     }
     drop(listener);

@@ -90,6 +90,11 @@ pub enum Action {
     Update,
     /// A token got a new secret under the same id.
     Regenerate,
+    /// A token got a new secret and a new expiry under the same id; the old secret is
+    /// remembered.
+    Rotate,
+    /// A secret that a rotation replaced was presented: the token was revoked.
+    RotatedSecretReused,
     /// A token was revoked.
     Revoke,
     /// Every live token of an owner was revoked (one entry a token, this action).
@@ -108,10 +113,12 @@ pub enum Action {
 
 impl Action {
     /// Every action, for the tests and for listing them.
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 12] = [
         Action::Create,
         Action::Update,
         Action::Regenerate,
+        Action::Rotate,
+        Action::RotatedSecretReused,
         Action::Revoke,
         Action::RevokeAll,
         Action::LeakReport,
@@ -127,6 +134,8 @@ impl Action {
             Action::Create => "create",
             Action::Update => "update",
             Action::Regenerate => "regenerate",
+            Action::Rotate => "rotate",
+            Action::RotatedSecretReused => "rotated_secret_reused",
             Action::Revoke => "revoke",
             Action::RevokeAll => "revoke_all",
             Action::LeakReport => "leak_report",

@@ -7,11 +7,13 @@
 
 pub mod credentials;
 pub mod lifespan;
+pub mod restrictions;
 pub mod rules;
 pub mod scope;
 pub mod token;
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, StatusCode};
@@ -153,12 +155,27 @@ pub enum AuthError {
     /// The old secret of a token regenerated lately: 401.
     #[error("superseded secret of a regenerated token")]
     Superseded { token: KnownToken },
+    /// A secret that a rotation replaced, presented again: 401, and the token (the family
+    /// of every secret it had) is revoked, since someone holds a secret they should not.
+    #[error("reused secret of a rotated token")]
+    RotatedReused { token: KnownToken },
+    /// A live token used from an address outside its `allow_from` ranges: 401, as an
+    /// unknown token, so that the answer tells nothing of the token.
+    #[error("token used from outside its address ranges")]
+    OutsideRanges { token: KnownToken },
     /// The token lacks the scope: 403.
     #[error("token lacks scope {scope}")]
     ScopeMissing { scope: Scope },
     /// The token does not cover the organization: 403.
     #[error("token does not cover organization {org}")]
     OrgMissing { org: String },
+    /// The token is limited to repositories and does not cover this one: 403.
+    #[error("token does not cover repository {org}/{repo}")]
+    RepoMissing { org: String, repo: String },
+    /// The token is limited to repositories and the route names none, for a scope of
+    /// code: 403 (a route that captures no `{repo}` cannot be told apart).
+    #[error("token is limited to repositories and route {route} names none")]
+    RepoUnnamed { route: String },
 }
 
 /// A token that a refused credential named (expired, revoked, superseded), for the logs
@@ -183,21 +200,32 @@ impl AuthError {
             | AuthError::Unknown
             | AuthError::Expired { .. }
             | AuthError::Revoked { .. }
-            | AuthError::Superseded { .. } => StatusCode::UNAUTHORIZED,
-            AuthError::ScopeMissing { .. } | AuthError::OrgMissing { .. } => StatusCode::FORBIDDEN,
+            | AuthError::Superseded { .. }
+            | AuthError::RotatedReused { .. }
+            | AuthError::OutsideRanges { .. } => StatusCode::UNAUTHORIZED,
+            AuthError::ScopeMissing { .. }
+            | AuthError::OrgMissing { .. }
+            | AuthError::RepoMissing { .. }
+            | AuthError::RepoUnnamed { .. } => StatusCode::FORBIDDEN,
         }
     }
 
     /// The token the refused credential named, when it is known.
     pub fn known_token(&self) -> Option<&KnownToken> {
         match self {
-            AuthError::Expired { token } | AuthError::Revoked { token } | AuthError::Superseded { token } => Some(token),
+            AuthError::Expired { token }
+            | AuthError::Revoked { token }
+            | AuthError::Superseded { token }
+            | AuthError::RotatedReused { token }
+            | AuthError::OutsideRanges { token } => Some(token),
             AuthError::Credential(_)
             | AuthError::Missing
             | AuthError::Malformed
             | AuthError::Unknown
             | AuthError::ScopeMissing { .. }
-            | AuthError::OrgMissing { .. } => None,
+            | AuthError::OrgMissing { .. }
+            | AuthError::RepoMissing { .. }
+            | AuthError::RepoUnnamed { .. } => None,
         }
     }
 }
@@ -248,6 +276,12 @@ impl Permit {
         &self.token.owner
     }
 
+    /// The token as held in memory: what it grants, for a caller that would grant
+    /// another token no more than its own (the admin API's least privilege).
+    pub fn token(&self) -> &CachedToken {
+        &self.token
+    }
+
     /// Whether both permits are for the same token, as the store last had it.
     pub fn same_token(&self, other: &Permit) -> bool {
         Arc::ptr_eq(&self.token, &other.token)
@@ -269,26 +303,40 @@ impl fmt::Debug for Permit {
     }
 }
 
-/// Finds the live token named by the request's credential. `now` is Unix seconds.
-pub fn authenticate(headers: &HeaderMap, tokens: &TokenCache, now: i64) -> Result<Identity, AuthError> {
+/// Finds the live token named by the request's credential, for a request from `client`
+/// (`None` where no address is known: then a token limited to address ranges is refused).
+/// `now` is Unix seconds.
+pub fn authenticate(headers: &HeaderMap, tokens: &TokenCache, now: i64, client: Option<IpAddr>) -> Result<Identity, AuthError> {
     let secret = secret(credentials::from_headers(headers)?)?;
-    live_token(tokens, &secret.hash(), now, || secret.checksum_ok())
+    live_token(tokens, &secret.hash(), now, client, || secret.checksum_ok())
+}
+
+/// As [`authenticate`], for a credential already reduced to its digest (a console
+/// session keeps the digest of the token it was opened with, never the secret).
+pub fn authenticate_digest(hash: &TokenHash, tokens: &TokenCache, now: i64, client: Option<IpAddr>) -> Result<Identity, AuthError> {
+    live_token(tokens, hash, now, client, || true)
 }
 
 /// As [`authenticate`], for a request on a connection whose last credential is in `last`:
 /// the same `Authorization` value again is not parsed and hashed again. The token is
 /// looked up all the same, so a revocation or an expiry acts on the next request.
-pub fn authenticate_on(headers: &HeaderMap, tokens: &TokenCache, now: i64, last: &LastCredential) -> Result<Identity, AuthError> {
+pub fn authenticate_on(
+    headers: &HeaderMap,
+    tokens: &TokenCache,
+    now: i64,
+    client: IpAddr,
+    last: &LastCredential,
+) -> Result<Identity, AuthError> {
     let Some(value) = credentials::authorization(headers)? else {
         return Err(AuthError::Missing);
     };
     if let Some(hash) = last.recall(value.as_bytes()) {
         // It named a token once, so its checksum is right: a miss now is a revocation.
-        return live_token(tokens, &hash, now, || true);
+        return live_token(tokens, &hash, now, Some(client), || true);
     }
     let secret = secret(credentials::parse(value.as_bytes())?)?;
     let hash = secret.hash();
-    let identity = live_token(tokens, &hash, now, || secret.checksum_ok())?;
+    let identity = live_token(tokens, &hash, now, Some(client), || secret.checksum_ok())?;
     last.keep(value.as_bytes(), hash);
     Ok(identity)
 }
@@ -302,10 +350,25 @@ fn secret(credential: Credential) -> Result<token::TokenSecret, AuthError> {
     }
 }
 
-/// The live token with digest `hash`. On a miss, a token retired lately is named, and
+/// The live token with digest `hash`, used from `client`. On a miss, a rotated-away
+/// secret is reported for its token to be revoked, a token retired lately is named, and
 /// `checksum_ok` tells a mistyped token from one never issued (all get the same 401).
-fn live_token(tokens: &TokenCache, hash: &TokenHash, now: i64, checksum_ok: impl FnOnce() -> bool) -> Result<Identity, AuthError> {
+fn live_token(
+    tokens: &TokenCache,
+    hash: &TokenHash,
+    now: i64,
+    client: Option<IpAddr>,
+    checksum_ok: impl FnOnce() -> bool,
+) -> Result<Identity, AuthError> {
     let Some(token) = tokens.get(hash) else {
+        if let Some(token) = tokens.rotated_away(hash) {
+            return Err(AuthError::RotatedReused {
+                token: KnownToken {
+                    id: token.id,
+                    owner: token.owner,
+                },
+            });
+        }
         if let Some(r) = tokens.retired(hash, now) {
             let token = KnownToken { id: r.id, owner: r.owner };
             return Err(match r.why {
@@ -324,6 +387,16 @@ fn live_token(tokens: &TokenCache, hash: &TokenHash, now: i64, checksum_ok: impl
                 owner: token.owner.clone(),
             },
         });
+    }
+    if let Some(limits) = &token.limits {
+        if !limits.allow_from.is_anywhere() && !client.is_some_and(|ip| limits.allow_from.admits(ip)) {
+            return Err(AuthError::OutsideRanges {
+                token: KnownToken {
+                    id: token.id.clone(),
+                    owner: token.owner.clone(),
+                },
+            });
+        }
     }
     let first = token.touch(now);
     Ok(Identity(token, FirstUse(first)))
@@ -366,7 +439,8 @@ fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && std::hint::black_box(a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y))) == 0
 }
 
-/// Checks that the token allows what the route's rule requires.
+/// Checks that the token allows what the route's rule requires: the organization, the
+/// scope, and, for a token limited to repositories, the repository.
 pub fn authorize(identity: Identity, need: Requirement<'_>) -> Result<Permit, AuthError> {
     let token = identity.0;
     if let Some(org) = need.org {
@@ -377,6 +451,25 @@ pub fn authorize(identity: Identity, need: Requirement<'_>) -> Result<Permit, Au
     if !token.scopes.allows(need.scope) {
         return Err(AuthError::ScopeMissing { scope: need.scope });
     }
+    if let Some(limits) = token.limits.as_deref().filter(|l| !l.repos.is_all()) {
+        match need.repo {
+            Some(repo) => {
+                let org = need.org.unwrap_or_default();
+                if !limits.repos.admits(org, repo) {
+                    return Err(AuthError::RepoMissing {
+                        org: org.to_owned(),
+                        repo: repo.to_owned(),
+                    });
+                }
+            }
+            None if need.scope.area() == scope::Area::Code => {
+                return Err(AuthError::RepoUnnamed {
+                    route: need.route.to_owned(),
+                });
+            }
+            None => {}
+        }
+    }
     Ok(Permit { token })
 }
 
@@ -386,8 +479,11 @@ mod tests {
     use crate::store::TokenRecord;
     use base64::Engine;
     use http::header::AUTHORIZATION;
+    use restrictions::{AllowFrom, Repos};
     use scope::ScopeSet;
     use token::TokenSecret;
+
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     fn record(secret: &TokenSecret, scopes: &[&str], orgs: Orgs, expires_at: i64) -> TokenRecord {
         TokenRecord {
@@ -396,8 +492,11 @@ mod tests {
             name: "ci".into(),
             owner: "alice".into(),
             orgs,
+            repos: Repos::All,
+            allow_from: AllowFrom::Anywhere,
             scopes: ScopeSet::parse(scopes).unwrap(),
             created_at: 0,
+            rotated_at: None,
             expires_at,
             revoked_at: None,
             revoked_by: None,
@@ -416,6 +515,8 @@ mod tests {
         Requirement {
             scope: Scope::from_name(scope).unwrap(),
             org,
+            repo: None,
+            route: "/{org}/**",
         }
     }
 
@@ -424,7 +525,7 @@ mod tests {
         let s = TokenSecret::generate();
         let cache = TokenCache::default();
         cache.apply(&record(&s, &["code:write"], Orgs::parse("acme").unwrap(), 100), 0);
-        let id = authenticate(&bearer(&s), &cache, 50).unwrap();
+        let id = authenticate(&bearer(&s), &cache, 50, None).unwrap();
         let p = authorize(id.clone(), need("code:read", Some("acme"))).unwrap();
         assert_eq!((p.token_id(), p.owner()), ("t1", "alice"));
         assert_eq!(
@@ -449,31 +550,31 @@ mod tests {
         let s = TokenSecret::generate();
         let cache = TokenCache::default();
         cache.apply(&record(&s, &["full"], Orgs::All, 100), 0);
-        assert!(authenticate(&bearer(&s), &cache, 99).is_ok());
+        assert!(authenticate(&bearer(&s), &cache, 99, None).is_ok());
         let known = KnownToken {
             id: "t1".into(),
             owner: "alice".into(),
         };
         assert_eq!(
-            authenticate(&bearer(&s), &cache, 100).err(),
+            authenticate(&bearer(&s), &cache, 100, None).err(),
             Some(AuthError::Expired { token: known.clone() })
         );
         // Pruned, it is still named.
         assert_eq!(cache.prune_expired(100), 1);
         assert_eq!(
-            authenticate(&bearer(&s), &cache, 101).err(),
+            authenticate(&bearer(&s), &cache, 101, None).err(),
             Some(AuthError::Expired { token: known })
         );
         let other = TokenSecret::generate();
-        assert_eq!(authenticate(&bearer(&other), &cache, 0).err(), Some(AuthError::Unknown));
-        assert_eq!(authenticate(&HeaderMap::new(), &cache, 0).err(), Some(AuthError::Missing));
+        assert_eq!(authenticate(&bearer(&other), &cache, 0, None).err(), Some(AuthError::Unknown));
+        assert_eq!(authenticate(&HeaderMap::new(), &cache, 0, None).err(), Some(AuthError::Missing));
         // The right shape with a wrong checksum is told apart only after the lookup missed.
         let mut typo = other.expose().to_owned();
         let last = typo.pop().unwrap();
         typo.push(if last == 'a' { 'b' } else { 'a' });
         let mut h = HeaderMap::new();
         h.insert(AUTHORIZATION, format!("Bearer {typo}").parse().unwrap());
-        assert_eq!(authenticate(&h, &cache, 0).err(), Some(AuthError::Malformed));
+        assert_eq!(authenticate(&h, &cache, 0, None).err(), Some(AuthError::Malformed));
     }
 
     #[test]
@@ -484,30 +585,33 @@ mod tests {
         cache.apply(&rec, 0);
         let last = LastCredential::default();
         let h = bearer(&s);
-        assert!(authenticate_on(&h, &cache, 10, &last).is_ok());
+        assert!(authenticate_on(&h, &cache, 10, LOCAL, &last).is_ok());
         assert!(last.recall(h[AUTHORIZATION].as_bytes()).is_some());
         // Again from the remembered digest; then expiry and revocation act as ever.
-        assert!(authenticate_on(&h, &cache, 11, &last).is_ok());
+        assert!(authenticate_on(&h, &cache, 11, LOCAL, &last).is_ok());
         let known = KnownToken {
             id: "t1".into(),
             owner: "alice".into(),
         };
         assert_eq!(
-            authenticate_on(&h, &cache, 100, &last).err(),
+            authenticate_on(&h, &cache, 100, LOCAL, &last).err(),
             Some(AuthError::Expired { token: known.clone() })
         );
         rec.revoked_at = Some(20);
         cache.apply(&rec, 0);
         assert_eq!(
-            authenticate_on(&h, &cache, 21, &last).err(),
+            authenticate_on(&h, &cache, 21, LOCAL, &last).err(),
             Some(AuthError::Revoked { token: known.clone() })
         );
         // Past the time revoked tokens are remembered, it is a token like any unknown one.
         let later = crate::store::memory::RETIRED_FOR;
-        assert_eq!(authenticate_on(&h, &cache, later, &last).err(), Some(AuthError::Unknown));
+        assert_eq!(authenticate_on(&h, &cache, later, LOCAL, &last).err(), Some(AuthError::Unknown));
         // Another value is parsed and judged on its own, and replaces nothing when refused.
         let other = TokenSecret::generate();
-        assert_eq!(authenticate_on(&bearer(&other), &cache, 21, &last).err(), Some(AuthError::Unknown));
+        assert_eq!(
+            authenticate_on(&bearer(&other), &cache, 21, LOCAL, &last).err(),
+            Some(AuthError::Unknown)
+        );
         assert!(last.recall(h[AUTHORIZATION].as_bytes()).is_some());
         assert!(last.recall(bearer(&other)[AUTHORIZATION].as_bytes()).is_none());
         // A value that differs in one byte, or only in length, is not the one remembered.
@@ -519,9 +623,12 @@ mod tests {
         // Two values are refused as before, whatever is remembered.
         let mut two = h.clone();
         two.append(AUTHORIZATION, h[AUTHORIZATION].clone());
-        assert!(matches!(authenticate_on(&two, &cache, 21, &last), Err(AuthError::Credential(_))));
+        assert!(matches!(
+            authenticate_on(&two, &cache, 21, LOCAL, &last),
+            Err(AuthError::Credential(_))
+        ));
         assert_eq!(
-            authenticate_on(&HeaderMap::new(), &cache, 21, &last).err(),
+            authenticate_on(&HeaderMap::new(), &cache, 21, LOCAL, &last).err(),
             Some(AuthError::Missing)
         );
     }
@@ -536,8 +643,113 @@ mod tests {
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", s.expose()));
         let mut h = HeaderMap::new();
         h.insert(AUTHORIZATION, format!("Basic {basic}").parse().unwrap());
-        assert!(authenticate_on(&h, &cache, 10, &last).is_ok());
+        assert!(authenticate_on(&h, &cache, 10, LOCAL, &last).is_ok());
         assert!(last.recall(h[AUTHORIZATION].as_bytes()).is_none());
+    }
+
+    #[test]
+    fn address_ranges_refuse_with_the_401_of_an_unknown_token() {
+        let s = TokenSecret::generate();
+        let cache = TokenCache::default();
+        let mut rec = record(&s, &["code:read"], Orgs::All, 100);
+        rec.allow_from = AllowFrom::parse("10.0.0.0/8,2001:db8::/32").unwrap();
+        cache.apply(&rec, 0);
+        let inside: IpAddr = "10.9.8.7".parse().unwrap();
+        assert!(authenticate(&bearer(&s), &cache, 1, Some(inside)).is_ok());
+        assert!(authenticate(&bearer(&s), &cache, 1, Some("::ffff:10.9.8.7".parse().unwrap())).is_ok());
+        assert!(authenticate(&bearer(&s), &cache, 1, Some("2001:db8::7".parse().unwrap())).is_ok());
+        let known = KnownToken {
+            id: "t1".into(),
+            owner: "alice".into(),
+        };
+        for outside in ["11.0.0.1", "127.0.0.1", "2001:db9::1"] {
+            let e = authenticate(&bearer(&s), &cache, 1, Some(outside.parse().unwrap())).err().unwrap();
+            assert_eq!(e, AuthError::OutsideRanges { token: known.clone() }, "{outside}");
+            assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
+        }
+        // No address known: refused, never waved through.
+        assert!(authenticate(&bearer(&s), &cache, 1, None).is_err());
+        // Remembered on a connection, it is judged again on every request.
+        let last = LastCredential::default();
+        assert!(authenticate_on(&bearer(&s), &cache, 1, inside, &last).is_ok());
+        assert!(authenticate_on(&bearer(&s), &cache, 1, "11.0.0.1".parse().unwrap(), &last).is_err());
+    }
+
+    #[test]
+    fn repositories_bind_routes_that_name_them_and_code_on_those_that_do_not() {
+        let s = TokenSecret::generate();
+        let cache = TokenCache::default();
+        let mut rec = record(&s, &["code:write", "agentpools:read"], Orgs::parse("acme").unwrap(), 100);
+        rec.repos = Repos::parse("acme/infra-*,acme/app").unwrap();
+        cache.apply(&rec, 0);
+        let id = authenticate(&bearer(&s), &cache, 1, None).unwrap();
+        let on = |scope: &str, repo: Option<&'static str>| Requirement {
+            scope: Scope::from_name(scope).unwrap(),
+            org: Some("acme"),
+            repo,
+            route: "/{org}/{repo}/**",
+        };
+        assert!(authorize(id.clone(), on("code:read", Some("infra-net.git"))).is_ok());
+        assert!(authorize(id.clone(), on("code:write", Some("app.git"))).is_ok());
+        assert!(authorize(id.clone(), on("code:write", Some("app"))).is_ok());
+        for other in ["App.git", "apps.git", "infra", "x"] {
+            assert_eq!(
+                authorize(id.clone(), on("code:read", Some(other))).unwrap_err(),
+                AuthError::RepoMissing {
+                    org: "acme".into(),
+                    repo: other.into()
+                }
+            );
+        }
+        // A route that names no repository: code is refused, other areas are not.
+        let e = authorize(
+            id.clone(),
+            Requirement {
+                route: "/{org}/**",
+                ..on("code:read", None)
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "token is limited to repositories and route /{org}/** names none");
+        assert_eq!(e.status(), StatusCode::FORBIDDEN);
+        assert!(authorize(id.clone(), on("agentpools:read", None)).is_ok());
+        // The scope and the organization are checked first, as for any token.
+        assert!(matches!(
+            authorize(id, on("code:manage", Some("app"))),
+            Err(AuthError::ScopeMissing { .. })
+        ));
+    }
+
+    #[test]
+    fn a_rotated_away_secret_takes_its_token_out_and_is_reported() {
+        let old = TokenSecret::generate();
+        let new = TokenSecret::generate();
+        let cache = TokenCache::default();
+        let mut rec = record(&old, &["code:read"], Orgs::All, i64::MAX);
+        cache.apply(&rec, 0);
+        // The rotation: the feed brings the old digest, then the record with the new one.
+        cache.remember_rotated(old.hash(), "t1");
+        rec.hash = new.hash();
+        cache.apply(&rec, 0);
+        assert!(authenticate(&bearer(&new), &cache, 1, None).is_ok());
+        let known = KnownToken {
+            id: "t1".into(),
+            owner: "alice".into(),
+        };
+        assert_eq!(
+            authenticate(&bearer(&old), &cache, 1, None).err(),
+            Some(AuthError::RotatedReused { token: known.clone() })
+        );
+        // The token is out at once, under its new secret too, and queued for revocation.
+        assert_eq!(
+            authenticate(&bearer(&new), &cache, 1, None).err(),
+            Some(AuthError::Revoked { token: known })
+        );
+        let reused = futures_util::FutureExt::now_or_never(cache.take_reused()).unwrap();
+        assert_eq!(reused.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["t1"]);
+        // Again: the token is gone, so nothing more is queued.
+        assert!(authenticate(&bearer(&old), &cache, 1, None).is_err());
+        assert!(futures_util::FutureExt::now_or_never(cache.take_reused()).is_none());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditEntry;
+use crate::auth::restrictions::{AllowFrom, Repos};
 use crate::auth::Orgs;
 use crate::store::{TokenRecord, TokenState};
 
@@ -27,8 +28,15 @@ pub struct TokenView {
     pub name: String,
     pub owner: String,
     pub orgs: Orgs,
+    /// Absent from a server that predates repositories: all.
+    #[serde(default)]
+    pub repos: Repos,
+    #[serde(default)]
+    pub allow_from: AllowFrom,
     pub scopes: Vec<String>,
     pub created_at: String,
+    #[serde(default)]
+    pub rotated_at: Option<String>,
     pub expires_at: String,
     pub revoked_at: Option<String>,
     pub revoked_by: Option<String>,
@@ -65,6 +73,17 @@ pub struct CreateRequest {
     pub scopes: Vec<String>,
     pub orgs: Orgs,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub repos: Option<Repos>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_from: Option<AllowFrom>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<String>,
+}
+
+/// The body of a rotate; without an expiry, the server's default lifespan from now.
+#[derive(Debug, Default, Serialize)]
+pub struct RotateRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<String>,
 }
 
@@ -77,6 +96,10 @@ pub struct UpdateRequest {
     pub scopes: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub orgs: Option<Orgs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repos: Option<Repos>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_from: Option<AllowFrom>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<String>,
 }
@@ -264,6 +287,12 @@ impl AdminClient {
     /// Gives one token a new secret.
     pub async fn regenerate(&self, id: &str) -> Result<WithSecret, ClientError> {
         self.call(Method::POST, &format!("/tokens/{}/regenerate", encode(id)), None).await
+    }
+
+    /// Gives one token a new secret and a new expiry.
+    pub async fn rotate(&self, id: &str, req: &RotateRequest) -> Result<WithSecret, ClientError> {
+        self.call(Method::POST, &format!("/tokens/{}/rotate", encode(id)), Some(json(req)))
+            .await
     }
 
     /// Revokes one token.

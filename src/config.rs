@@ -533,6 +533,7 @@ fn admin_config(cx: &Ctx<'_>, f: &FileConfig, proxy: &proxy::Config) -> Result<a
         leak_reports_per_minute,
         max_secrets_per_report: cx.positive("admin.max_secrets_per_report", a.max_secrets_per_report)?,
         max_connections: cx.positive("admin.max_connections", a.max_connections)?,
+        max_connections_per_ip: cx.positive("admin.max_connections_per_ip", a.max_connections_per_ip)?,
         header_read_timeout: proxy.header_read_timeout,
         max_header_bytes: proxy.max_header_bytes,
         shutdown_grace: proxy.shutdown_grace,

@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use patgate::audit::{Action, Actor, AuditEntry, Outcome};
+use patgate::auth::restrictions::{AllowFrom, Repos};
 use patgate::auth::scope::ScopeSet;
 use patgate::auth::Orgs;
-use patgate::client::{AdminClient, AuditFilter, CreateRequest, TokenView, UpdateRequest};
+use patgate::client::{AdminClient, AuditFilter, CreateRequest, RotateRequest, TokenView, UpdateRequest};
 use patgate::config::{self, Config};
 use patgate::store::{self, NewToken, Store, TokenUpdate};
 use patgate::{app, build_info, telemetry};
@@ -138,6 +139,19 @@ enum TokenCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Give a token a new secret and a new expiry in one step. The old secret stops
+    /// working at once, and if it is ever presented again the token is revoked (someone
+    /// holds a secret they should not). A token with tokens:manage may rotate itself.
+    Rotate {
+        id: String,
+        /// The new lifespan from now: a whole number and s, h, d or w (e.g. 30d). Needed on
+        /// the store; through the admin API it defaults to the server's policy.
+        #[arg(long, value_parser = parse_lifespan)]
+        expires_in: Option<Duration>,
+        /// Print one JSON object with the token and its new secret.
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke one token by id, or every token of an owner.
     Revoke(RevokeArgs),
 }
@@ -157,6 +171,16 @@ struct CreateArgs {
     /// Comma-separated organizations, or '*' for all.
     #[arg(long)]
     orgs: String,
+    /// Comma-separated repositories the token is limited to, as ORG/NAME patterns within
+    /// its organizations (`acme/infra-*,acme/app`); all when left out (through the admin
+    /// API, a caller without tokens:admin passes on its own).
+    #[arg(long)]
+    repos: Option<String>,
+    /// Comma-separated client address ranges the token may be used from
+    /// (`10.0.0.0/8,2001:db8::/32`); anywhere when left out (through the admin API, a
+    /// caller without tokens:admin passes on its own).
+    #[arg(long)]
+    allow_from: Option<String>,
     /// Lifespan: a whole number and s, h, d or w (90s, 12h, 30d, 2w). Needed on the store;
     /// through the admin API it defaults to the server's policy.
     #[arg(long, value_parser = parse_lifespan)]
@@ -190,6 +214,12 @@ struct UpdateArgs {
     /// The new organizations: a subset of the current ones.
     #[arg(long)]
     orgs: Option<String>,
+    /// The new repository patterns: each within a current one.
+    #[arg(long)]
+    repos: Option<String>,
+    /// The new client address ranges: each within a current one.
+    #[arg(long)]
+    allow_from: Option<String>,
     /// A new lifespan counted from now: a whole number and s, h, d or w (e.g. 30d).
     #[arg(long, value_parser = parse_lifespan)]
     expires_in: Option<Duration>,
@@ -453,12 +483,16 @@ impl Backend {
     async fn create(&self, a: CreateArgs) -> anyhow::Result<(TokenView, String)> {
         let scopes = ScopeSet::parse(&a.scopes).context("--scopes")?;
         let orgs = Orgs::parse(&a.orgs).context("--orgs")?;
+        let repos = a.repos.as_deref().map(Repos::parse).transpose().context("--repos")?;
+        let allow_from = a.allow_from.as_deref().map(AllowFrom::parse).transpose().context("--allow-from")?;
         match self {
             Backend::Store(store) => {
                 let new = NewToken {
                     name: a.name,
                     owner: a.owner.context("--owner is needed when working on the store")?,
                     orgs,
+                    repos: repos.unwrap_or_default(),
+                    allow_from: allow_from.unwrap_or_default(),
                     scopes,
                     lifespan: a.expires_in.context("--expires-in is needed when working on the store")?,
                 };
@@ -471,6 +505,8 @@ impl Backend {
                     owner: a.owner,
                     scopes: a.scopes,
                     orgs,
+                    repos,
+                    allow_from,
                     expires_in: a.expires_in.map(|d| humantime::format_duration(d).to_string()),
                 };
                 let w = api.create(&req).await?;
@@ -504,12 +540,16 @@ impl Backend {
     async fn update(&self, a: UpdateArgs) -> anyhow::Result<TokenView> {
         let scopes = a.scopes.as_deref().map(ScopeSet::parse).transpose().context("--scopes")?;
         let orgs = a.orgs.as_deref().map(Orgs::parse).transpose().context("--orgs")?;
+        let repos = a.repos.as_deref().map(Repos::parse).transpose().context("--repos")?;
+        let allow_from = a.allow_from.as_deref().map(AllowFrom::parse).transpose().context("--allow-from")?;
         match self {
             Backend::Store(store) => {
                 let update = TokenUpdate {
                     name: a.name,
                     scopes,
                     orgs,
+                    repos,
+                    allow_from,
                     expires_at: a
                         .expires_in
                         .map(|d| store::now().saturating_add(d.as_secs().min(i64::MAX as u64) as i64)),
@@ -522,6 +562,8 @@ impl Backend {
                     name: a.name,
                     scopes: a.scopes,
                     orgs,
+                    repos,
+                    allow_from,
                     expires_in: a.expires_in.map(|d| humantime::format_duration(d).to_string()),
                 };
                 Ok(api.update(&a.id, &req).await?)
@@ -537,6 +579,24 @@ impl Backend {
             }
             Backend::Admin(api) => {
                 let w = api.regenerate(id).await?;
+                Ok((w.token, w.secret))
+            }
+        }
+    }
+
+    async fn rotate(&self, id: &str, expires_in: Option<Duration>) -> anyhow::Result<(TokenView, String)> {
+        match self {
+            Backend::Store(store) => {
+                let d = expires_in.context("--expires-in is needed when working on the store")?;
+                let at = store::now().saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                let c = store.rotate(id, at, &Actor::named(actor())).await?;
+                Ok((TokenView::of(&c.record, store::now()), c.secret.expose().to_owned()))
+            }
+            Backend::Admin(api) => {
+                let req = RotateRequest {
+                    expires_in: expires_in.map(|d| humantime::format_duration(d).to_string()),
+                };
+                let w = api.rotate(id, &req).await?;
                 Ok((w.token, w.secret))
             }
         }
@@ -618,6 +678,20 @@ async fn token(command: TokenCommand, backend: &Backend) -> anyhow::Result<()> {
                 print_secret(&t, &secret);
             }
         }
+        TokenCommand::Rotate { id, expires_in, json } => {
+            let (t, secret) = backend.rotate(&id, expires_in).await?;
+            if json {
+                let mut v = serde_json::to_value(&t)?;
+                v["token"] = secret.into();
+                println!("{v}");
+            } else {
+                println!(
+                    "Rotated token {} ({}) for {}; the old secret no longer works, and its use would revoke the token",
+                    t.id, t.name, t.owner
+                );
+                print_secret(&t, &secret);
+            }
+        }
         TokenCommand::Revoke(a) => {
             if let Some(id) = a.target.id {
                 if backend.revoke(&id).await? {
@@ -637,6 +711,12 @@ async fn token(command: TokenCommand, backend: &Backend) -> anyhow::Result<()> {
 fn print_secret(t: &TokenView, secret: &str) {
     println!("  scopes:  {}", t.scopes.join(","));
     println!("  orgs:    {}", t.orgs);
+    if !t.repos.is_all() {
+        println!("  repos:   {}", t.repos);
+    }
+    if !t.allow_from.is_anywhere() {
+        println!("  from:    {}", t.allow_from);
+    }
     println!("  expires: {}", t.expires_at);
     println!();
     println!("  {secret}");

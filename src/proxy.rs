@@ -35,7 +35,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 
 use crate::audit::{self, Action, AuditEntry, Auditor, Outcome};
-use crate::auth::rules::{self, PathError, QueryError, Requirement, RouteTable, RuleError};
+use crate::auth::rules::{self, PathError, QueryError, RouteTable, RuleError};
 use crate::auth::{self, AuthError};
 use crate::store::memory::TokenCache;
 use crate::telemetry::metrics::{metrics, AuthOutcome, RouteLabel, UpstreamFault};
@@ -532,7 +532,7 @@ impl Proxy {
             lockout.check(client, Instant::now())?;
         }
         let now = crate::store::now();
-        let identity = auth::authenticate_on(&head.headers, &self.tokens, now, &conn.credential).inspect_err(|e| {
+        let identity = auth::authenticate_on(&head.headers, &self.tokens, now, client, &conn.credential).inspect_err(|e| {
             if let Some(lockout) = live.lockout.as_ref().filter(|_| counts_as_failure(e)) {
                 lockout.failed(client, Instant::now());
             }
@@ -554,7 +554,7 @@ impl Proxy {
                 RuleError::Query(q) => ProxyError::Query(q),
             })?;
         // Scope and organization.
-        let permit = auth::authorize(identity, Requirement { scope, org: found.org })?;
+        let permit = auth::authorize(identity, found.requirement(scope))?;
         let target = &found.route.target;
         Ok(Admitted {
             path,
@@ -641,9 +641,12 @@ fn auth_outcome(error: Option<&ProxyError>, authenticated: bool) -> Option<AuthO
             AuthError::Unknown => AuthOutcome::Unknown,
             AuthError::Revoked { .. } => AuthOutcome::Revoked,
             AuthError::Superseded { .. } => AuthOutcome::Superseded,
+            AuthError::RotatedReused { .. } => AuthOutcome::RotatedReused,
+            AuthError::OutsideRanges { .. } => AuthOutcome::OutsideRanges,
             AuthError::Expired { .. } => AuthOutcome::Expired,
             AuthError::ScopeMissing { .. } => AuthOutcome::LacksScope,
             AuthError::OrgMissing { .. } => AuthOutcome::LacksOrg,
+            AuthError::RepoMissing { .. } | AuthError::RepoUnnamed { .. } => AuthOutcome::LacksRepo,
         },
         Some(ProxyError::NoRule { .. }) => AuthOutcome::NoRule,
         Some(ProxyError::Blocked(_)) => AuthOutcome::LockedOut,
@@ -655,7 +658,11 @@ fn auth_outcome(error: Option<&ProxyError>, authenticated: bool) -> Option<AuthO
 fn counts_as_failure(e: &AuthError) -> bool {
     !matches!(
         e,
-        AuthError::Missing | AuthError::ScopeMissing { .. } | AuthError::OrgMissing { .. }
+        AuthError::Missing
+            | AuthError::ScopeMissing { .. }
+            | AuthError::OrgMissing { .. }
+            | AuthError::RepoMissing { .. }
+            | AuthError::RepoUnnamed { .. }
     )
 }
 
@@ -713,6 +720,16 @@ mod tests {
             (ProxyError::Auth(AuthError::Expired { token: known() }), S::UNAUTHORIZED),
             (ProxyError::Auth(AuthError::Revoked { token: known() }), S::UNAUTHORIZED),
             (ProxyError::Auth(AuthError::Superseded { token: known() }), S::UNAUTHORIZED),
+            (ProxyError::Auth(AuthError::RotatedReused { token: known() }), S::UNAUTHORIZED),
+            (ProxyError::Auth(AuthError::OutsideRanges { token: known() }), S::UNAUTHORIZED),
+            (
+                ProxyError::Auth(AuthError::RepoMissing {
+                    org: "acme".into(),
+                    repo: "app".into(),
+                }),
+                S::FORBIDDEN,
+            ),
+            (ProxyError::Auth(AuthError::RepoUnnamed { route: "/{org}/**".into() }), S::FORBIDDEN),
             (
                 ProxyError::Auth(AuthError::ScopeMissing {
                     scope: crate::auth::scope::Scope::from_name("code:write").unwrap(),
@@ -784,8 +801,12 @@ mod tests {
         "Auth::Expired",
         "Auth::Revoked",
         "Auth::Superseded",
+        "Auth::RotatedReused",
+        "Auth::OutsideRanges",
         "Auth::ScopeMissing",
         "Auth::OrgMissing",
+        "Auth::RepoMissing",
+        "Auth::RepoUnnamed",
         "NoRoute",
         "NoRule",
         "Query",
@@ -817,8 +838,12 @@ mod tests {
                 AuthError::Expired { .. } => "Auth::Expired",
                 AuthError::Revoked { .. } => "Auth::Revoked",
                 AuthError::Superseded { .. } => "Auth::Superseded",
+                AuthError::RotatedReused { .. } => "Auth::RotatedReused",
+                AuthError::OutsideRanges { .. } => "Auth::OutsideRanges",
                 AuthError::ScopeMissing { .. } => "Auth::ScopeMissing",
                 AuthError::OrgMissing { .. } => "Auth::OrgMissing",
+                AuthError::RepoMissing { .. } => "Auth::RepoMissing",
+                AuthError::RepoUnnamed { .. } => "Auth::RepoUnnamed",
             },
             ProxyError::NoRoute => "NoRoute",
             ProxyError::NoRule { .. } => "NoRule",
@@ -844,6 +869,8 @@ mod tests {
             AuthError::Expired { token: known() },
             AuthError::Revoked { token: known() },
             AuthError::Superseded { token: known() },
+            AuthError::RotatedReused { token: known() },
+            AuthError::OutsideRanges { token: known() },
         ]
         .into_iter()
         .map(|e| ProxyError::Auth(e).public_message())

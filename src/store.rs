@@ -27,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::audit::{Action, Actor, AuditEntry, Outcome};
+use crate::auth::restrictions::{AllowFrom, Repos};
 use crate::auth::scope::ScopeSet;
 use crate::auth::token::{random_base62, TokenHash, TokenSecret};
 use crate::auth::Orgs;
@@ -85,10 +86,17 @@ pub struct TokenRecord {
     pub name: String,
     pub owner: String,
     pub orgs: Orgs,
+    /// The repositories it may reach (`*`: every one of its organizations).
+    pub repos: Repos,
+    /// The client addresses it may be used from (`*`: anywhere).
+    pub allow_from: AllowFrom,
     #[serde(serialize_with = "scope_names")]
     pub scopes: ScopeSet,
     #[serde(serialize_with = "rfc3339")]
     pub created_at: i64,
+    /// When its secret was last rotated: its life is measured from then.
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub rotated_at: Option<i64>,
     #[serde(serialize_with = "rfc3339")]
     pub expires_at: i64,
     #[serde(serialize_with = "rfc3339_opt")]
@@ -152,6 +160,11 @@ impl std::fmt::Display for TokenState {
 }
 
 impl TokenRecord {
+    /// When its current secret's life began: its rotation, or its creation.
+    pub fn life_from(&self) -> i64 {
+        self.rotated_at.unwrap_or(self.created_at)
+    }
+
     /// Active, expired or revoked at `now` (Unix seconds).
     pub fn state(&self, now: i64) -> TokenState {
         if self.revoked_at.is_some() {
@@ -199,6 +212,8 @@ pub struct NewToken {
     pub name: String,
     pub owner: String,
     pub orgs: Orgs,
+    pub repos: Repos,
+    pub allow_from: AllowFrom,
     pub scopes: ScopeSet,
     pub lifespan: Duration,
 }
@@ -218,10 +233,24 @@ pub enum InvalidToken {
     ScopesWidened,
     #[error("organizations: may only be narrowed: every organization must already be covered")]
     OrgsWidened,
+    #[error("repos: may only be narrowed: every pattern must lie within one already granted")]
+    ReposWidened,
+    #[error("allow_from: may only be narrowed: every range must lie within one already granted")]
+    AllowFromWidened,
+    #[error("repos: {0} is outside the token's organizations")]
+    RepoOutsideOrgs(String),
     #[error("expires_at: must be in the future")]
     ExpiresAt,
-    #[error("nothing to change: give at least one of name, scopes, organizations, expires_at")]
+    #[error("nothing to change: give at least one of name, scopes, organizations, repos, allow_from, expires_at")]
     NoChange,
+}
+
+/// Refuses repository patterns outside `orgs`.
+fn repos_within(repos: &Repos, orgs: &Orgs) -> Result<(), InvalidToken> {
+    match repos.outside(|o| orgs.covers(o)).next() {
+        Some(p) => Err(InvalidToken::RepoOutsideOrgs(p.to_string())),
+        None => Ok(()),
+    }
 }
 
 /// True for a name or owner: 1 to 200 characters, no control characters, no surrounding
@@ -246,7 +275,7 @@ impl NewToken {
         if self.lifespan.as_secs() == 0 {
             return Err(InvalidToken::Lifespan);
         }
-        Ok(())
+        repos_within(&self.repos, &self.orgs)
     }
 }
 
@@ -257,13 +286,15 @@ pub struct Created {
     pub secret: TokenSecret,
 }
 
-/// A change to a token: rename it, narrow its scopes or organizations, move its expiry.
-/// Fields left `None` stay as they are.
+/// A change to a token: rename it, narrow its scopes, organizations, repositories or
+/// address ranges, move its expiry. Fields left `None` stay as they are.
 #[derive(Debug, Clone, Default)]
 pub struct TokenUpdate {
     pub name: Option<String>,
     pub scopes: Option<ScopeSet>,
     pub orgs: Option<Orgs>,
+    pub repos: Option<Repos>,
+    pub allow_from: Option<AllowFrom>,
     pub expires_at: Option<i64>,
 }
 
@@ -278,7 +309,13 @@ impl TokenUpdate {
                 state,
             });
         }
-        if self.name.is_none() && self.scopes.is_none() && self.orgs.is_none() && self.expires_at.is_none() {
+        if self.name.is_none()
+            && self.scopes.is_none()
+            && self.orgs.is_none()
+            && self.repos.is_none()
+            && self.allow_from.is_none()
+            && self.expires_at.is_none()
+        {
             return Err(InvalidToken::NoChange.into());
         }
         let mut next = current.clone();
@@ -302,6 +339,19 @@ impl TokenUpdate {
                 return Err(InvalidToken::OrgsWidened.into());
             }
             next.orgs = orgs.clone();
+        }
+        if let Some(repos) = &self.repos {
+            if !repos.is_subset_of(&current.repos) {
+                return Err(InvalidToken::ReposWidened.into());
+            }
+            next.repos = repos.clone();
+        }
+        repos_within(&next.repos, &next.orgs)?;
+        if let Some(ranges) = &self.allow_from {
+            if !ranges.is_subset_of(&current.allow_from) {
+                return Err(InvalidToken::AllowFromWidened.into());
+            }
+            next.allow_from = ranges.clone();
         }
         if let Some(at) = self.expires_at {
             if at <= now {
@@ -377,6 +427,9 @@ pub enum EventKind {
     Created,
     Updated,
     Regenerated,
+    /// A new secret and a new expiry; the old secret is remembered, and its use revokes
+    /// the token.
+    Rotated,
     Revoked,
 }
 
@@ -386,6 +439,7 @@ impl EventKind {
             EventKind::Created => "created",
             EventKind::Updated => "updated",
             EventKind::Regenerated => "regenerated",
+            EventKind::Rotated => "rotated",
             EventKind::Revoked => "revoked",
         }
     }
@@ -395,6 +449,7 @@ impl EventKind {
             "created" => EventKind::Created,
             "updated" => EventKind::Updated,
             "regenerated" => EventKind::Regenerated,
+            "rotated" => EventKind::Rotated,
             "revoked" => EventKind::Revoked,
             _ => return None,
         })
@@ -417,6 +472,8 @@ pub struct TokenEvent {
 pub struct Change {
     pub event: TokenEvent,
     pub record: Option<TokenRecord>,
+    /// For a rotation: the digest of the secret it replaced.
+    pub rotated_away: Option<TokenHash>,
 }
 
 /// Every live token and the sequence number they are current at.
@@ -513,8 +570,11 @@ impl Store {
             name: new.name,
             owner: new.owner,
             orgs: new.orgs,
+            repos: new.repos,
+            allow_from: new.allow_from,
             scopes: new.scopes,
             created_at: now,
+            rotated_at: None,
             expires_at: now.saturating_add(lifespan),
             revoked_at: None,
             revoked_by: None,
@@ -603,16 +663,57 @@ impl Store {
         Ok(Created { record, secret })
     }
 
+    /// Gives a live token a new secret and the expiry `expires_at` under the same id, in
+    /// one step; the old secret stops working and is remembered, so that its use later
+    /// revokes the token ([`crate::auth::AuthError::RotatedReused`]). Audited as
+    /// [`Action::Rotate`].
+    pub async fn rotate(&self, id: &str, expires_at: i64, actor: &Actor) -> Result<Created, StoreError> {
+        let secret = TokenSecret::generate();
+        let hash = secret.hash();
+        let actor = actor.clone();
+        let now = now();
+        if expires_at <= now {
+            return Err(InvalidToken::ExpiresAt.into());
+        }
+        let record = match self {
+            Store::Sqlite(s) => {
+                let id = id.to_owned();
+                Self::blocking(s, move |s| s.rotate(&id, hash, expires_at, &actor, now)).await?
+            }
+            Store::Postgres(p) => p.rotate(id, hash, expires_at, &actor, now).await?,
+        };
+        Ok(Created { record, secret })
+    }
+
+    /// The digests of the secrets that rotations replaced, of tokens live at `now`, with
+    /// their token ids: for the in-memory copy, after a snapshot.
+    pub async fn rotated_away(&self) -> Result<Vec<(TokenHash, String)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => Self::blocking(s, |s| s.rotated_away(now())).await,
+            Store::Postgres(p) => p.rotated_away(now()).await,
+        }
+    }
+
     /// Revokes one token, audited as [`Action::Revoke`]. Revoking a revoked token changes
     /// nothing (no event, no audit entry) and succeeds.
     pub async fn revoke(&self, id: &str, actor: &Actor) -> Result<TokenRecord, StoreError> {
+        self.revoke_as(id, actor, Action::Revoke).await
+    }
+
+    /// Revokes a token whose rotated-away secret was presented, audited as
+    /// [`Action::RotatedSecretReused`].
+    pub async fn revoke_reused(&self, id: &str, actor: &Actor) -> Result<TokenRecord, StoreError> {
+        self.revoke_as(id, actor, Action::RotatedSecretReused).await
+    }
+
+    async fn revoke_as(&self, id: &str, actor: &Actor, action: Action) -> Result<TokenRecord, StoreError> {
         let actor = actor.clone();
         match self {
             Store::Sqlite(s) => {
                 let id = id.to_owned();
-                Self::blocking(s, move |s| s.revoke(&id, &actor, now())).await
+                Self::blocking(s, move |s| s.revoke(&id, &actor, action, now())).await
             }
-            Store::Postgres(p) => p.revoke(id, &actor, now()).await,
+            Store::Postgres(p) => p.revoke(id, &actor, action, now()).await,
         }
     }
 

@@ -14,6 +14,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use http::request::Parts;
 
 use super::error::AdminError;
+use super::policy::{Grant, Grantor};
 use super::AdminState;
 use crate::auth::rules::Requirement;
 use crate::auth::scope::Scope;
@@ -73,6 +74,8 @@ pub struct Who {
     pub owner: String,
     /// True with `tokens:admin`: every owner's tokens.
     pub admin: bool,
+    /// What the caller's own token grants: without `tokens:admin`, the most it may grant.
+    pub holds: Grant,
 }
 
 impl Who {
@@ -85,6 +88,15 @@ impl Who {
                 scope: Access::Admin.scope(),
             }
             .into())
+        }
+    }
+
+    /// Who grants, for [`Policy::check_grant`](super::policy::Policy::check_grant).
+    pub fn grantor(&self) -> Grantor<'_> {
+        if self.admin {
+            Grantor::Admin
+        } else {
+            Grantor::Holder(&self.holds)
         }
     }
 
@@ -101,6 +113,7 @@ impl Caller {
             Some((has, permit)) if *has >= need => Ok(Who {
                 owner: permit.owner().to_owned(),
                 admin: *has == Access::Admin,
+                holds: Grant::of_cached(permit.token()),
             }),
             _ => Err(AuthError::ScopeMissing { scope: need.scope() }.into()),
         }
@@ -111,7 +124,7 @@ impl Caller {
     /// naming the scope otherwise.
     pub fn require_scope(&self, scope: Scope) -> Result<Permit, AdminError> {
         match &self.identity {
-            Some(identity) => Ok(auth::authorize(identity.clone(), Requirement { scope, org: None })?),
+            Some(identity) => Ok(auth::authorize(identity.clone(), Requirement::scope(scope))?),
             None => Err(AuthError::ScopeMissing { scope }.into()),
         }
     }
@@ -131,7 +144,7 @@ impl FromRequestParts<AdminState> for Caller {
         // A console session stands in for Authorization (see super::console).
         let identity = match super::console::session_caller(parts, state)? {
             Some(identity) => identity,
-            None => auth::authenticate(&parts.headers, state.tokens(), crate::store::now()).inspect_err(|e| {
+            None => auth::authenticate(&parts.headers, state.tokens(), crate::store::now(), peer).inspect_err(|e| {
                 if let (Some((lockout, ip)), false) = (counted, matches!(e, AuthError::Missing)) {
                     lockout.failed(ip, Instant::now());
                 }
@@ -144,15 +157,9 @@ impl FromRequestParts<AdminState> for Caller {
             let _ = slot.0.set((identity.token_id().to_owned(), identity.owner().to_owned()));
         }
         let grant = [Access::Admin, Access::Manage, Access::Read].into_iter().find_map(|a| {
-            auth::authorize(
-                identity.clone(),
-                Requirement {
-                    scope: a.scope(),
-                    org: None,
-                },
-            )
-            .ok()
-            .map(|p| (a, p))
+            auth::authorize(identity.clone(), Requirement::scope(a.scope()))
+                .ok()
+                .map(|p| (a, p))
         });
         Ok(Caller {
             grant,
@@ -175,15 +182,23 @@ mod tests {
 
     #[test]
     fn who_touches_its_own_unless_admin() {
+        let holds = Grant {
+            scopes: crate::auth::scope::ScopeSet::full(),
+            orgs: crate::auth::Orgs::All,
+            repos: crate::auth::restrictions::Repos::All,
+            allow_from: crate::auth::restrictions::AllowFrom::Anywhere,
+        };
         let alice = Who {
             owner: "alice".into(),
             admin: false,
+            holds: holds.clone(),
         };
         assert!(alice.may_touch("alice") && !alice.may_touch("bob"));
         assert_eq!(alice.require_admin().unwrap_err().to_string(), "token lacks scope tokens:admin");
         let root = Who {
             owner: "root".into(),
             admin: true,
+            holds,
         };
         assert!(root.may_touch("bob") && root.require_admin().is_ok());
         let nobody = Caller {

@@ -90,6 +90,8 @@ impl AdminError {
         use StatusCode as S;
         match self {
             AdminError::Auth(e) => e.status(),
+            // Least privilege: the caller lacks what it would grant.
+            AdminError::Policy(PolicyError::Exceeds { .. }) => S::FORBIDDEN,
             AdminError::MalformedJson(_)
             | AdminError::BadJson(_)
             | AdminError::Field { .. }

@@ -63,6 +63,15 @@ impl Body {
         }
         parse_json(&self.bytes)
     }
+
+    /// As [`Body::parse`], or `T`'s default for an empty body (any content type): for
+    /// endpoints whose body is optional.
+    pub fn parse_or_empty<T: DeserializeOwned + Default>(&self) -> Result<T, AdminError> {
+        if self.bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(T::default());
+        }
+        self.parse()
+    }
 }
 
 /// Parses a JSON object into `T`. A field that is unknown, missing or of the wrong type is

@@ -45,6 +45,7 @@ fn config() -> Config {
         leak_reports_per_minute: NonZeroU32::new(2).unwrap(),
         max_secrets_per_report: 3,
         max_connections: 8,
+        max_connections_per_ip: 8,
         header_read_timeout: Duration::from_secs(5),
         max_header_bytes: 16 * 1024,
         shutdown_grace: Duration::from_secs(1),
@@ -115,6 +116,8 @@ impl Harness {
             .store()
             .create(
                 NewToken {
+                    repos: Default::default(),
+                    allow_from: Default::default(),
                     name: "t".into(),
                     owner: owner.into(),
                     orgs: Orgs::All,
@@ -261,7 +264,7 @@ async fn the_scope_is_checked_before_the_body_is_read() {
 #[tokio::test]
 async fn bodies_must_be_bounded_json_with_known_fields() {
     let h = Harness::new().await;
-    let m = h.mint("alice", &["tokens:manage"]).await;
+    let m = h.mint("alice", &["tokens:manage", "code:manage", "agentpools:manage"]).await;
     let auth = format!("Bearer {m}");
     let post = |ct: Option<&str>, body: String| {
         let mut r = http::Request::post("/admin/v1/tokens").header(header::AUTHORIZATION, &auth);
@@ -323,7 +326,7 @@ async fn bodies_must_be_bounded_json_with_known_fields() {
 #[tokio::test]
 async fn creating_follows_the_policy_and_defaults_the_lifespan() {
     let h = Harness::new().await;
-    let m = h.mint("alice", &["tokens:manage"]).await;
+    let m = h.mint("alice", &["tokens:manage", "code:manage", "agentpools:manage"]).await;
     let root = h.mint("root", &["tokens:admin"]).await;
     let create = |scopes: Value, orgs: Value, extra: Value| {
         let mut b = json!({"name": "ci", "scopes": scopes, "orgs": orgs});
@@ -402,7 +405,7 @@ async fn creating_follows_the_policy_and_defaults_the_lifespan() {
 #[tokio::test]
 async fn writes_from_web_pages_are_refused() {
     let h = Harness::new().await;
-    let m = h.mint("alice", &["tokens:manage"]).await;
+    let m = h.mint("alice", &["tokens:manage", "code:manage", "agentpools:manage"]).await;
     let req = http::Request::builder()
         .method(Method::POST)
         .uri("/admin/v1/owners/alice/revoke")
@@ -493,7 +496,7 @@ impl http_body::Body for NeverEnds {
 #[tokio::test]
 async fn manage_cannot_take_over_or_change_a_token_it_could_not_create() {
     let h = Harness::new().await;
-    let manage = h.mint("alice", &["tokens:manage"]).await;
+    let manage = h.mint("alice", &["tokens:manage", "code:manage", "agentpools:manage"]).await;
     let (admin_id, admin) = h.mint_with_id("alice", &["tokens:admin"]).await;
     let root = h.mint("root", &["tokens:admin"]).await;
     let path = format!("/admin/v1/tokens/{admin_id}");
@@ -584,7 +587,7 @@ async fn changes_and_regenerations_obey_allow_full_and_allow_all_orgs() {
 async fn hostile_ids_owners_and_queries_get_a_short_clean_answer_before_the_store() {
     let h = Harness::new().await;
     let root = h.mint("root", &["tokens:admin"]).await;
-    let alice = h.mint("alice", &["tokens:manage"]).await;
+    let alice = h.mint("alice", &["tokens:manage", "code:manage", "agentpools:manage"]).await;
     let long = "a".repeat(5000);
     for id in ["%00", "a%0Ab", "a%2Fb", "%E2%80%AE", long.as_str()] {
         for (method, suffix) in [("GET", ""), ("PATCH", ""), ("POST", "/regenerate"), ("POST", "/revoke")] {
@@ -670,7 +673,7 @@ async fn a_body_that_never_ends_is_408_and_a_limited_leak_report_is_not_read() {
     let mut c = config();
     c.header_read_timeout = Duration::from_millis(200);
     let h = Harness::with(c).await;
-    let m = h.mint("alice", &["tokens:manage"]).await;
+    let m = h.mint("alice", &["tokens:manage", "code:manage", "agentpools:manage"]).await;
     let started = std::time::Instant::now();
     let req = http::Request::post("/admin/v1/tokens")
         .header(header::AUTHORIZATION, format!("Bearer {m}"))
@@ -941,7 +944,7 @@ async fn optional_members_may_be_left_out_but_not_null() {
 #[tokio::test]
 async fn a_follower_sees_each_of_its_events_once_and_cursors_never_cross_owners() {
     let h = Harness::new().await;
-    let alice = h.mint("alice", &["tokens:manage"]).await;
+    let alice = h.mint("alice", &["tokens:manage", "code:manage", "agentpools:manage"]).await;
     let root = h.mint("root", &["tokens:admin"]).await;
     for i in 0..6 {
         h.mint(if i % 2 == 0 { "bob" } else { "alice" }, &["code:read"]).await;

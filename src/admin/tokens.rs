@@ -1,5 +1,5 @@
-//! The token endpoints: create, list, read, update, regenerate and revoke tokens, and
-//! revoke every token of an owner. Each checks the caller's access, then the request,
+//! The token endpoints: create, list, read, update, regenerate, rotate and revoke tokens,
+//! and revoke every token of an owner. Each checks the caller's access, then the request,
 //! then the policy, writes to the store, and applies the change to this instance's memory
 //! before it answers.
 //!
@@ -16,8 +16,10 @@ use serde::{Deserialize, Serialize};
 use super::audit::RequestInfo;
 use super::caller::{Access, Caller, Who};
 use super::error::AdminError;
+use super::policy::{Grant, Grantor};
 use super::request::{self, Body, Expiry, Params, Segment};
 use super::AdminState;
+use crate::auth::restrictions::{AllowFrom, Repos};
 use crate::auth::scope::ScopeSet;
 use crate::auth::Orgs;
 use crate::store::{self, Created, Cursor, ListQuery, NewToken, StoreError, TokenRecord, TokenState, TokenUpdate, MAX_PAGE};
@@ -77,6 +79,21 @@ pub struct CreateBody {
     scopes: Vec<String>,
     orgs: Orgs,
     #[serde(default, deserialize_with = "request::not_null")]
+    repos: Option<Repos>,
+    #[serde(default, deserialize_with = "request::not_null")]
+    allow_from: Option<AllowFrom>,
+    #[serde(default, deserialize_with = "request::not_null")]
+    expires_in: Option<String>,
+    #[serde(default, deserialize_with = "request::not_null")]
+    expires_at: Option<String>,
+}
+
+/// The body of `POST /admin/v1/tokens/{id}/rotate`, which may be empty: the new expiry,
+/// `policy.default_lifespan` from now when left out.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateBody {
+    #[serde(default, deserialize_with = "request::not_null")]
     expires_in: Option<String>,
     #[serde(default, deserialize_with = "request::not_null")]
     expires_at: Option<String>,
@@ -93,6 +110,10 @@ pub struct UpdateBody {
     scopes: Option<Vec<String>>,
     #[serde(default, deserialize_with = "request::not_null")]
     orgs: Option<Orgs>,
+    #[serde(default, deserialize_with = "request::not_null")]
+    repos: Option<Repos>,
+    #[serde(default, deserialize_with = "request::not_null")]
+    allow_from: Option<AllowFrom>,
     #[serde(default, deserialize_with = "request::not_null")]
     expires_in: Option<String>,
     #[serde(default, deserialize_with = "request::not_null")]
@@ -130,13 +151,28 @@ pub async fn create(
     if expires_at <= now {
         return Err(AdminError::field("expires_at", "must be in the future"));
     }
+    // Left out, repositories and address ranges are those of the caller's own token (its
+    // patterns within the new token's organizations): a token limited to them mints
+    // tokens limited alike without being told.
+    let (held_repos, held_ranges) = match who.grantor() {
+        Grantor::Admin => (Repos::All, AllowFrom::Anywhere),
+        Grantor::Holder(holds) => (holds.repos.within(|o| b.orgs.covers(o)), holds.allow_from.clone()),
+    };
+    let grant = Grant {
+        scopes,
+        orgs: b.orgs,
+        repos: b.repos.unwrap_or(held_repos),
+        allow_from: b.allow_from.unwrap_or(held_ranges),
+    };
     let refused = |e| info.policy_refusal(&s, &who, None, &owner, e);
-    policy.check_grant(scopes, &b.orgs, who.admin).map_err(refused)?;
+    policy.check_grant(&grant, who.grantor()).map_err(refused)?;
     policy.check_life(now, expires_at).map_err(refused)?;
     let new = NewToken {
         name: b.name,
         owner,
-        orgs: b.orgs,
+        orgs: grant.orgs,
+        repos: grant.repos,
+        allow_from: grant.allow_from,
         scopes,
         lifespan: std::time::Duration::from_secs(expires_at.abs_diff(now)),
     };
@@ -215,21 +251,27 @@ pub async fn update(
     let scopes = b.scopes.as_deref().map(scopes).transpose()?;
     let expiry = Expiry::from_fields(b.expires_in.as_deref(), b.expires_at.as_deref())?;
     let current = visible(&s, &who, &id).await?;
-    // The token as changed must be one the caller could create; its life counts from its creation.
-    let orgs = b.orgs.as_ref().unwrap_or(&current.orgs);
+    // The token as changed must be one the caller could create; its life counts from its
+    // creation, or its last rotation.
+    let grant = Grant {
+        scopes: scopes.unwrap_or(current.scopes),
+        orgs: b.orgs.clone().unwrap_or_else(|| current.orgs.clone()),
+        repos: b.repos.clone().unwrap_or_else(|| current.repos.clone()),
+        allow_from: b.allow_from.clone().unwrap_or_else(|| current.allow_from.clone()),
+    };
     let policy = s.policy();
     let refused = |e| info.policy_refusal(&s, &who, Some(&current.id), &current.owner, e);
-    policy
-        .check_grant(scopes.unwrap_or(current.scopes), orgs, who.admin)
-        .map_err(refused)?;
+    policy.check_grant(&grant, who.grantor()).map_err(refused)?;
     let expires_at = expiry.map(|e| e.at(store::now()));
     if let Some(at) = expires_at {
-        policy.check_life(current.created_at, at).map_err(refused)?;
+        policy.check_life(current.life_from(), at).map_err(refused)?;
     }
     let update = TokenUpdate {
         name: b.name,
         scopes,
         orgs: b.orgs,
+        repos: b.repos,
+        allow_from: b.allow_from,
         expires_at,
     };
     let record = s.store().update(&id, update, &info.actor(&who)).await?;
@@ -251,9 +293,38 @@ pub async fn regenerate(
     // A new secret is a new credential: only for a token the caller could create now.
     let policy = s.policy();
     let refused = |e| info.policy_refusal(&s, &who, Some(&current.id), &current.owner, e);
-    policy.check_grant(current.scopes, &current.orgs, who.admin).map_err(refused)?;
-    policy.check_life(current.created_at, current.expires_at).map_err(refused)?;
+    policy.check_grant(&Grant::of(&current), who.grantor()).map_err(refused)?;
+    policy.check_life(current.life_from(), current.expires_at).map_err(refused)?;
     let created = s.store().regenerate(&id, &info.actor(&who)).await?;
+    s.applied().await;
+    Ok(Json(created.into()))
+}
+
+/// `POST /admin/v1/tokens/{id}/rotate`: a new secret and a new expiry in one step, for a
+/// token the caller could create now (a token with `tokens:manage` may rotate itself, so
+/// an agent renews its own token). The old secret is refused at once, and its use later
+/// revokes the token: the one who presents it holds a secret they should not.
+pub async fn rotate(
+    State(s): State<AdminState>,
+    caller: Caller,
+    Segment(id): Segment,
+    info: RequestInfo,
+    body: Body,
+) -> Result<Json<WithSecret>, AdminError> {
+    let who = caller.require(Access::Manage)?;
+    let b: RotateBody = body.parse_or_empty()?;
+    let expiry = Expiry::from_fields(b.expires_in.as_deref(), b.expires_at.as_deref())?;
+    let current = visible(&s, &who, &id).await?;
+    let policy = s.policy();
+    let now = store::now();
+    let expires_at = expiry.unwrap_or(Expiry::In(policy.default_lifespan)).at(now);
+    if expires_at <= now {
+        return Err(AdminError::field("expires_at", "must be in the future"));
+    }
+    let refused = |e| info.policy_refusal(&s, &who, Some(&current.id), &current.owner, e);
+    policy.check_grant(&Grant::of(&current), who.grantor()).map_err(refused)?;
+    policy.check_life(now, expires_at).map_err(refused)?;
+    let created = s.store().rotate(&id, expires_at, &info.actor(&who)).await?;
     s.applied().await;
     Ok(Json(created.into()))
 }

@@ -189,6 +189,8 @@ enum Seg {
     Literal(Box<str>),
     /// `{org}`: one segment, the organization the token must cover.
     Org,
+    /// `{repo}`: one segment, the repository a token limited to repositories must cover.
+    Repo,
     /// `*`: any one segment.
     One,
     /// `**`: any number of segments (zero too); last only.
@@ -200,7 +202,7 @@ impl Seg {
     fn rank(&self) -> u8 {
         match self {
             Seg::Literal(_) => 3,
-            Seg::Org | Seg::One => 2,
+            Seg::Org | Seg::Repo | Seg::One => 2,
             Seg::Rest => 1,
         }
     }
@@ -222,7 +224,9 @@ pub enum PatternError {
     RestNotLast,
     #[error("`{{org}}` may appear only once")]
     TwoOrgs,
-    #[error("unknown capture `{0}` (only `{{org}}` is known)")]
+    #[error("`{{repo}}` may appear only once, after `{{org}}`")]
+    RepoPlacement,
+    #[error("unknown capture `{0}` (`{{org}}` and `{{repo}}` are known)")]
     UnknownCapture(String),
     #[error("segment `{0}` is not a normalized path segment")]
     BadLiteral(String),
@@ -238,6 +242,7 @@ impl Pattern {
                 "**" => Seg::Rest,
                 "*" => Seg::One,
                 "{org}" => Seg::Org,
+                "{repo}" => Seg::Repo,
                 _ if raw.starts_with('{') => return Err(PatternError::UnknownCapture(raw.to_owned())),
                 _ => {
                     let n = normalize(&format!("/{raw}")).map_err(|_| PatternError::BadLiteral(raw.to_owned()))?;
@@ -253,6 +258,9 @@ impl Pattern {
             if seg == Seg::Org && segs.contains(&Seg::Org) {
                 return Err(PatternError::TwoOrgs);
             }
+            if seg == Seg::Repo && (segs.contains(&Seg::Repo) || !segs.contains(&Seg::Org)) {
+                return Err(PatternError::RepoPlacement);
+            }
             segs.push(seg);
         }
         Ok(Pattern { text: text.into(), segs })
@@ -263,13 +271,19 @@ impl Pattern {
         &self.text
     }
 
-    /// Matches a normalized path; on success, the organization segment if the pattern has one.
-    fn matches<'p>(&self, path: &'p NormalizedPath) -> Option<Option<&'p str>> {
-        let mut org = None;
+    /// Whether the pattern captures a repository.
+    pub fn names_repo(&self) -> bool {
+        self.segs.contains(&Seg::Repo)
+    }
+
+    /// Matches a normalized path; on success, the organization and repository segments
+    /// where the pattern has them.
+    fn matches<'p>(&self, path: &'p NormalizedPath) -> Option<(Option<&'p str>, Option<&'p str>)> {
+        let (mut org, mut repo) = (None, None);
         let mut it = path.segments();
         for seg in &self.segs {
             match seg {
-                Seg::Rest => return Some(org),
+                Seg::Rest => return Some((org, repo)),
                 Seg::Literal(l) => {
                     if it.next()? != &**l {
                         return None;
@@ -279,9 +293,10 @@ impl Pattern {
                     it.next()?;
                 }
                 Seg::Org => org = Some(it.next()?),
+                Seg::Repo => repo = Some(it.next()?),
             }
         }
-        it.next().is_none().then_some(org)
+        it.next().is_none().then_some((org, repo))
     }
 
     /// More specific first: compared segment by segment, literal > capture > `**`, and a
@@ -472,18 +487,47 @@ pub struct Route<T> {
     pub target: T,
 }
 
-/// A matched route and the organization it captured.
+/// A matched route and the organization and repository it captured.
 #[derive(Debug)]
 pub struct RouteMatch<'a, 'p, T> {
     pub route: &'a Route<T>,
     pub org: Option<&'p str>,
+    pub repo: Option<&'p str>,
 }
 
-/// What a request needs: a scope and, when its route names one, an organization.
+impl<T> RouteMatch<'_, '_, T> {
+    /// What a request on this route needs, given the scope its rules ask.
+    pub fn requirement(&self, scope: Scope) -> Requirement<'_> {
+        Requirement {
+            scope,
+            org: self.org,
+            repo: self.repo,
+            route: self.route.pattern.as_str(),
+        }
+    }
+}
+
+/// What a request needs: a scope and, when its route names them, an organization and a
+/// repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Requirement<'p> {
     pub scope: Scope,
     pub org: Option<&'p str>,
+    pub repo: Option<&'p str>,
+    /// The route's pattern, to name it in a refusal.
+    pub route: &'p str,
+}
+
+impl Requirement<'static> {
+    /// A scope alone, where no route applies (the admin API).
+    pub fn scope(scope: Scope) -> Requirement<'static> {
+        Requirement {
+            scope,
+            org: None,
+            repo: None,
+            route: "",
+        }
+    }
 }
 
 impl<T> Route<T> {
@@ -520,7 +564,7 @@ impl<T> RouteTable<T> {
     pub fn find<'a, 'p>(&'a self, path: &'p NormalizedPath) -> Option<RouteMatch<'a, 'p, T>> {
         self.routes
             .iter()
-            .find_map(|route| route.pattern.matches(path).map(|org| RouteMatch { route, org }))
+            .find_map(|route| route.pattern.matches(path).map(|(org, repo)| RouteMatch { route, org, repo }))
     }
 
     /// The routes, most specific first.
@@ -799,7 +843,11 @@ mod tests {
         assert_eq!(Pattern::parse("x/**"), Err(PatternError::NotAbsolute));
         assert_eq!(Pattern::parse("/**/x"), Err(PatternError::RestNotLast));
         assert_eq!(Pattern::parse("/{org}/{org}"), Err(PatternError::TwoOrgs));
-        assert_eq!(Pattern::parse("/{repo}"), Err(PatternError::UnknownCapture("{repo}".into())));
+        assert_eq!(Pattern::parse("/{repo}"), Err(PatternError::RepoPlacement));
+        assert_eq!(Pattern::parse("/{org}/{repo}/{repo}"), Err(PatternError::RepoPlacement));
+        assert_eq!(Pattern::parse("/{team}"), Err(PatternError::UnknownCapture("{team}".into())));
+        assert!(Pattern::parse("/{org}/{repo}/**").unwrap().names_repo());
+        assert!(!Pattern::parse("/{org}/**").unwrap().names_repo());
         assert_eq!(Pattern::parse("/a..b/../x"), Err(PatternError::BadLiteral("..".into())));
         assert!(Pattern::parse("/{org}/_apis/distributedtask/**").is_ok());
     }

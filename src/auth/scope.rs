@@ -10,8 +10,32 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Scope(u8);
 
+/// The area of the product a scope belongs to, as Azure DevOps groups them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Area {
+    Code,
+    AgentPools,
+    AuditLog,
+    AuditStreams,
+    Tokens,
+}
+
+impl Area {
+    /// The area's name, as a person reads it: `Code`, `Agent pools`...
+    pub fn title(self) -> &'static str {
+        match self {
+            Area::Code => "Code",
+            Area::AgentPools => "Agent pools",
+            Area::AuditLog => "Audit log",
+            Area::AuditStreams => "Audit streams",
+            Area::Tokens => "Tokens",
+        }
+    }
+}
+
 struct ScopeDef {
     name: &'static str,
+    area: Area,
     /// Scopes this one grants besides itself (direct implications; the closure is taken).
     implies: &'static [&'static str],
     summary: &'static str,
@@ -21,51 +45,61 @@ struct ScopeDef {
 const TABLE: &[ScopeDef] = &[
     ScopeDef {
         name: "code:read",
+        area: Area::Code,
         implies: &[],
         summary: "clone and fetch repositories",
     },
     ScopeDef {
         name: "code:write",
+        area: Area::Code,
         implies: &["code:read"],
         summary: "push to repositories",
     },
     ScopeDef {
         name: "code:manage",
+        area: Area::Code,
         implies: &["code:write"],
         summary: "create, delete and administer repositories",
     },
     ScopeDef {
         name: "agentpools:read",
+        area: Area::AgentPools,
         implies: &[],
         summary: "read agent pools and agents",
     },
     ScopeDef {
         name: "agentpools:manage",
+        area: Area::AgentPools,
         implies: &["agentpools:read"],
         summary: "register agents and manage pools",
     },
     ScopeDef {
         name: "auditlog:read",
+        area: Area::AuditLog,
         implies: &[],
         summary: "read the audit log",
     },
     ScopeDef {
         name: "auditstreams:manage",
+        area: Area::AuditStreams,
         implies: &[],
         summary: "manage audit streams",
     },
     ScopeDef {
         name: "tokens:read",
+        area: Area::Tokens,
         implies: &[],
         summary: "list and read one's own tokens",
     },
     ScopeDef {
         name: "tokens:manage",
+        area: Area::Tokens,
         implies: &["tokens:read"],
         summary: "create, change and revoke one's own tokens",
     },
     ScopeDef {
         name: "tokens:admin",
+        area: Area::Tokens,
         implies: &["tokens:manage"],
         summary: "manage every owner's tokens",
     },
@@ -89,6 +123,16 @@ impl Scope {
     /// The scope's name.
     pub fn name(self) -> &'static str {
         TABLE[self.0 as usize].name
+    }
+
+    /// The area it belongs to.
+    pub fn area(self) -> Area {
+        TABLE[self.0 as usize].area
+    }
+
+    /// The scopes it grants besides itself, directly (`code:write` names `code:read`).
+    pub fn implies(self) -> impl Iterator<Item = Scope> {
+        TABLE[self.0 as usize].implies.iter().filter_map(|n| Scope::from_name(n))
     }
 
     /// What the scope allows, in a few words.

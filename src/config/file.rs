@@ -258,6 +258,9 @@ pub struct AdminFile {
     pub max_secrets_per_report: usize,
     /// Admin connections open at once (long polls included); more wait to be accepted.
     pub max_connections: usize,
+    /// Admin connections open at once from one client address (IPv6: one /64); more get
+    /// 503 and are closed.
+    pub max_connections_per_ip: usize,
     /// TLS for the admin listener, and with `client_ca_file` client certificates (mTLS).
     pub tls: TlsFile,
 }
@@ -272,6 +275,7 @@ impl Default for AdminFile {
             leak_reports_per_minute: 10,
             max_secrets_per_report: 100,
             max_connections: 256,
+            max_connections_per_ip: 64,
             tls: TlsFile::default(),
         }
     }

@@ -310,6 +310,9 @@ pub(crate) mod tests {
         let secret = TokenSecret::generate();
         let cache = TokenCache::default();
         let record = crate::store::TokenRecord {
+            repos: Default::default(),
+            allow_from: Default::default(),
+            rotated_at: None,
             id: "t1".into(),
             hash: secret.hash(),
             name: "ci".into(),
@@ -326,9 +329,9 @@ pub(crate) mod tests {
         cache.apply(&record, 0);
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, format!("Bearer {}", secret.expose()).parse().unwrap());
-        let identity = authenticate(&h, &cache, 1).unwrap();
+        let identity = authenticate(&h, &cache, 1, None).unwrap();
         let scope = Scope::from_name("code:read").unwrap();
-        authorize(identity, Requirement { scope, org: None }).unwrap()
+        authorize(identity, Requirement::scope(scope)).unwrap()
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {

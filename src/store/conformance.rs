@@ -8,6 +8,8 @@ use crate::audit::Actor;
 
 fn new(owner: &str, scopes: &[&str]) -> NewToken {
     NewToken {
+        repos: Default::default(),
+        allow_from: Default::default(),
         name: "ci".into(),
         owner: owner.into(),
         orgs: Orgs::parse("acme,globex").unwrap(),
@@ -22,6 +24,7 @@ pub async fn run_all(store: Store) {
     paging_and_filters(&store).await;
     updates_narrow_only(&store).await;
     regenerate_and_leaks(&store).await;
+    restrictions_and_rotation(&store).await;
     audit_lifecycle(&store).await;
     audit_filters_paging_and_pruning(&store).await;
 }
@@ -154,6 +157,7 @@ async fn updates_narrow_only(store: &Store) {
                 scopes: Some(ScopeSet::parse(&["code:read"]).unwrap()),
                 orgs: Some(Orgs::parse("acme").unwrap()),
                 expires_at: Some(now() + 7200),
+                ..TokenUpdate::default()
             },
             &Actor::named("carol"),
         )
@@ -209,6 +213,99 @@ async fn updates_narrow_only(store: &Store) {
         ),
         "{e}"
     );
+}
+
+async fn restrictions_and_rotation(store: &Store) {
+    use crate::auth::restrictions::{AllowFrom, Repos};
+    let mut n = new("gina", &["code:write"]);
+    n.repos = Repos::parse("acme/infra-*,globex/app").unwrap();
+    n.allow_from = AllowFrom::parse("10.0.0.0/8,2001:db8::/32").unwrap();
+    let t = store.create(n, &Actor::default()).await.unwrap();
+    assert_eq!(store.get(&t.record.id).await.unwrap(), t.record, "kept as given");
+    // A pattern outside the token's organizations is refused.
+    let mut outside = new("gina", &["code:read"]);
+    outside.repos = Repos::parse("evil/app").unwrap();
+    assert!(matches!(
+        store.create(outside, &Actor::default()).await,
+        Err(StoreError::Invalid(InvalidToken::RepoOutsideOrgs(p))) if p == "evil/app"
+    ));
+    // Narrowing only.
+    let narrow = |repos: &str, ranges: &str| TokenUpdate {
+        repos: Some(Repos::parse(repos).unwrap()),
+        allow_from: Some(AllowFrom::parse(ranges).unwrap()),
+        ..TokenUpdate::default()
+    };
+    let u = store
+        .update(&t.record.id, narrow("acme/infra-net", "10.1.0.0/16"), &Actor::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (u.repos.to_string(), u.allow_from.to_string()),
+        ("acme/infra-net".into(), "10.1.0.0/16".into())
+    );
+    for (repos, ranges, want) in [
+        ("acme/infra-*", "10.1.0.0/16", InvalidToken::ReposWidened),
+        ("*", "10.1.0.0/16", InvalidToken::ReposWidened),
+        ("acme/infra-net", "10.0.0.0/8", InvalidToken::AllowFromWidened),
+        ("acme/infra-net", "*", InvalidToken::AllowFromWidened),
+    ] {
+        let e = store
+            .update(&t.record.id, narrow(repos, ranges), &Actor::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, StoreError::Invalid(i) if *i == want), "{repos} {ranges}: {e}");
+    }
+    // Narrowing the organizations must keep the patterns inside them.
+    let orgs_only = TokenUpdate {
+        orgs: Some(Orgs::parse("globex").unwrap()),
+        ..TokenUpdate::default()
+    };
+    assert!(matches!(
+        store.update(&t.record.id, orgs_only, &Actor::default()).await,
+        Err(StoreError::Invalid(InvalidToken::RepoOutsideOrgs(_)))
+    ));
+
+    // Rotation: a new secret and expiry, the old digest in the feed and remembered.
+    let seq = store.snapshot().await.unwrap().seq;
+    let at = now() + 7200;
+    let r = store.rotate(&t.record.id, at, &Actor::named("gina")).await.unwrap();
+    assert_eq!((r.record.id.as_str(), r.record.expires_at), (t.record.id.as_str(), at));
+    assert_eq!(r.record.hash, r.secret.hash());
+    assert!(r.record.rotated_at.is_some());
+    assert_eq!(store.get(&t.record.id).await.unwrap(), r.record);
+    let changes = store.changes_since(seq, 10).await.unwrap();
+    let c = changes.iter().find(|c| c.event.kind == EventKind::Rotated).unwrap();
+    assert_eq!(c.rotated_away, Some(t.secret.hash()));
+    assert!(changes
+        .iter()
+        .filter(|c| c.event.kind != EventKind::Rotated)
+        .all(|c| c.rotated_away.is_none()));
+    let again = store.rotate(&t.record.id, at + 1, &Actor::default()).await.unwrap();
+    let away = store.rotated_away().await.unwrap();
+    let mine: Vec<_> = away.iter().filter(|(_, id)| *id == t.record.id).map(|(h, _)| *h).collect();
+    assert_eq!(mine.len(), 2);
+    assert!(mine.contains(&t.secret.hash()) && mine.contains(&r.secret.hash()));
+    assert!(!mine.contains(&again.secret.hash()));
+    assert!(matches!(
+        store.rotate(&t.record.id, now() - 1, &Actor::default()).await,
+        Err(StoreError::Invalid(InvalidToken::ExpiresAt))
+    ));
+    // Revoked for reuse: audited as such, and no longer remembered.
+    store.revoke_reused(&t.record.id, &Actor::named("patgate")).await.unwrap();
+    let page = store
+        .audit_page(&AuditQuery {
+            token_id: Some(t.record.id.clone()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<Action> = page.entries.iter().map(|e| e.action).collect();
+    assert_eq!(actions[..3], [Action::RotatedSecretReused, Action::Rotate, Action::Rotate]);
+    assert!(store.rotated_away().await.unwrap().iter().all(|(_, id)| *id != t.record.id));
+    assert!(matches!(
+        store.rotate(&t.record.id, at, &Actor::default()).await,
+        Err(StoreError::NotLive { .. })
+    ));
 }
 
 async fn regenerate_and_leaks(store: &Store) {

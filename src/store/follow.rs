@@ -51,6 +51,10 @@ pub async fn load(store: &Store, cache: &Arc<TokenCache>) -> Result<usize, Store
     if !applied {
         return Err(StoreError::Database("loading tokens into memory failed".into()));
     }
+    // Read after the snapshot: a rotation since is in both, which does no harm.
+    for (hash, id) in store.rotated_away().await? {
+        cache.remember_rotated(hash, &id);
+    }
     cache.set_seq(seq);
     Ok(n)
 }
@@ -115,6 +119,9 @@ pub async fn catch_up(store: &Store, cache: &TokenCache) -> Result<usize, StoreE
                     );
                 }
             }
+            if let Some(old) = c.rotated_away {
+                cache.remember_rotated(old, &c.event.token_id);
+            }
             match &c.record {
                 Some(r) => cache.apply(r, t),
                 None => cache.remove_id(&c.event.token_id),
@@ -155,6 +162,7 @@ enum Wake {
 /// write-back of several seconds waited for it to end.
 pub async fn follow(store: Store, cache: Arc<TokenCache>, config: Config, mut shutdown: watch::Receiver<bool>) {
     let upkeep = tokio::spawn(upkeep(store.clone(), cache.clone(), config.clone(), shutdown.clone()));
+    let reuse = tokio::spawn(revoke_reused(store.clone(), cache.clone(), shutdown.clone()));
     let mut poll = tokio::time::interval(config.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
@@ -207,9 +215,49 @@ pub async fn follow(store: Store, cache: Arc<TokenCache>, config: Config, mut sh
     if let Some(listener) = listener {
         listener.abort();
     }
+    let _ = reuse.await;
     // The last uses are written once the upkeep has stopped, so that no write-back runs twice at once.
     let _ = upkeep.await;
     flush_uses(&store, &cache).await;
+}
+
+/// The actor recorded for a revocation on the reuse of a rotated-away secret.
+pub const REUSE_ACTOR: &str = "patgate:rotated-secret-reused";
+
+/// Until `shutdown`: revokes in the store every token whose rotated-away secret was
+/// presented ([`TokenCache::rotated_away`] has already taken it out of this instance's
+/// memory), retrying while the store cannot be reached, so that every instance refuses
+/// it once the feed brings the revocation.
+async fn revoke_reused(store: Store, cache: Arc<TokenCache>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let reused = tokio::select! {
+            r = cache.take_reused() => r,
+            _ = shutdown.changed() => return,
+        };
+        for token in reused {
+            tracing::warn!(
+                token.id = %token.id,
+                owner = %token.owner,
+                "Rotated-away secret presented again; revoking the token"
+            );
+            let mut wait = BACKOFF_MIN;
+            loop {
+                match store.revoke_reused(&token.id, &crate::audit::Actor::named(REUSE_ACTOR)).await {
+                    Ok(_) => break,
+                    Err(StoreError::NotFound(_)) => break,
+                    Err(e) => {
+                        tracing::warn!(token.id = %token.id, error = %e, "Cannot revoke the token yet; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                        wait = (wait * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+        }
+        let _ = catch_up(&store, &cache).await;
+    }
 }
 
 /// Until `shutdown`: writes back the uses every `last_used_flush_interval`, and drops

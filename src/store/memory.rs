@@ -19,6 +19,7 @@ use dashmap::{DashMap, DashSet};
 use tokio::sync::watch;
 
 use super::{TokenRecord, TokenUse};
+use crate::auth::restrictions::{AllowFrom, Repos};
 use crate::auth::scope::ScopeSet;
 use crate::auth::token::{PassThroughState, TokenHash};
 use crate::auth::Orgs;
@@ -33,6 +34,9 @@ pub struct CachedToken {
     pub orgs: Arc<Orgs>,
     pub scopes: ScopeSet,
     pub expires_at: i64,
+    /// Its repositories and address ranges, for the few tokens that have either (one
+    /// pointer for the rest).
+    pub limits: Option<Arc<Limits>>,
     /// The hash it is held under.
     hash: TokenHash,
     /// Unix seconds of the last use seen by this process (0: none).
@@ -52,6 +56,32 @@ impl CachedToken {
         }
         false
     }
+}
+
+/// What narrows a token beyond scopes and organizations.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub repos: Repos,
+    pub allow_from: AllowFrom,
+}
+
+impl Limits {
+    /// The limits of `record`, none when it has neither.
+    fn of(record: &TokenRecord) -> Option<Arc<Limits>> {
+        (!record.repos.is_all() || !record.allow_from.is_anywhere()).then(|| {
+            Arc::new(Limits {
+                repos: record.repos.clone(),
+                allow_from: record.allow_from.clone(),
+            })
+        })
+    }
+}
+
+/// A token whose secret a rotation replaced, by that secret's digest.
+#[derive(Debug, Clone)]
+pub struct RotatedAway {
+    pub id: CompactString,
+    pub owner: Arc<str>,
 }
 
 /// A token in the table by hash: hashed, compared and looked up as its hash alone, so
@@ -167,6 +197,14 @@ pub struct TokenCache {
     retired: DashMap<TokenHash, RetiredToken, PassThroughState>,
     /// The order they were retired in, for the bound.
     retired_order: std::sync::Mutex<VecDeque<(TokenHash, i64)>>,
+    /// Secrets that rotations replaced, of live tokens: digest to token id. Kept while the
+    /// token lives (pruned with [`TokenCache::prune_expired`]); read only when a lookup
+    /// misses.
+    rotated: DashMap<TokenHash, CompactString, PassThroughState>,
+    /// Tokens whose rotated-away secret was presented, to be revoked in the store
+    /// ([`TokenCache::take_reused`]), and the wake-up of whoever does it.
+    reused: std::sync::Mutex<Vec<RotatedAway>>,
+    reused_notify: tokio::sync::Notify,
 }
 
 impl Default for TokenCache {
@@ -184,6 +222,9 @@ impl Default for TokenCache {
             store_reachable: std::sync::atomic::AtomicBool::new(true),
             retired: DashMap::default(),
             retired_order: std::sync::Mutex::default(),
+            rotated: DashMap::default(),
+            reused: std::sync::Mutex::default(),
+            reused_notify: tokio::sync::Notify::new(),
         }
     }
 }
@@ -201,6 +242,44 @@ impl TokenCache {
     pub fn retired(&self, hash: &TokenHash, now: i64) -> Option<RetiredToken> {
         let r = self.retired.get(hash)?;
         (now - r.at < RETIRED_FOR).then(|| r.value().clone())
+    }
+
+    /// Remembers that `hash` was a secret of token `id` until a rotation replaced it.
+    pub fn remember_rotated(&self, hash: TokenHash, id: &str) {
+        self.rotated.insert(hash, CompactString::from(id));
+    }
+
+    /// The token a rotation took `hash` from, if it is still live: that token is then
+    /// taken out of this copy at once (every secret of it refused here from now on) and
+    /// queued to be revoked in the store ([`TokenCache::take_reused`]). Called only when
+    /// [`TokenCache::get`] misses; no I/O.
+    pub fn rotated_away(&self, hash: &TokenHash) -> Option<RotatedAway> {
+        let id = self.rotated.get(hash)?.value().clone();
+        let (token, ()) = self.by_id.remove(id.as_str())?;
+        let token = token.0;
+        self.by_hash.remove(&token.hash);
+        self.keep_unflushed_use(&token);
+        let now = super::now();
+        self.retire(token.hash, &token.id, token.owner.clone(), Retired::Revoked, now);
+        let found = RotatedAway {
+            id: token.id.clone(),
+            owner: token.owner.clone(),
+        };
+        self.reused.lock().unwrap_or_else(|e| e.into_inner()).push(found.clone());
+        self.reused_notify.notify_one();
+        Some(found)
+    }
+
+    /// The tokens whose rotated-away secrets were presented since the last call, waiting
+    /// until there is one.
+    pub async fn take_reused(&self) -> Vec<RotatedAway> {
+        loop {
+            let taken = std::mem::take(&mut *self.reused.lock().unwrap_or_else(|e| e.into_inner()));
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.reused_notify.notified().await;
+        }
     }
 
     /// Remembers a token that stopped being live; the oldest remembered go first.
@@ -272,6 +351,7 @@ impl TokenCache {
             orgs: self.org_list(&record.orgs),
             scopes: record.scopes,
             expires_at: record.expires_at,
+            limits: Limits::of(record),
             hash: record.hash,
             last_used: AtomicI64::new(seen),
             flushed: AtomicI64::new(flushed),
@@ -318,6 +398,8 @@ impl TokenCache {
             keep
         });
         self.by_id.retain(|t, ()| t.0.expires_at > now);
+        // Rotated-away secrets of tokens no longer live.
+        self.rotated.retain(|_, id| self.by_id.contains_key(id.as_str()));
         // Names and lists no token refers to any more.
         self.owners.retain(|o| Arc::strong_count(o) > 1);
         self.org_lists.retain(|o| Arc::strong_count(o) > 1);
@@ -438,6 +520,9 @@ mod tests {
 
     fn rec(id: &str, secret: &TokenSecret, expires_at: i64) -> TokenRecord {
         TokenRecord {
+            repos: Default::default(),
+            allow_from: Default::default(),
+            rotated_at: None,
             id: id.into(),
             hash: secret.hash(),
             name: "n".into(),

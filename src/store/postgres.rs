@@ -30,6 +30,7 @@ use super::{
     TokenUpdate, TokenUse,
 };
 use crate::audit::{Action, Actor, AuditEntry, Outcome};
+use crate::auth::restrictions::{AllowFrom, Repos};
 use crate::auth::scope::ScopeSet;
 use crate::auth::token::TokenHash;
 use crate::auth::Orgs;
@@ -102,9 +103,18 @@ CREATE INDEX audit_log_token ON audit_log (token_id, seq);
 "#,
     // 3: where each token was last used from.
     "ALTER TABLE tokens ADD COLUMN last_used_from TEXT;",
+    // 4: repositories, address ranges, rotation; a rotation's event keeps the digest of
+    // the secret it replaced.
+    r#"
+ALTER TABLE tokens ADD COLUMN repos TEXT NOT NULL DEFAULT '*';
+ALTER TABLE tokens ADD COLUMN allow_from TEXT NOT NULL DEFAULT '*';
+ALTER TABLE tokens ADD COLUMN rotated_at BIGINT;
+ALTER TABLE token_events ADD COLUMN rotated_away BYTEA;
+CREATE INDEX token_events_rotated ON token_events (token_id) WHERE rotated_away IS NOT NULL;
+"#,
 ];
 
-const COLUMNS: &str = "id, hash, name, owner, orgs, scopes, created_at, expires_at, revoked_at, revoked_by, last_used_at, last_used_from";
+const COLUMNS: &str = "id, hash, name, owner, orgs, scopes, created_at, expires_at, revoked_at, revoked_by, last_used_at, last_used_from, repos, allow_from, rotated_at";
 
 /// A PostgreSQL connection URL (`postgres://` or `postgresql://`), checked. Display and
 /// Debug mask the password: `postgres://user:***@host:5432/db`.
@@ -361,7 +371,7 @@ impl PgStore {
             let tx = write_tx(c).await?;
             let st = tx
                 .prepare_cached(&format!(
-                    "INSERT INTO tokens ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                    "INSERT INTO tokens ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
                 ))
                 .await?;
             tx.execute(
@@ -379,6 +389,9 @@ impl PgStore {
                     &r.revoked_by,
                     &r.last_used_at,
                     &r.last_used_from,
+                    &r.repos.to_string(),
+                    &r.allow_from.to_string(),
+                    &r.rotated_at,
                 ],
             )
             .await?;
@@ -436,13 +449,15 @@ impl PgStore {
             let current = get_for_update(&tx, id).await?;
             let next = update.apply_to(&current, now)?;
             tx.execute(
-                "UPDATE tokens SET name = $2, orgs = $3, scopes = $4, expires_at = $5 WHERE id = $1",
+                "UPDATE tokens SET name = $2, orgs = $3, scopes = $4, expires_at = $5, repos = $6, allow_from = $7 WHERE id = $1",
                 &[
                     &id,
                     &next.name,
                     &orgs_to_text(&next.orgs),
                     &next.scopes.to_string(),
                     &next.expires_at,
+                    &next.repos.to_string(),
+                    &next.allow_from.to_string(),
                 ],
             )
             .await?;
@@ -471,6 +486,61 @@ impl PgStore {
         })
     }
 
+    pub(super) async fn rotate(
+        &self,
+        id: &str,
+        hash: TokenHash,
+        expires_at: i64,
+        actor: &Actor,
+        now: i64,
+    ) -> Result<TokenRecord, StoreError> {
+        with_client!(self, |c| {
+            let tx = write_tx(c).await?;
+            let mut record = get_for_update(&tx, id).await?;
+            let state = record.state(now);
+            if state != TokenState::Active {
+                return Err(StoreError::NotLive { id: id.to_owned(), state });
+            }
+            tx.execute(
+                "UPDATE tokens SET hash = $2, expires_at = $3, rotated_at = $4 WHERE id = $1",
+                &[&id, &&hash.0[..], &expires_at, &now],
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO token_events (token_id, kind, at, actor, rotated_away) VALUES ($1, $2, $3, $4, $5)",
+                &[&id, &EventKind::Rotated.as_str(), &now, &actor.name, &&record.hash.0[..]],
+            )
+            .await?;
+            tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+            append_audit(&tx, &[lifecycle(Action::Rotate, id, &record.owner, actor)]).await?;
+            tx.commit().await?;
+            record.hash = hash;
+            record.expires_at = expires_at;
+            record.rotated_at = Some(now);
+            Ok(record)
+        })
+    }
+
+    pub(super) async fn rotated_away(&self, now: i64) -> Result<Vec<(TokenHash, String)>, StoreError> {
+        with_client!(self, |c| {
+            let rows = c
+                .query(
+                    "SELECT e.rotated_away, e.token_id FROM token_events e JOIN tokens t ON t.id = e.token_id \
+                     WHERE e.rotated_away IS NOT NULL AND t.revoked_at IS NULL AND t.expires_at > $1",
+                    &[&now],
+                )
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let hash: Vec<u8> = r.try_get(0)?;
+                if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
+                    out.push((TokenHash(hash), r.try_get(1)?));
+                }
+            }
+            Ok(out)
+        })
+    }
+
     pub(super) async fn revoke_hashes(&self, hashes: &[TokenHash], actor: &Actor, now: i64) -> Result<Vec<String>, StoreError> {
         with_client!(self, |c| {
             let tx = write_tx(c).await?;
@@ -495,7 +565,7 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn revoke(&self, id: &str, actor: &Actor, now: i64) -> Result<TokenRecord, StoreError> {
+    pub(super) async fn revoke(&self, id: &str, actor: &Actor, action: Action, now: i64) -> Result<TokenRecord, StoreError> {
         with_client!(self, |c| {
             let tx = write_tx(c).await?;
             let changed = tx
@@ -507,7 +577,7 @@ impl PgStore {
             let record = get_for_update(&tx, id).await?;
             if changed == 1 {
                 append_events(&tx, &[id.to_owned()], EventKind::Revoked, now, actor).await?;
-                append_audit(&tx, &[lifecycle(Action::Revoke, id, &record.owner, actor)]).await?;
+                append_audit(&tx, &[lifecycle(action, id, &record.owner, actor)]).await?;
             }
             tx.commit().await?;
             Ok(record)
@@ -577,7 +647,7 @@ impl PgStore {
 
     pub(super) async fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
         let sql = format!(
-            "SELECT e.seq, e.token_id, e.kind, e.at, e.actor, {} FROM token_events e LEFT JOIN tokens t ON t.id = e.token_id \
+            "SELECT e.seq, e.token_id, e.kind, e.at, e.actor, e.rotated_away, {} FROM token_events e LEFT JOIN tokens t ON t.id = e.token_id \
              WHERE e.seq > $1 ORDER BY e.seq LIMIT $2",
             COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
         );
@@ -595,12 +665,18 @@ impl PgStore {
                     at: r.try_get(3)?,
                     actor: r.try_get(4)?,
                 };
-                let present: Option<String> = r.try_get(5)?;
+                let rotated_away: Option<Vec<u8>> = r.try_get(5)?;
+                let rotated_away = rotated_away.and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok()).map(TokenHash);
+                let present: Option<String> = r.try_get(6)?;
                 let record = match present {
-                    Some(_) => Some(read_record(r, 5)?),
+                    Some(_) => Some(read_record(r, 6)?),
                     None => None,
                 };
-                out.push(Change { event, record });
+                out.push(Change {
+                    event,
+                    record,
+                    rotated_away,
+                });
             }
             Ok(out)
         })
@@ -886,6 +962,10 @@ fn read_record(r: &Row, at: usize) -> Result<TokenRecord, StoreError> {
     let orgs = serde_json::from_str::<Orgs>(&orgs).map_err(|_| corrupt("organizations"))?;
     let names: Vec<&str> = scopes.split(',').filter(|s| !s.is_empty()).collect();
     let scopes = ScopeSet::parse(&names).map_err(|_| corrupt("scopes"))?;
+    let repos: String = r.try_get(at + 12)?;
+    let repos = Repos::parse(&repos).map_err(|_| corrupt("repos"))?;
+    let allow_from: String = r.try_get(at + 13)?;
+    let allow_from = AllowFrom::parse(&allow_from).map_err(|_| corrupt("allow_from"))?;
     Ok(TokenRecord {
         hash: TokenHash(hash),
         name: r.try_get(at + 2)?,
@@ -898,6 +978,9 @@ fn read_record(r: &Row, at: usize) -> Result<TokenRecord, StoreError> {
         revoked_by: r.try_get(at + 9)?,
         last_used_at: r.try_get(at + 10)?,
         last_used_from: r.try_get(at + 11)?,
+        repos,
+        allow_from,
+        rotated_at: r.try_get(at + 14)?,
         id,
     })
 }
@@ -1013,6 +1096,8 @@ mod tests {
         let db = TestDb::new().await;
         let store = Store::open(&Location::Postgres(db.url.clone())).await.unwrap();
         let new = || super::super::NewToken {
+            repos: Default::default(),
+            allow_from: Default::default(),
             name: "n".into(),
             owner: "o".into(),
             orgs: Orgs::All,
@@ -1053,6 +1138,8 @@ mod tests {
             .await
             .unwrap();
         let new = super::super::NewToken {
+            repos: Default::default(),
+            allow_from: Default::default(),
             name: "n".into(),
             owner: "o".into(),
             orgs: Orgs::All,

@@ -13,6 +13,7 @@ use super::{
     TokenState, TokenUpdate, TokenUse,
 };
 use crate::audit::{Action, Actor, AuditEntry, Outcome};
+use crate::auth::restrictions::{AllowFrom, Repos};
 use crate::auth::scope::ScopeSet;
 use crate::auth::token::TokenHash;
 use crate::auth::Orgs;
@@ -66,13 +67,22 @@ CREATE INDEX audit_log_token ON audit_log (token_id, seq);
 "#,
     // 3: where each token was last used from.
     "ALTER TABLE tokens ADD COLUMN last_used_from TEXT;",
+    // 4: repositories, address ranges, rotation; a rotation's event keeps the digest of
+    // the secret it replaced.
+    r#"
+ALTER TABLE tokens ADD COLUMN repos TEXT NOT NULL DEFAULT '*';
+ALTER TABLE tokens ADD COLUMN allow_from TEXT NOT NULL DEFAULT '*';
+ALTER TABLE tokens ADD COLUMN rotated_at INTEGER;
+ALTER TABLE token_events ADD COLUMN rotated_away BLOB;
+CREATE INDEX token_events_rotated ON token_events (token_id) WHERE rotated_away IS NOT NULL;
+"#,
 ];
 
 /// The audit trail's columns, in the order [`read_audit`] reads them.
 pub(super) const AUDIT_COLUMNS: &str =
     "seq, time, action, outcome, reason, token_id, owner, actor, client, method, path, route, status, count";
 
-const COLUMNS: &str = "id, hash, name, owner, orgs, scopes, created_at, expires_at, revoked_at, revoked_by, last_used_at, last_used_from";
+const COLUMNS: &str = "id, hash, name, owner, orgs, scopes, created_at, expires_at, revoked_at, revoked_by, last_used_at, last_used_from, repos, allow_from, rotated_at";
 
 /// A SQLite database file.
 pub struct SqliteStore {
@@ -142,7 +152,7 @@ impl SqliteStore {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
-                &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+                &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
                 params![
                     r.id,
                     &r.hash.0[..],
@@ -155,7 +165,10 @@ impl SqliteStore {
                     r.revoked_at,
                     r.revoked_by,
                     r.last_used_at,
-                    r.last_used_from
+                    r.last_used_from,
+                    r.repos.to_string(),
+                    r.allow_from.to_string(),
+                    r.rotated_at
                 ],
             )?;
             append_event(&tx, &r.id, EventKind::Created, r.created_at, actor)?;
@@ -208,8 +221,16 @@ impl SqliteStore {
             let current = get(&tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
             let next = update.apply_to(&current, now)?;
             tx.execute(
-                "UPDATE tokens SET name = ?2, orgs = ?3, scopes = ?4, expires_at = ?5 WHERE id = ?1",
-                params![id, next.name, orgs_to_text(&next.orgs), next.scopes.to_string(), next.expires_at],
+                "UPDATE tokens SET name = ?2, orgs = ?3, scopes = ?4, expires_at = ?5, repos = ?6, allow_from = ?7 WHERE id = ?1",
+                params![
+                    id,
+                    next.name,
+                    orgs_to_text(&next.orgs),
+                    next.scopes.to_string(),
+                    next.expires_at,
+                    next.repos.to_string(),
+                    next.allow_from.to_string()
+                ],
             )?;
             append_event(&tx, id, EventKind::Updated, now, actor)?;
             append_audit(&tx, &[lifecycle(Action::Update, id, &next.owner, actor)])?;
@@ -232,6 +253,51 @@ impl SqliteStore {
             tx.commit()?;
             record.hash = hash;
             Ok(record)
+        })
+    }
+
+    pub(super) fn rotate(&self, id: &str, hash: TokenHash, expires_at: i64, actor: &Actor, now: i64) -> Result<TokenRecord, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut record = get(&tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+            let state = record.state(now);
+            if state != TokenState::Active {
+                return Err(StoreError::NotLive { id: id.to_owned(), state });
+            }
+            tx.execute(
+                "UPDATE tokens SET hash = ?2, expires_at = ?3, rotated_at = ?4 WHERE id = ?1",
+                params![id, &hash.0[..], expires_at, now],
+            )?;
+            tx.execute(
+                "INSERT INTO token_events (token_id, kind, at, actor, rotated_away) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, EventKind::Rotated.as_str(), now, actor.name, &record.hash.0[..]],
+            )?;
+            append_audit(&tx, &[lifecycle(Action::Rotate, id, &record.owner, actor)])?;
+            tx.commit()?;
+            record.hash = hash;
+            record.expires_at = expires_at;
+            record.rotated_at = Some(now);
+            Ok(record)
+        })
+    }
+
+    pub(super) fn rotated_away(&self, now: i64) -> Result<Vec<(TokenHash, String)>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT e.rotated_away, e.token_id FROM token_events e JOIN tokens t ON t.id = e.token_id \
+                 WHERE e.rotated_away IS NOT NULL AND t.revoked_at IS NULL AND t.expires_at > ?1",
+            )?;
+            let rows = st.query_map([now], |r| {
+                let hash: Vec<u8> = r.get(0)?;
+                Ok((<[u8; 32]>::try_from(hash.as_slice()).ok().map(TokenHash), r.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                if let (Some(hash), id) = row? {
+                    out.push((hash, id));
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -258,7 +324,7 @@ impl SqliteStore {
         })
     }
 
-    pub(super) fn revoke(&self, id: &str, actor: &Actor, now: i64) -> Result<TokenRecord, StoreError> {
+    pub(super) fn revoke(&self, id: &str, actor: &Actor, action: Action, now: i64) -> Result<TokenRecord, StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let changed = tx.execute(
@@ -268,7 +334,7 @@ impl SqliteStore {
             let record = get(&tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
             if changed == 1 {
                 append_event(&tx, id, EventKind::Revoked, now, actor)?;
-                append_audit(&tx, &[lifecycle(Action::Revoke, id, &record.owner, actor)])?;
+                append_audit(&tx, &[lifecycle(action, id, &record.owner, actor)])?;
             }
             tx.commit()?;
             Ok(record)
@@ -329,23 +395,32 @@ impl SqliteStore {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Deferred)?;
             let events = {
-                let mut st = tx.prepare("SELECT seq, token_id, kind, at, actor FROM token_events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+                let mut st = tx.prepare(
+                    "SELECT seq, token_id, kind, at, actor, rotated_away FROM token_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?;
                 let rows = st.query_map(params![seq, limit as i64], |r| {
                     let kind: String = r.get(2)?;
-                    Ok(TokenEvent {
+                    let rotated_away: Option<Vec<u8>> = r.get(5)?;
+                    let event = TokenEvent {
                         seq: r.get(0)?,
                         token_id: r.get(1)?,
                         kind: EventKind::parse(&kind).unwrap_or(EventKind::Updated),
                         at: r.get(3)?,
                         actor: r.get(4)?,
-                    })
+                    };
+                    let rotated_away = rotated_away.and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok()).map(TokenHash);
+                    Ok((event, rotated_away))
                 })?;
                 rows.collect::<Result<Vec<_>, _>>()?
             };
             let mut out = Vec::with_capacity(events.len());
-            for event in events {
+            for (event, rotated_away) in events {
                 let record = get(&tx, &event.token_id)?;
-                out.push(Change { event, record });
+                out.push(Change {
+                    event,
+                    record,
+                    rotated_away,
+                });
             }
             tx.commit()?;
             Ok(out)
@@ -549,13 +624,17 @@ fn read_row(r: &Row<'_>) -> rusqlite::Result<Result<TokenRecord, StoreError>> {
         let names: Vec<&str> = t.split(',').filter(|s| !s.is_empty()).collect();
         ScopeSet::parse(&names).ok()
     });
-    let what = match (&hash, &orgs, &scopes) {
-        (None, _, _) => "hash",
-        (_, None, _) => "organizations",
-        (_, _, None) => "scopes",
-        (Some(_), Some(_), Some(_)) => "",
+    let repos = r.get_ref(12)?.as_str().ok().and_then(|t| Repos::parse(t).ok());
+    let allow_from = r.get_ref(13)?.as_str().ok().and_then(|t| AllowFrom::parse(t).ok());
+    let what = match (&hash, &orgs, &scopes, &repos, &allow_from) {
+        (None, ..) => "hash",
+        (_, None, ..) => "organizations",
+        (_, _, None, ..) => "scopes",
+        (_, _, _, None, _) => "repos",
+        (.., None) => "allow_from",
+        _ => "",
     };
-    let (Some(hash), Some(orgs), Some(scopes)) = (hash, orgs, scopes) else {
+    let (Some(hash), Some(orgs), Some(scopes), Some(repos), Some(allow_from)) = (hash, orgs, scopes, repos, allow_from) else {
         return Ok(Err(StoreError::Database(format!("token {id}: stored {what} cannot be read"))));
     };
     Ok(Ok(TokenRecord {
@@ -571,6 +650,9 @@ fn read_row(r: &Row<'_>) -> rusqlite::Result<Result<TokenRecord, StoreError>> {
         revoked_by: r.get(9)?,
         last_used_at: r.get(10)?,
         last_used_from: r.get(11)?,
+        repos,
+        allow_from,
+        rotated_at: r.get(14)?,
     }))
 }
 
@@ -584,6 +666,8 @@ mod tests {
             name: "ci".into(),
             owner: owner.into(),
             orgs: Orgs::parse("acme").unwrap(),
+            repos: Repos::All,
+            allow_from: AllowFrom::Anywhere,
             scopes: ScopeSet::parse(&["code:read"]).unwrap(),
             lifespan: Duration::from_secs(3600),
         }

@@ -89,15 +89,21 @@ pub enum AuthOutcome {
     Revoked,
     /// A secret a regenerate replaced.
     Superseded,
+    /// A secret a rotation replaced, presented again (the token is revoked).
+    RotatedReused,
+    /// A live token used from outside its address ranges.
+    OutsideRanges,
     LacksScope,
     LacksOrg,
+    /// A token limited to repositories, on another repository or a route naming none.
+    LacksRepo,
     NoRule,
     LockedOut,
 }
 
 impl AuthOutcome {
     /// Every outcome, for the tests and for listing them at zero.
-    pub const ALL: [AuthOutcome; 11] = [
+    pub const ALL: [AuthOutcome; 14] = [
         AuthOutcome::Allowed,
         AuthOutcome::NoCredential,
         AuthOutcome::Malformed,
@@ -105,8 +111,11 @@ impl AuthOutcome {
         AuthOutcome::Expired,
         AuthOutcome::Revoked,
         AuthOutcome::Superseded,
+        AuthOutcome::RotatedReused,
+        AuthOutcome::OutsideRanges,
         AuthOutcome::LacksScope,
         AuthOutcome::LacksOrg,
+        AuthOutcome::LacksRepo,
         AuthOutcome::NoRule,
         AuthOutcome::LockedOut,
     ];
@@ -121,8 +130,11 @@ impl AuthOutcome {
             AuthOutcome::Expired => "expired",
             AuthOutcome::Revoked => "revoked",
             AuthOutcome::Superseded => "superseded",
+            AuthOutcome::RotatedReused => "rotated_reused",
+            AuthOutcome::OutsideRanges => "outside_ranges",
             AuthOutcome::LacksScope => "lacks_scope",
             AuthOutcome::LacksOrg => "lacks_org",
+            AuthOutcome::LacksRepo => "lacks_repo",
             AuthOutcome::NoRule => "no_rule",
             AuthOutcome::LockedOut => "locked_out",
         }

@@ -233,9 +233,9 @@ fn malformed_requests_are_refused_with_json_naming_the_problem() {
 #[test]
 fn owners_see_and_touch_only_their_own_tokens() {
     let p = TestPatgate::start("");
-    let alice = p.mint_caller("alice", "tokens:manage");
+    let alice = p.mint_caller("alice", "tokens:manage,code:manage,agentpools:manage");
     let reader = p.mint_caller("alice", "tokens:read");
-    let bob = p.mint_caller("bob", "tokens:manage");
+    let bob = p.mint_caller("bob", "tokens:manage,code:manage,agentpools:manage");
     let root = p.mint_caller("root", "tokens:admin");
     let (bobs, _) = created(&p, &bob.token, json!({"name": "b", "scopes": ["code:read"], "orgs": "*"}));
     let (alices, _) = created(&p, &alice.token, json!({"name": "a", "scopes": ["code:read"], "orgs": "*"}));
@@ -306,7 +306,7 @@ fn policies_refuse_with_400_naming_the_policy() {
     let p = TestPatgate::start(
         "[admin]\nlisten = \"127.0.0.1:0\"\n\n[policy]\nmax_lifespan = \"7d\"\ndefault_lifespan = \"1d\"\ngrantable_scopes = [\"code:write\", \"tokens:manage\"]\nallow_all_orgs = false\nallow_full = false\n",
     );
-    let alice = p.mint_caller("alice", "tokens:manage");
+    let alice = p.mint_caller("alice", "tokens:manage,code:manage,agentpools:manage");
     let root = p.mint_caller("root", "tokens:admin");
     let body = |scopes: Value, orgs: Value, extra: Value| {
         let mut b = json!({"name": "n", "scopes": scopes, "orgs": orgs});
@@ -376,7 +376,7 @@ fn policies_refuse_with_400_naming_the_policy() {
 fn regenerate_and_revoke_bite_on_the_proxy_as_soon_as_they_answer() {
     let up = spawn_upstream(false);
     let p = TestPatgate::start(&agents(&up));
-    let alice = p.mint_caller("alice", "tokens:manage");
+    let alice = p.mint_caller("alice", "tokens:manage,code:manage,agentpools:manage");
     let (id, old) = created(
         &p,
         &alice.token,

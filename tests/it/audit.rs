@@ -192,7 +192,7 @@ fn refusals_name_known_tokens_and_never_hold_a_secret() {
             "never the query"
         );
         // A credential is judged before the route is looked up: only a 403 has one.
-        let route = if status == 403 { json!("/{org}/**") } else { Value::Null };
+        let route = if status == 403 { json!("/{org}/{repo}/**") } else { Value::Null };
         assert_eq!(e["route"], route);
         assert_eq!(
             (&e["client"], &e["outcome"], &e["actor"]),
@@ -272,7 +272,7 @@ fn each_allowed_request_is_an_entry_when_configured() {
             (&e["method"], &e["path"], &e["status"]),
             (&json!("GET"), &json!("/acme/demo.git/info/refs"), &json!(200))
         );
-        assert_eq!((&e["route"], &e["count"]), (&json!("/{org}/**"), &json!(1)));
+        assert_eq!((&e["route"], &e["count"]), (&json!("/{org}/{repo}/**"), &json!(1)));
     }
 }
 

@@ -250,7 +250,7 @@ fn admin_url_mode_needs_a_token_and_a_reachable_server() {
 fn token_commands_work_through_the_admin_api() {
     let p = TestPatgate::start("");
     let admin = p.mint_caller("root", "tokens:admin");
-    let manage = p.mint_caller("carol", "tokens:manage");
+    let manage = p.mint_caller("carol", "tokens:manage,code:manage,agentpools:manage");
     let url = format!("http://{}", p.admin_addr());
     let token_file = p.dir.path().join("admin-token");
     std::fs::write(&token_file, format!("{}\n", admin.token)).unwrap();

@@ -53,6 +53,9 @@ impl Harness {
         let tokens = Arc::new(TokenCache::default());
         tokens.apply(
             &TokenRecord {
+                repos: Default::default(),
+                allow_from: Default::default(),
+                rotated_at: None,
                 id: "t-duplex".into(),
                 hash: secret.hash(),
                 name: "duplex".into(),

@@ -305,7 +305,7 @@ fn refusals_keep_the_connection_and_a_bad_head_closes_it() {
         "{head}"
     );
     assert!(String::from_utf8_lossy(&body).starts_with("authentication required"));
-    send(&mut s, "GET", "/elsewhere", &t, "");
+    send(&mut s, "GET", "/elsewhere/x", &t, "");
     let (head, body) = read_one(&mut s, false);
     assert!(head.starts_with("HTTP/1.1 403"), "{head}{}", String::from_utf8_lossy(&body));
     send(&mut s, "GET", "/s/../s/len", &t, "");

@@ -19,6 +19,7 @@ mod http1;
 mod last_used;
 mod limits;
 mod messages;
+mod narrow;
 mod observe;
 mod postgres;
 mod proxy;

@@ -165,7 +165,7 @@ fn a_lifespan_in_an_unknown_unit_is_refused_with_the_units() {
     assert!(ok.status.success(), "{}", stderr(&ok));
 
     // The admin API reads lifespans the same way.
-    let admin = p.mint_caller("alice", "tokens:manage");
+    let admin = p.mint_caller("alice", "tokens:manage,code:manage,agentpools:manage");
     let body = serde_json::json!({"name": "n", "scopes": ["code:read"], "orgs": ["acme"], "expires_in": "1month"});
     let a = p.api("POST", "/admin/v1/tokens", Some(&admin.token), Some(&body));
     assert_eq!(a.status, 400, "{:?}", a.raw);

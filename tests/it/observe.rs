@@ -89,12 +89,12 @@ fn metrics_count_requests_and_outcomes_with_bounded_labels() {
         sample(
             &m,
             "patgate_requests",
-            &[("route", "/{org}/**"), ("method", "read"), ("status", "403")]
+            &[("route", "/{org}/{repo}/**"), ("method", "read"), ("status", "403")]
         ),
         2.0
     );
     assert_eq!(
-        sample(&m, "patgate_request_duration_seconds", &[("route", "/{org}/**")]),
+        sample(&m, "patgate_request_duration_seconds", &[("route", "/{org}/{repo}/**")]),
         3.0,
         "{text}"
     );

@@ -207,6 +207,8 @@ fn path_str(p: &Path) -> &str {
 
 fn token(owner: &str) -> NewToken {
     NewToken {
+        repos: Default::default(),
+        allow_from: Default::default(),
         name: "ci".into(),
         owner: owner.into(),
         orgs: Orgs::parse("acme").unwrap(),

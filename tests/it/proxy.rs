@@ -234,7 +234,7 @@ fn no_route_and_no_rule_are_refused() {
     let r = http(p.addr, &get("/acme/demo.git/config", &format!("Bearer {}", t.token), ""));
     assert_eq!(
         (r.status, r.body.as_str()),
-        (403, "no rule of route /{org}/** admits GET on this path\n")
+        (403, "no rule of route /{org}/{repo}/** admits GET on this path\n")
     );
 }
 

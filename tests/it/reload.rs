@@ -25,7 +25,7 @@ fn sighup_swaps_routes_and_policy_and_refuses_a_bad_config() {
     );
     let p = TestPatgate::start("");
     let agent = p.mint_live("agentpools:read", "acme");
-    let admin = p.mint_caller("alice", "tokens:manage");
+    let admin = p.mint_caller("alice", "tokens:manage,code:manage,agentpools:manage");
     let pools = "/acme/_apis/distributedtask/pools";
     // Without the agents route the path falls to the git route, whose rules refuse the scope.
     assert_eq!(get(&p, pools, &agent.token), 403);

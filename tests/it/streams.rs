@@ -524,7 +524,7 @@ fn an_expiry_warning_reaches_the_webhook_once_and_not_again_after_a_restart() {
     let store = format!("sqlite://{}", p.dir.path().join("patgate.db").display());
     let q = TestPatgate::start_with_env("", &[("PATGATE__STORE__URL", &store)]);
     // A token made now, through the restarted instance, is warned of: the restart's scan ran.
-    let manager = p.mint_caller_on(&store, "tokens:manage");
+    let manager = p.mint_caller_on(&store, "tokens:manage,code:manage,agentpools:manage");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !q.admin_sees(&manager) {
         assert!(Instant::now() < deadline, "the token never became live");
@@ -604,7 +604,7 @@ fn two_instances_on_one_store_deliver_each_entry_once() {
     let (status, _) = a.terminate();
     assert!(status.success());
     // b's CLI would work on b's own file: the change goes through b's admin API.
-    let manager = a.mint_caller_on(&store, "tokens:manage");
+    let manager = a.mint_caller_on(&store, "tokens:manage,code:manage,agentpools:manage");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !b.admin_sees(&manager) {
         assert!(Instant::now() < deadline, "the token never became live");

@@ -76,7 +76,7 @@ impl TestPatgate {
         std::fs::write(
             &config,
             format!(
-                "[server]\nlisten = \"{listen_in_file}\"\nshutdown_grace = \"2s\"\n{server}\n\n[store]\nurl = \"sqlite://{}\"\npoll_interval = \"100ms\"\n\n{brute_force}{admin}\n{extra}\n\n[[routes]]\npath = \"/{{org}}/**\"\nupstream = \"git-http-backend:{}\"\nrules = \"git\"\n",
+                "[server]\nlisten = \"{listen_in_file}\"\nshutdown_grace = \"2s\"\n{server}\n\n[store]\nurl = \"sqlite://{}\"\npoll_interval = \"100ms\"\n\n{brute_force}{admin}\n{extra}\n\n[[routes]]\npath = \"/{{org}}/{{repo}}/**\"\nupstream = \"git-http-backend:{}\"\nrules = \"git\"\n",
                 dir.path().join("patgate.db").display(),
                 repos.display()
             ),

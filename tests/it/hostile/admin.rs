@@ -13,7 +13,7 @@ use crate::support::*;
 /// patgate with the admin API (bodies up to 2 KiB), and a caller with tokens:manage.
 fn start() -> (TestPatgate, Minted) {
     let p = TestPatgate::start("[admin]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 2048\n");
-    let alice = p.mint_caller("alice", "tokens:manage");
+    let alice = p.mint_caller("alice", "tokens:manage,code:manage,agentpools:manage");
     (p, alice)
 }
 
@@ -100,10 +100,10 @@ fn an_enormous_announced_body_is_refused_at_once() {
 fn revoked_and_expired_callers_get_an_unknown_callers_401() {
     let (p, alice) = start();
     let unknown = p.api("GET", "/admin/v1/tokens", Some(TokenSecret::generate().expose()), None);
-    let revoked = p.mint_caller("alice", "tokens:manage");
+    let revoked = p.mint_caller("alice", "tokens:manage,code:manage,agentpools:manage");
     let a = p.api("POST", &format!("/admin/v1/tokens/{}/revoke", revoked.id), Some(&alice.token), None);
     assert_eq!(a.status, 200);
-    let short = p.mint_for("alice", "tokens:manage", "*", "1s");
+    let short = p.mint_for("alice", "tokens:manage,code:manage,agentpools:manage", "*", "1s");
     std::thread::sleep(Duration::from_millis(2100));
     let mut bad = Vec::new();
     for (name, tok) in [("10.06-revoked", &revoked.token), ("10.07-expired", &short.token)] {

@@ -106,7 +106,7 @@ fn flood(addr: SocketAddr, n: usize, case: &str) -> (Vec<String>, usize) {
 fn a_revocation_by_the_admin_api_bites_once_it_answered() {
     let rec = spawn_recorder();
     let p = TestPatgate::start(&agents_route(&rec));
-    let caller = p.mint_caller("alice", "tokens:manage");
+    let caller = p.mint_caller("alice", "tokens:manage,code:manage,agentpools:manage");
     let token = live(&p, "alice", "agentpools:read", "acme");
     let bad = race_with_revoke(&p, &rec, "9.10-api", &token, Duration::ZERO, || {
         let a = p.api("POST", &format!("/admin/v1/tokens/{}/revoke", token.id), Some(&caller.token), None);
