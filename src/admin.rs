@@ -23,7 +23,8 @@
 //! | `GET /metrics` | none | Prometheus metrics, OpenMetrics text ([`crate::telemetry::metrics`]) |
 //! | `/console/...` | a console session | the web token console ([`console`]) |
 //!
-//! Callers are tokens, read from `Authorization` as on the proxy ([`caller`]). Without
+//! Callers are tokens, read from `Authorization` as on the proxy ([`caller`]), or the
+//! token of a web console session ([`console`]). Without
 //! `tokens:admin` a caller sees and changes only its owner's tokens. Tokens made or changed
 //! here obey the [`policy`]. Every failure is an [`error::AdminError`], answered in one
 //! place as `{"error": "..."}`. A write is applied to this instance's memory before it is
