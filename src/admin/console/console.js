@@ -273,7 +273,10 @@ function forgetSecret() {
 }
 
 $("secret-dialog").addEventListener("close", forgetSecret);
-$("secret-close").addEventListener("click", () => $("secret-dialog").close());
+$("secret-close").addEventListener("click", () => {
+  forgetSecret();
+  $("secret-dialog").close();
+});
 $("secret-copy").addEventListener("click", async () => {
   try {
     await navigator.clipboard.writeText($("secret-value").value);
