@@ -343,10 +343,14 @@ async fn console_create_use_edit_regenerate_revoke_in_chromium() {
     b.record_answers().await;
     b.click("#new-token").await;
     b.visible("token-dialog").await;
-    b.until("return document.activeElement.id === 'tf-name'", "focus in the dialog's first field")
-        .await;
+    b.until(
+        "return document.activeElement.id === 'tf-name'",
+        "focus in the dialog's first field",
+    )
+    .await;
     b.type_into("tf-name", "ci").await;
     b.type_into("tf-orgs", "acme").await;
+    b.type_into("tf-allow-from", "127.0.0.0/8").await;
     b.click("input[name='scope-code'][value='code:write']").await;
     b.screenshot("new-token").await;
     b.click("#tf-submit").await;
@@ -409,6 +413,7 @@ async fn console_create_use_edit_regenerate_revoke_in_chromium() {
         (t.json["name"].as_str(), &t.json["scopes"]),
         (Some("ci-read"), &json!(["code:read"]))
     );
+    assert_eq!(t.json["allow_from"], json!(["127.0.0.0/8"]), "an unchanged limit is left alone");
 
     // A policy error shows next to its field: a date beyond policy.max_lifespan (100d).
     b.click("#new-token").await;
@@ -435,6 +440,29 @@ async fn console_create_use_edit_regenerate_revoke_in_chromium() {
     // Esc closes a dialog.
     b.c().active_element().await.unwrap().send_keys("\u{e00c}").await.unwrap();
     b.until("return !document.getElementById('token-dialog').open", "Esc to close the dialog")
+        .await;
+
+    // A field the API cannot read is named, and shown under that field.
+    b.click("#new-token").await;
+    b.visible("token-dialog").await;
+    b.type_into("tf-name", "bad-range").await;
+    b.type_into("tf-orgs", "acme").await;
+    b.type_into("tf-allow-from", "not-an-address").await;
+    b.click("input[name='scope-code'][value='code:read']").await;
+    b.click("#tf-submit").await;
+    b.until(
+        "return document.getElementById('err-allow_from').textContent !== ''",
+        "the address error",
+    )
+    .await;
+    assert!(
+        b.text("err-allow_from").await.starts_with("allow_from"),
+        "{}",
+        b.text("err-allow_from").await
+    );
+    assert_eq!(b.text("err-form").await, "");
+    b.click("#tf-cancel").await;
+    b.until("return !document.getElementById('token-dialog').open", "Cancel to close the dialog")
         .await;
 
     // Regenerate: a new secret, shown once; the old one is refused at once.

@@ -181,7 +181,18 @@ function row(t) {
   th.textContent = t.name;
   tr.append(th);
   cell(tr, t.owner);
-  cell(tr, orgsText(t.orgs));
+  const orgs = cell(tr, orgsText(t.orgs));
+  for (const [label, v] of [
+    ["repositories", t.repos],
+    ["from", t.allow_from],
+  ]) {
+    if (Array.isArray(v)) {
+      const limit = document.createElement("span");
+      limit.className = "limit";
+      limit.textContent = `${label}: ${v.join(", ")}`;
+      orgs.append(limit);
+    }
+  }
   cell(tr, t.scopes.join(", "), "scopes");
   const st = cell(tr, t.state, `state state-${t.state}`);
   st.dataset.state = t.state;
@@ -368,7 +379,7 @@ $("revoke-owner").addEventListener("click", () => {
 // ---- the token form: new and edit --------------------------------------------------
 
 const DAY = 86400;
-const FIELD_ERRORS = ["name", "owner", "orgs", "expires", "scopes", "form"];
+const FIELD_ERRORS = ["name", "owner", "orgs", "repos", "allow_from", "expires", "scopes", "form"];
 
 function clearErrors() {
   for (const f of FIELD_ERRORS) $(`err-${f}`).textContent = "";
@@ -382,6 +393,8 @@ function fieldOf(message) {
   if (key === "name") return ["name", "tf-name"];
   if (key === "owner") return ["owner", "tf-owner"];
   if (["orgs", "organizations", "policy.allow_all_orgs"].includes(key)) return ["orgs", "tf-orgs"];
+  if (key === "repos") return ["repos", "tf-repos"];
+  if (key === "allow_from") return ["allow_from", "tf-allow-from"];
   if (["expires_at", "expires_in", "policy.max_lifespan"].includes(key)) return ["expires", "tf-expiry"];
   if (["scopes", "policy.grantable_scopes", "policy.allow_full"].includes(key)) return ["scopes", "tf-custom"];
   return ["form", null];
@@ -550,6 +563,8 @@ function openTokenDialog(token) {
   $("tf-orgs-some").checked = !all;
   $("tf-orgs").value = editing && !all ? token.orgs.join(", ") : "";
   syncOrgsMode();
+  $("tf-repos").value = editing ? listText(token.repos) : "";
+  $("tf-allow-from").value = editing ? listText(token.allow_from) : "";
   // Expiration: the choices the policy's max_lifespan allows, or a date up to it.
   const maxDays = Math.floor(p.max_lifespan_seconds / DAY);
   $("tf-expiry-keep").hidden = !editing;
@@ -583,6 +598,20 @@ function openTokenDialog(token) {
 $("new-token").addEventListener("click", () => openTokenDialog(null));
 $("tf-cancel").addEventListener("click", () => $("token-dialog").close());
 
+// A "*"-or-list field of a token as the form shows it: empty for "*" (or when absent).
+function listText(v) {
+  return Array.isArray(v) ? v.join(", ") : "";
+}
+
+// The form's text of such a field as JSON: "*" when empty.
+function listValue(id) {
+  const items = $(id)
+    .value.split(",")
+    .map((s) => s.trim())
+    .filter((s) => s);
+  return items.length ? items : "*";
+}
+
 function orgsValue() {
   if ($("tf-orgs-all").checked) return "*";
   return $("tf-orgs")
@@ -614,6 +643,15 @@ $("token-form").addEventListener("submit", async (ev) => {
     if (orgs !== "*" && orgs.length === 0) throw new ApiError(400, "orgs: name at least one organization, or choose all");
     if (scopes.length === 0) throw new ApiError(400, "scopes: choose at least one scope");
     const body = { name, orgs, scopes, ...expiryFields() };
+    // Limits are sent when set, or on an edit when changed (so an unchanged one is left alone).
+    for (const [key, id] of [
+      ["repos", "tf-repos"],
+      ["allow_from", "tf-allow-from"],
+    ]) {
+      const value = listValue(id);
+      const before = editing ? listText(editing[key]) : "";
+      if (editing ? listText(value) !== before : value !== "*") body[key] = value;
+    }
     $("tf-submit").disabled = true;
     if (editing) {
       await api("PATCH", `/admin/v1/tokens/${encodeURIComponent(editing.id)}`, body);
