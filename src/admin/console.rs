@@ -425,7 +425,8 @@ struct ScopeJson {
     summary: &'static str,
     /// The scopes it grants besides itself.
     implies: Vec<&'static str>,
-    /// Whether this caller may grant it under the policy.
+    /// Whether this caller may grant it: under the policy and, without `tokens:admin`,
+    /// held by its own token.
     grantable: bool,
 }
 
@@ -447,8 +448,8 @@ fn area(name: &str) -> &'static str {
     }
 }
 
-/// The scope table by area, in table order, for a caller that is `admin` or not.
-fn areas(grantable: ScopeSet, admin: bool) -> Vec<AreaJson> {
+/// The scope table by area, in table order, for a caller that may grant `grantable`.
+fn areas(grantable: ScopeSet) -> Vec<AreaJson> {
     let mut out: Vec<AreaJson> = Vec::new();
     for scope in Scope::all() {
         let mut closure = ScopeSet::EMPTY;
@@ -457,7 +458,7 @@ fn areas(grantable: ScopeSet, admin: bool) -> Vec<AreaJson> {
             name: scope.name(),
             summary: scope.summary(),
             implies: Scope::all().filter(|&o| o != scope && closure.allows(o)).map(Scope::name).collect(),
-            grantable: admin || grantable.allows(scope),
+            grantable: grantable.allows(scope),
         };
         let a = area(scope.name());
         match out.iter_mut().find(|x| x.area == a) {
@@ -471,11 +472,19 @@ fn areas(grantable: ScopeSet, admin: bool) -> Vec<AreaJson> {
     out
 }
 
-/// `GET /console/config.json`: what the "New token" form is built from.
+/// `GET /console/config.json`: what the "New token" form is built from: the policy, and
+/// what this caller may grant under it (without `tokens:admin`, no more than its own token
+/// holds).
 async fn config(State(s): State<AdminState>, caller: Caller) -> Result<Json<serde_json::Value>, AdminError> {
     let who = caller.require(Access::Read)?;
     let manage = caller.require(Access::Manage).is_ok();
     let p = s.policy();
+    let holds = &who.holds;
+    let grantable = if who.admin {
+        ScopeSet::full()
+    } else {
+        p.grantable_scopes.without(p.grantable_scopes.without(holds.scopes))
+    };
     Ok(Json(serde_json::json!({
         "owner": who.owner,
         "admin": who.admin,
@@ -487,7 +496,9 @@ async fn config(State(s): State<AdminState>, caller: Caller) -> Result<Json<serd
             "allow_all_orgs": p.allow_all_orgs,
             "grantable_scopes": Scope::all().filter(|&x| p.grantable_scopes.allows(x)).map(Scope::name).collect::<Vec<_>>(),
         },
-        "areas": areas(p.grantable_scopes, who.admin),
+        "may_grant_full": p.allow_full && (who.admin || holds.scopes.is_full()),
+        "may_grant_all_orgs": p.allow_all_orgs && (who.admin || holds.orgs == crate::auth::Orgs::All),
+        "areas": areas(grantable),
     })))
 }
 
@@ -664,8 +675,7 @@ mod tests {
 
     #[test]
     fn scopes_are_grouped_by_area_with_their_implications() {
-        let admin_only = ScopeSet::parse(&["code:read"]).unwrap();
-        let a = areas(admin_only, false);
+        let a = areas(ScopeSet::parse(&["code:read"]).unwrap());
         let names: Vec<&str> = a.iter().map(|x| x.area).collect();
         assert_eq!(names, ["Code", "Agent pools", "Audit log", "Audit streams", "Tokens"]);
         let code = &a[0].scopes;
@@ -675,7 +685,7 @@ mod tests {
         );
         assert_eq!(code[2].implies, ["code:read", "code:write"]);
         assert!(code[0].grantable && !code[1].grantable);
-        assert!(areas(admin_only, true).iter().flat_map(|x| &x.scopes).all(|s| s.grantable));
+        assert!(areas(ScopeSet::full()).iter().flat_map(|x| &x.scopes).all(|s| s.grantable));
         let total: usize = a.iter().map(|x| x.scopes.len()).sum();
         assert_eq!(total, Scope::all().count(), "every scope is shown once");
     }

@@ -348,6 +348,15 @@ async fn console_create_use_edit_regenerate_revoke_in_chromium() {
         "focus in the dialog's first field",
     )
     .await;
+    // Least privilege: alice's token holds no agentpools scope, so she cannot grant one.
+    let offered = b
+        .js("return [...document.querySelectorAll('#tf-scopes input:not([disabled])')].map(i => i.value).filter(v => v).join(' ')")
+        .await;
+    assert_eq!(offered, json!("code:read code:write tokens:read tokens:manage"));
+    assert!(
+        b.js("return document.getElementById('tf-full-label').hidden").await == json!(true),
+        "policy.allow_full is off"
+    );
     b.type_into("tf-name", "ci").await;
     b.type_into("tf-orgs", "acme").await;
     b.type_into("tf-allow-from", "127.0.0.0/8").await;

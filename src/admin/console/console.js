@@ -453,7 +453,7 @@ function buildScopes() {
       choice("", "None", "", false, "radio").checked = true;
     }
     for (const s of area.scopes) {
-      const note = s.grantable ? s.summary : `${s.summary} (needs tokens:admin)`;
+      const note = s.grantable ? s.summary : `${s.summary} (you cannot grant it)`;
       const input = choice(s.name, levelName(s), note, !s.grantable, chain ? "radio" : "checkbox");
       input.setAttribute("aria-label", `${area.area}: ${levelName(s)} (${s.name})`);
       if (!chain) {
@@ -558,7 +558,7 @@ function openTokenDialog(token) {
   $("tf-name").value = editing ? token.name : "";
   // Organizations: all only where the policy allows (or the token has it already).
   const all = editing && token.orgs === "*";
-  $("tf-orgs-all-label").hidden = !p.allow_all_orgs && !all;
+  $("tf-orgs-all-label").hidden = !state.config.may_grant_all_orgs && !all;
   $("tf-orgs-all").checked = all;
   $("tf-orgs-some").checked = !all;
   $("tf-orgs").value = editing && !all ? token.orgs.join(", ") : "";
@@ -585,7 +585,7 @@ function openTokenDialog(token) {
   $("tf-expiry-hint").textContent = `Tokens may live at most ${maxDays} days${editing ? " from their creation" : ""} (policy.max_lifespan).`;
   syncExpiry();
   // Scopes: full access only where the policy allows it.
-  $("tf-full-label").hidden = !p.allow_full && !(editing && token.scopes.includes("full"));
+  $("tf-full-label").hidden = !state.config.may_grant_full && !(editing && token.scopes.includes("full"));
   const full = editing && token.scopes.includes("full");
   $("tf-full").checked = full;
   $("tf-custom").checked = !full;
