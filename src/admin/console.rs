@@ -350,8 +350,10 @@ fn session_json(state: &AdminState, identity: &Identity, csrf: String) -> Result
     })
 }
 
-fn cookie(state: &AdminState, value: &str, max_age: Option<u64>) -> HeaderValue {
-    let secure = if state.config().tls.is_some() { "; Secure" } else { "" };
+/// The `Set-Cookie` value for session `value` (empty and `Max-Age=0` to clear it), `Secure`
+/// when the listener has TLS.
+fn cookie(tls: bool, value: &str, max_age: Option<u64>) -> HeaderValue {
+    let secure = if tls { "; Secure" } else { "" };
     let age = max_age.map(|s| format!("; Max-Age={s}")).unwrap_or_default();
     HeaderValue::from_str(&format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{secure}{age}")).expect("a session id is base64url")
 }
@@ -390,7 +392,8 @@ async fn sign_in(State(s): State<AdminState>, parts: Parts, body: Body) -> Resul
     let token_id = body.token_id.as_str();
     tracing::event!(target: "patgate::admin", tracing::Level::INFO, token.id = token_id, "Console session started");
     let mut res = (StatusCode::CREATED, Json(body)).into_response();
-    res.headers_mut().insert(header::SET_COOKIE, cookie(&s, &id, None));
+    res.headers_mut()
+        .insert(header::SET_COOKIE, cookie(s.config().tls.is_some(), &id, None));
     Ok(res)
 }
 
@@ -415,7 +418,8 @@ async fn sign_out(State(s): State<AdminState>, parts: Parts) -> Result<Response,
         }
     }
     let mut res = StatusCode::NO_CONTENT.into_response();
-    res.headers_mut().insert(header::SET_COOKIE, cookie(&s, "", Some(0)));
+    res.headers_mut()
+        .insert(header::SET_COOKIE, cookie(s.config().tls.is_some(), "", Some(0)));
     Ok(res)
 }
 
@@ -573,6 +577,19 @@ mod tests {
         let now = t0 + Duration::from_secs(26);
         assert!(s.get(&old, now).is_none());
         assert!(s.get(&live, now).is_some() && s.get(&new, now).is_some());
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_strict_and_secure_with_tls() {
+        assert_eq!(cookie(false, "abc", None), "patgate_session=abc; Path=/; HttpOnly; SameSite=Strict");
+        assert_eq!(
+            cookie(true, "abc", None),
+            "patgate_session=abc; Path=/; HttpOnly; SameSite=Strict; Secure"
+        );
+        assert_eq!(
+            cookie(true, "", Some(0)),
+            "patgate_session=; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age=0"
+        );
     }
 
     #[test]
