@@ -484,6 +484,17 @@ async fn console_create_use_edit_regenerate_revoke_in_chromium() {
     assert_eq!(git_status(&p, &secret), 401, "the old secret is refused");
     assert_eq!(git_status(&p, &fresh), 200, "the new secret works");
 
+    // Rotate: a new secret and a new expiry; the secret before it must not be shown again
+    // (presenting it would revoke the token: rotation's reuse detection).
+    b.click(&format!("#token-rows tr[data-id='{id}'] button.rotate")).await;
+    b.visible("confirm-dialog").await;
+    assert!(b.text("confirm-text").await.contains("expires in 30 days"));
+    b.click("#confirm-ok").await;
+    let live = b.take_secret().await;
+    assert!(live != fresh && live != secret);
+    b.close_secret(&live).await;
+    assert_eq!(git_status(&p, &live), 200, "the rotated secret works");
+
     // CSRF: a write with the session cookie needs the session's X-CSRF-Token.
     let revoke = format!("/admin/v1/tokens/{id}/revoke");
     for csrf in [None, Some("wrong")] {
@@ -501,7 +512,7 @@ async fn console_create_use_edit_regenerate_revoke_in_chromium() {
         .await;
     let shown = b.js("return document.body.innerText").await;
     assert!(shown.as_str().unwrap().contains("requests from web pages"), "{shown}");
-    assert_eq!(git_status(&p, &fresh), 200, "nothing was revoked");
+    assert_eq!(git_status(&p, &live), 200, "nothing was revoked");
 
     // Revoke through the confirmation dialog: the next git request is refused.
     b.goto(&console).await;
@@ -515,8 +526,8 @@ async fn console_create_use_edit_regenerate_revoke_in_chromium() {
         "the revoked token to leave the active list",
     )
     .await;
-    assert_eq!(git_status(&p, &fresh), 401, "a revoked token is refused");
-    let denied = git(work, &["clone", "-q", &p.url(&format!("x:{fresh}@"), "/acme/demo.git"), "c2"]);
+    assert_eq!(git_status(&p, &live), 401, "a revoked token is refused");
+    let denied = git(work, &["clone", "-q", &p.url(&format!("x:{live}@"), "/acme/demo.git"), "c2"]);
     assert!(
         !denied.ok && (denied.stderr.contains("401") || denied.stderr.contains("Authentication failed")),
         "{}",
@@ -527,7 +538,7 @@ async fn console_create_use_edit_regenerate_revoke_in_chromium() {
     b.click("#sign-out").await;
     b.visible("sign-in-view").await;
     assert_eq!(with_cookie(&p, "GET", "/admin/v1/tokens", &cookie, None, None).status, 401);
-    for s in [&alice.token, &secret, &fresh] {
+    for s in [&alice.token, &secret, &fresh, &live] {
         assert!(!p.log().contains(s.as_str()), "a secret reached the log");
     }
     assert!(!p.log().contains(&cookie), "the session id reached the log");

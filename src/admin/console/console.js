@@ -90,6 +90,8 @@ async function signedIn(session) {
   const role = session.admin ? "admin" : session.manage ? "manage" : "read only";
   $("who").textContent = `${session.owner} (${role})`;
   $("owner-filter").hidden = !session.admin;
+  // Without tokens:admin every token is the caller's own: no owner column.
+  $("token-table").classList.toggle("solo", !session.admin);
   $("new-token").hidden = !session.manage;
   $("revoke-owner").hidden = !session.manage;
   show("list");
@@ -180,7 +182,7 @@ function row(t) {
   th.scope = "row";
   th.textContent = t.name;
   tr.append(th);
-  cell(tr, t.owner);
+  cell(tr, t.owner, "owner");
   const orgs = cell(tr, orgsText(t.orgs));
   for (const [label, v] of [
     ["repositories", t.repos],
@@ -210,6 +212,7 @@ function row(t) {
     actions.append(
       button("Edit", "edit", () => openTokenDialog(t), t.name),
       button("Regenerate", "regenerate", () => regenerate(t), t.name),
+      button("Rotate", "rotate", () => rotate(t), t.name),
       button("Revoke", "danger revoke", () => revoke(t), t.name),
     );
   }
@@ -352,6 +355,21 @@ function regenerate(t) {
     "Regenerate",
     async () => {
       const created = await api("POST", `/admin/v1/tokens/${encodeURIComponent(t.id)}/regenerate`);
+      $("confirm-dialog").close();
+      await loadList(false);
+      showSecret(created);
+    },
+  );
+}
+
+function rotate(t) {
+  const days = Math.round(state.config.policy.default_lifespan_seconds / DAY);
+  confirmDialog(
+    "Rotate token",
+    `Give "${t.name}" a new secret that expires in ${days} days? The current secret stops working at once, and if it is ever presented again the token is revoked: only a thief would still hold it.`,
+    "Rotate",
+    async () => {
+      const created = await api("POST", `/admin/v1/tokens/${encodeURIComponent(t.id)}/rotate`);
       $("confirm-dialog").close();
       await loadList(false);
       showSecret(created);
