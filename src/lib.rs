@@ -11,7 +11,6 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod build_info;
-pub mod client;
 pub mod config;
 pub mod proxy;
 pub mod store;

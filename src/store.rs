@@ -17,6 +17,7 @@ pub(crate) mod conformance;
 pub mod follow;
 pub mod memory;
 pub mod postgres;
+pub mod schema;
 pub mod sqlite;
 pub mod streams;
 
@@ -27,10 +28,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::audit::{Action, Actor, AuditEntry, Outcome};
+use crate::auth::orgs::Orgs;
 use crate::auth::restrictions::{AllowFrom, Repos};
 use crate::auth::scope::ScopeSet;
 use crate::auth::token::{random_base62, TokenHash, TokenSecret};
-use crate::auth::Orgs;
 
 /// Store settings, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -819,6 +820,28 @@ impl Store {
             Store::Sqlite(s) => Self::blocking(s, move |s| s.record_last_used(&uses)).await,
             Store::Postgres(p) => p.record_last_used(&uses).await,
         }
+    }
+}
+
+/// An organization list as stored: its JSON.
+pub(crate) fn orgs_to_text(o: &Orgs) -> String {
+    serde_json::to_string(o).unwrap_or_else(|_| "[]".into())
+}
+
+/// Cuts `items` (fetched with one extra) to `limit` and says where the next page starts.
+pub(crate) fn page(items: &mut Vec<TokenRecord>, limit: usize) -> Page {
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|r| Cursor {
+            created_at: r.created_at,
+            id: r.id.clone(),
+        })
+    } else {
+        None
+    };
+    Page {
+        items: std::mem::take(items),
+        next,
     }
 }
 

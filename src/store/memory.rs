@@ -19,10 +19,10 @@ use dashmap::{DashMap, DashSet};
 use tokio::sync::watch;
 
 use super::{TokenRecord, TokenUse};
+use crate::auth::orgs::Orgs;
 use crate::auth::restrictions::{AllowFrom, Repos};
 use crate::auth::scope::ScopeSet;
 use crate::auth::token::{PassThroughState, TokenHash};
-use crate::auth::Orgs;
 
 /// What the request path needs of a live token. Kept small, as a million of them may be
 /// held: the id inline, the owner and organization list shared among tokens that have

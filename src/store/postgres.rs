@@ -24,16 +24,17 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
 
-use super::sqlite::{orgs_to_text, page, AUDIT_COLUMNS};
+use super::schema::AUDIT_COLUMNS;
 use super::{
     lifecycle, AuditPage, AuditQuery, Change, EventKind, ListQuery, Page, Snapshot, StoreError, TokenEvent, TokenRecord, TokenState,
     TokenUpdate, TokenUse,
 };
+use super::{orgs_to_text, page};
 use crate::audit::{Action, Actor, AuditEntry, Outcome};
+use crate::auth::orgs::Orgs;
 use crate::auth::restrictions::{AllowFrom, Repos};
 use crate::auth::scope::ScopeSet;
 use crate::auth::token::TokenHash;
-use crate::auth::Orgs;
 
 /// The longest any one store operation may take, connecting included.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -360,7 +361,7 @@ impl PgStore {
                 .await?;
             }
             // The audit streams' tables, outside the versioned migrations (see super::streams).
-            tx.batch_execute(super::streams::PG_SCHEMA).await?;
+            tx.batch_execute(super::schema::STREAMS_PG).await?;
             tx.commit().await?;
             Ok(())
         })

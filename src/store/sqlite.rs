@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
+use super::schema::AUDIT_COLUMNS;
 use super::{
-    lifecycle, AuditPage, AuditQuery, Change, Cursor, EventKind, ListQuery, Page, Snapshot, StoreError, TokenEvent, TokenRecord,
-    TokenState, TokenUpdate, TokenUse,
+    lifecycle, orgs_to_text, page, AuditPage, AuditQuery, Change, EventKind, ListQuery, Page, Snapshot, StoreError, TokenEvent,
+    TokenRecord, TokenState, TokenUpdate, TokenUse,
 };
 use crate::audit::{Action, Actor, AuditEntry, Outcome};
+use crate::auth::orgs::Orgs;
 use crate::auth::restrictions::{AllowFrom, Repos};
 use crate::auth::scope::ScopeSet;
 use crate::auth::token::TokenHash;
-use crate::auth::Orgs;
 
 /// Schema migrations, in order; the position plus one is the version.
 const MIGRATIONS: &[&str] = &[
@@ -77,10 +78,6 @@ ALTER TABLE token_events ADD COLUMN rotated_away BLOB;
 CREATE INDEX token_events_rotated ON token_events (token_id) WHERE rotated_away IS NOT NULL;
 "#,
 ];
-
-/// The audit trail's columns, in the order [`read_audit`] reads them.
-pub(super) const AUDIT_COLUMNS: &str =
-    "seq, time, action, outcome, reason, token_id, owner, actor, client, method, path, route, status, count";
 
 const COLUMNS: &str = "id, hash, name, owner, orgs, scopes, created_at, expires_at, revoked_at, revoked_by, last_used_at, last_used_from, repos, allow_from, rotated_at";
 
@@ -516,7 +513,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         }
         if current == known {
             // The audit streams' tables, outside the versioned migrations (see super::streams).
-            tx.execute_batch(super::streams::SQLITE_SCHEMA)?;
+            tx.execute_batch(super::schema::STREAMS_SQLITE)?;
             tx.commit()?;
             return Ok(());
         }
@@ -592,27 +589,6 @@ pub(super) fn read_audit(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
 fn get(c: &Connection, id: &str) -> Result<Option<TokenRecord>, StoreError> {
     let mut st = c.prepare_cached(&format!("SELECT {COLUMNS} FROM tokens WHERE id = ?1"))?;
     st.query_row([id], read_row).optional()?.transpose()
-}
-
-/// Cuts `items` (fetched with one extra) to `limit` and says where the next page starts.
-pub(super) fn page(items: &mut Vec<TokenRecord>, limit: usize) -> Page {
-    let next = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|r| Cursor {
-            created_at: r.created_at,
-            id: r.id.clone(),
-        })
-    } else {
-        None
-    };
-    Page {
-        items: std::mem::take(items),
-        next,
-    }
-}
-
-pub(super) fn orgs_to_text(o: &Orgs) -> String {
-    serde_json::to_string(o).unwrap_or_else(|_| "[]".into())
 }
 
 fn read_row(r: &Row<'_>) -> rusqlite::Result<Result<TokenRecord, StoreError>> {

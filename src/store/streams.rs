@@ -3,8 +3,8 @@
 //! instance delivers it now; and the expiry warnings already given (`expiry_warnings`),
 //! so that a token is warned once per expiry, by one instance, across restarts.
 //!
-//! The tables are created (if absent) by each backend's `migrate()`, after its versioned
-//! migrations. The delivery itself is [`crate::audit::streams`]; this module only reads
+//! The tables ([`super::schema`]) are created (if absent) by each backend's `migrate()`,
+//! after its versioned migrations. The delivery itself is [`crate::audit::streams`]; this module only reads
 //! and writes rows. A stream's HMAC secret is stored (the signature needs it) but never
 //! shown: [`StreamSecret`]'s Debug redacts it, and the admin API says only whether one
 //! is set.
@@ -12,59 +12,13 @@
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
-use super::sqlite::AUDIT_COLUMNS;
+use super::schema::AUDIT_COLUMNS;
 use super::{Store, StoreError};
 use crate::audit::AuditEntry;
 
 /// The most streams a store holds: each is a task on every instance and a label of
 /// the stream metrics.
 pub const MAX_STREAMS: usize = 50;
-
-/// The tables, for SQLite's `migrate()`.
-pub const SQLITE_SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS audit_streams (
-    id             TEXT PRIMARY KEY,
-    name           TEXT NOT NULL UNIQUE,
-    kind           TEXT NOT NULL,
-    target         TEXT NOT NULL,
-    secret         TEXT,
-    enabled        INTEGER NOT NULL,
-    delivered_seq  INTEGER NOT NULL,
-    created_at     INTEGER NOT NULL,
-    updated_at     INTEGER NOT NULL,
-    lease_owner    TEXT,
-    lease_until    INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS expiry_warnings (
-    token_id    TEXT NOT NULL,
-    expires_at  INTEGER NOT NULL,
-    warned_at   INTEGER NOT NULL,
-    PRIMARY KEY (token_id, expires_at)
-);
-"#;
-
-/// The tables, for PostgreSQL's `migrate()`.
-pub const PG_SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS audit_streams (
-    id             TEXT PRIMARY KEY,
-    name           TEXT NOT NULL UNIQUE,
-    kind           TEXT NOT NULL,
-    target         TEXT NOT NULL,
-    secret         TEXT,
-    enabled        BOOLEAN NOT NULL,
-    delivered_seq  BIGINT NOT NULL,
-    created_at     BIGINT NOT NULL,
-    updated_at     BIGINT NOT NULL,
-    lease_owner    TEXT,
-    lease_until    BIGINT NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS expiry_warnings (
-    token_id    TEXT NOT NULL,
-    expires_at  BIGINT NOT NULL,
-    warned_at   BIGINT NOT NULL,
-    PRIMARY KEY (token_id, expires_at)
-);
-"#;
 
 const COLUMNS: &str = "id, name, kind, target, secret, enabled, delivered_seq, created_at, updated_at, lease_owner, lease_until";
 

@@ -1,5 +1,6 @@
-//! A client of the admin API (`/admin/v1/`), for the CLI's `--admin-url` mode. It speaks
-//! only the documented JSON contract, and never prints or logs the token it sends.
+//! The token and audit commands carried out through a running server's admin API
+//! (`--admin-url`): a client of `/admin/v1/` that speaks only the documented JSON
+//! contract, and never prints or logs the token it sends. The server's policies apply.
 
 use std::time::Duration;
 
@@ -11,51 +12,17 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
-use crate::audit::AuditEntry;
-use crate::auth::restrictions::{AllowFrom, Repos};
-use crate::auth::Orgs;
-use crate::store::{TokenRecord, TokenState};
+use patgate::audit::AuditEntry;
+use patgate::auth::restrictions::{AllowFrom, Repos};
+use patgate::auth::Orgs;
+use patgate::store;
+
+use super::{AuditListArgs, ChangeSpec, NewTokenSpec, TokenView, Tokens};
 
 /// The longest one admin call may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest answer read.
 const MAX_ANSWER: usize = 32 * 1024 * 1024;
-
-/// A token as the admin API shows it (and as the CLI prints it in either mode).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenView {
-    pub id: String,
-    pub name: String,
-    pub owner: String,
-    pub orgs: Orgs,
-    /// Absent from a server that predates repositories: all.
-    #[serde(default)]
-    pub repos: Repos,
-    #[serde(default)]
-    pub allow_from: AllowFrom,
-    pub scopes: Vec<String>,
-    pub created_at: String,
-    #[serde(default)]
-    pub rotated_at: Option<String>,
-    pub expires_at: String,
-    pub revoked_at: Option<String>,
-    pub revoked_by: Option<String>,
-    pub last_used_at: Option<String>,
-    /// The client address of that use.
-    #[serde(default)]
-    pub last_used_from: Option<String>,
-    pub state: String,
-}
-
-impl TokenView {
-    /// The view of a stored record at `now` (Unix seconds).
-    pub fn of(record: &TokenRecord, now: i64) -> TokenView {
-        let state: TokenState = record.state(now);
-        let mut v = serde_json::to_value(record).expect("a token record serializes");
-        v["state"] = state.as_str().into();
-        serde_json::from_value(v).expect("a serialized token record reads back")
-    }
-}
 
 /// A token with its secret, as create and regenerate answer.
 #[derive(Debug, Deserialize)]
@@ -333,6 +300,81 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// A lifespan as the admin API reads it.
+fn lifespan(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+impl Tokens for AdminClient {
+    async fn create(&self, new: NewTokenSpec) -> anyhow::Result<(TokenView, String)> {
+        let req = CreateRequest {
+            name: new.name,
+            owner: new.owner,
+            scopes: new.scope_names,
+            orgs: new.orgs,
+            repos: new.repos,
+            allow_from: new.allow_from,
+            expires_in: new.expires_in.map(lifespan),
+        };
+        let w = AdminClient::create(self, &req).await?;
+        Ok((w.token, w.secret))
+    }
+
+    async fn list(&self, owner: Option<String>, state: Option<String>) -> anyhow::Result<Vec<TokenView>> {
+        Ok(AdminClient::list(self, owner.as_deref(), state.as_deref()).await?)
+    }
+
+    async fn get(&self, id: &str) -> anyhow::Result<TokenView> {
+        Ok(AdminClient::get(self, id).await?)
+    }
+
+    async fn update(&self, id: &str, change: ChangeSpec) -> anyhow::Result<TokenView> {
+        let req = UpdateRequest {
+            name: change.name,
+            scopes: change.scope_names,
+            orgs: change.orgs,
+            repos: change.repos,
+            allow_from: change.allow_from,
+            expires_in: change.expires_in.map(lifespan),
+        };
+        Ok(AdminClient::update(self, id, &req).await?)
+    }
+
+    async fn regenerate(&self, id: &str) -> anyhow::Result<(TokenView, String)> {
+        let w = AdminClient::regenerate(self, id).await?;
+        Ok((w.token, w.secret))
+    }
+
+    async fn rotate(&self, id: &str, expires_in: Option<std::time::Duration>) -> anyhow::Result<(TokenView, String)> {
+        let req = RotateRequest {
+            expires_in: expires_in.map(lifespan),
+        };
+        let w = AdminClient::rotate(self, id, &req).await?;
+        Ok((w.token, w.secret))
+    }
+
+    async fn revoke(&self, id: &str) -> anyhow::Result<()> {
+        AdminClient::revoke(self, id).await?;
+        Ok(())
+    }
+
+    async fn revoke_owner(&self, owner: &str) -> anyhow::Result<usize> {
+        Ok(AdminClient::revoke_owner(self, owner).await?)
+    }
+
+    async fn audit(&self, a: &AuditListArgs) -> anyhow::Result<Vec<AuditEntry>> {
+        let filter = AuditFilter {
+            from: a.from.map(store::format_time),
+            to: a.to.map(store::format_time),
+            owner: a.owner.clone(),
+            token_id: a.token_id.clone(),
+            outcome: a.outcome.clone(),
+            action: a.action.map(|a| a.as_str().to_owned()),
+        };
+        Ok(AdminClient::audit(self, &filter, a.limit as usize).await?)
+    }
 }
 
 #[cfg(test)]
