@@ -66,11 +66,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::proxy::lockout::Lockout;
+use crate::guard::lockout::Lockout;
+use crate::server::tls::TlsSlot;
 use crate::store::memory::TokenCache;
 use crate::store::{follow, Store};
 use crate::telemetry::metrics::metrics;
-use crate::tls::TlsSlot;
 use caller::LogSlot;
 use error::{AdminError, Reason};
 use policy::Policy;
@@ -102,7 +102,7 @@ pub struct Config {
     /// From `[server]`: how long requests may run on after a shutdown signal.
     pub shutdown_grace: Duration,
     /// TLS for the admin listener, with client certificates when it names a client CA.
-    pub tls: Option<crate::tls::ListenerTls>,
+    pub tls: Option<crate::server::tls::ListenerTls>,
     pub policy: Policy,
     /// `[console]`: the web token console and its sessions.
     pub console: console::Config,
@@ -227,7 +227,7 @@ impl AdminState {
 
     /// Puts in a reloaded certificate for connections from now on; false when the
     /// listener runs without TLS (turning it on needs a restart).
-    pub fn replace_tls(&self, tls: &crate::tls::ListenerTls) -> bool {
+    pub fn replace_tls(&self, tls: &crate::server::tls::ListenerTls) -> bool {
         match &self.0.tls {
             Some(slot) => {
                 slot.replace(tls.config.clone());
@@ -470,7 +470,7 @@ async fn access_log(State(s): State<AdminState>, mut req: Request, next: Next) -
     let status = res.status().as_u16();
     let duration_ms = crate::telemetry::millis(started.elapsed());
     if let (Some(error::Refusal::Blocked), Some(ip)) = (res.extensions().get::<error::Refusal>(), ip) {
-        s.auditor().blocked(crate::proxy::client_addr::client_key(ip));
+        s.auditor().blocked(crate::guard::client_addr::client_key(ip));
     }
     if let Some(error::Refusal::Credential(known)) = res.extensions_mut().remove::<error::Refusal>() {
         let mut e = crate::audit::AuditEntry::new(
@@ -521,7 +521,7 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
     let app = router(state.clone());
     let max = config.max_connections.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize) as u32;
     let slots = Arc::new(Semaphore::new(max as usize));
-    let per_ip = Arc::new(crate::accept::PerAddress::new(config.max_connections_per_ip));
+    let per_ip = Arc::new(crate::guard::connections::PerAddress::new(config.max_connections_per_ip));
     let mut stop = state.stop();
     loop {
         let slot = tokio::select! {
@@ -545,7 +545,7 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
             let too_many = state.0.tls.is_none();
             tokio::spawn(async move {
                 if too_many {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), crate::accept::refuse_too_many(tcp)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), crate::guard::connections::refuse_too_many(tcp)).await;
                 }
                 drop(slot);
             });

@@ -10,12 +10,12 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 
-use crate::accept::{self, Listener};
 use crate::admin::{self, AdminState};
 use crate::audit::{self, streams::Streams};
 use crate::config::{self, Config};
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{Live, Proxy, Shared};
+use crate::server::accept::{self, Listener};
 use crate::store::memory::TokenCache;
 use crate::store::{follow, Store, StoreError};
 
@@ -320,7 +320,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     checks.into_iter().filter(|(_, changed)| *changed).map(|(k, _)| k).collect()
 }
 
-fn handshake(tls: &Option<crate::tls::ListenerTls>) -> Option<std::time::Duration> {
+fn handshake(tls: &Option<crate::server::tls::ListenerTls>) -> Option<std::time::Duration> {
     tls.as_ref().map(|t| t.handshake_timeout)
 }
 

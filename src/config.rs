@@ -17,8 +17,9 @@ use crate::admin::policy::Policy;
 use crate::auth::rules::{Pattern, Route, RouteTable, Rule, Rules, PRESETS};
 use crate::auth::scope::{Scope, ScopeSet};
 use crate::proxy::upstream::Upstream;
-use crate::tls::{self, ListenerTls, TlsFiles};
-use crate::{accept, admin, audit, proxy, store, telemetry};
+use crate::server::accept;
+use crate::server::tls::{self, ListenerTls, TlsFiles};
+use crate::{admin, audit, guard, proxy, store, telemetry};
 use file::{FileConfig, RulesFile, TlsFile};
 use origin::LineStarts;
 pub use origin::{Origin, Origins};
@@ -326,11 +327,11 @@ impl Config {
             routes: RouteTable::new(routes),
             upstream,
             git,
-            body_rate: proxy::rate::MinRate {
+            body_rate: guard::body_rate::MinRate {
                 bytes_per_sec: f.server.body_min_rate,
                 grace: cx.duration("server.body_rate_grace", &f.server.body_rate_grace)?,
             },
-            trusted_proxies: proxy::client_addr::TrustedProxies::parse(&f.server.trusted_proxies)
+            trusted_proxies: guard::client_addr::TrustedProxies::parse(&f.server.trusted_proxies)
                 .map_err(|e| cx.err(format!("server.trusted_proxies[{}]", e.index), &e))?,
             brute_force: brute_force(&cx, &f.brute_force)?,
         };
@@ -400,8 +401,8 @@ fn audit_config(cx: &Ctx<'_>, a: &file::AuditFile) -> Result<audit::Config, Conf
     })
 }
 
-fn brute_force(cx: &Ctx<'_>, b: &file::BruteForceFile) -> Result<Option<proxy::lockout::Config>, ConfigError> {
-    let config = proxy::lockout::Config {
+fn brute_force(cx: &Ctx<'_>, b: &file::BruteForceFile) -> Result<Option<guard::lockout::Config>, ConfigError> {
+    let config = guard::lockout::Config {
         max_failures: cx.positive("brute_force.max_failures", b.max_failures as usize)? as u32,
         window: cx.duration("brute_force.window", &b.window)?,
         block: cx.duration("brute_force.block", &b.block)?,

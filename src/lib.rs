@@ -5,14 +5,14 @@
 //! copy ([`store::memory`]); the [`store`] itself, the [`admin`] API, the CLI and the
 //! config loader are separate rooms that the request path does not enter.
 
-pub mod accept;
 pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod build_info;
 pub mod config;
+pub mod guard;
 pub mod proxy;
+pub mod server;
 pub mod store;
 pub mod telemetry;
-pub mod tls;

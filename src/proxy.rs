@@ -12,13 +12,10 @@
 //! only the in-memory token copy and the validated config: it never enters the store.
 
 pub mod cgi;
-pub mod client_addr;
 pub mod headers;
 pub mod host;
 pub mod http1;
-pub mod lockout;
 pub mod plan;
-pub mod rate;
 pub mod upgrade;
 pub mod upstream;
 mod wire;
@@ -37,6 +34,7 @@ use http_body_util::{BodyExt, Full};
 use crate::audit::{self, Action, AuditEntry, Auditor, Outcome};
 use crate::auth::rules::{self, PathError, QueryError, RouteTable, RuleError};
 use crate::auth::{self, AuthError};
+use crate::guard::{body_rate, client_addr, lockout};
 use crate::store::memory::TokenCache;
 use crate::telemetry::metrics::{metrics, AuthOutcome, RouteLabel, UpstreamFault};
 use upstream::Upstream;
@@ -60,7 +58,7 @@ pub struct Config {
     pub upstream: upstream::Config,
     pub git: cgi::Config,
     /// The least rate at which request bodies must arrive while the upstream waits.
-    pub body_rate: rate::MinRate,
+    pub body_rate: body_rate::MinRate,
     /// Peers whose `X-Forwarded-For` names the client.
     pub trusted_proxies: client_addr::TrustedProxies,
     /// Failed authentications per client address; `None` when off.
@@ -143,7 +141,7 @@ pub enum ProxyError {
     #[error(transparent)]
     Blocked(#[from] lockout::Blocked),
     #[error(transparent)]
-    BodyTooSlow(#[from] rate::BodyTooSlow),
+    BodyTooSlow(#[from] body_rate::BodyTooSlow),
     #[error("too many requests in flight from this address")]
     TooManyRequests,
     #[error("too many requests in flight; retry later")]
@@ -185,7 +183,7 @@ impl ProxyError {
 pub struct Live {
     pub routes: RouteTable<Upstream>,
     pub trusted_proxies: client_addr::TrustedProxies,
-    pub body_rate: rate::MinRate,
+    pub body_rate: body_rate::MinRate,
     /// Failed authentications per address; `None` when off.
     pub lockout: Option<Arc<lockout::Lockout>>,
 }
@@ -586,7 +584,7 @@ impl Proxy {
         // that was not what its head said.
         let fault = plan.body_fault();
         let alarm = (!body.is_end_stream()).then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
-        let mut body = rate::RateLimited::new(body, live.body_rate);
+        let mut body = body_rate::RateLimited::new(body, live.body_rate);
         if let Some(a) = &alarm {
             body = body.with_alarm(a.clone());
         }
@@ -599,7 +597,7 @@ impl Proxy {
             Err(_) if fault.as_ref().and_then(|f| f.error()).is_some() => {
                 Err(fault.and_then(|f| f.error()).map_or(ProxyError::UpstreamFailed, ProxyError::Body))
             }
-            Err(_) if alarm.is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed)) => Err(rate::BodyTooSlow {
+            Err(_) if alarm.is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed)) => Err(body_rate::BodyTooSlow {
                 bytes_per_sec: live.body_rate.bytes_per_sec,
             }
             .into()),
@@ -758,7 +756,7 @@ mod tests {
                 S::TOO_MANY_REQUESTS,
             ),
             (
-                ProxyError::BodyTooSlow(rate::BodyTooSlow { bytes_per_sec: 1024 }),
+                ProxyError::BodyTooSlow(body_rate::BodyTooSlow { bytes_per_sec: 1024 }),
                 S::REQUEST_TIMEOUT,
             ),
             (ProxyError::TooManyRequests, S::SERVICE_UNAVAILABLE),

@@ -62,7 +62,7 @@ pub enum AdminError {
     RateLimited { retry_after: Duration },
     /// The address failed to authenticate too often (`[brute_force]`, shared with the proxy).
     #[error(transparent)]
-    Blocked(#[from] crate::proxy::lockout::Blocked),
+    Blocked(#[from] crate::guard::lockout::Blocked),
     /// Every slot for waiting on the event feed is taken.
     #[error("too many event feed requests are waiting; retry in {}s", .retry_after.as_secs().max(1))]
     TooManyWaiting { retry_after: Duration },

@@ -20,7 +20,7 @@ use super::request::Body;
 use super::tokens::Revoked;
 use super::AdminState;
 use crate::auth::token::TokenSecret;
-use crate::proxy::client_addr::client_key;
+use crate::guard::client_addr::client_key;
 
 /// The actor recorded for revocations by leak report.
 pub const ACTOR: &str = "leak report";

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::*;
 use crate::auth::scope::ScopeSet;
 use crate::auth::Orgs;
-use crate::proxy::lockout::Lockout;
+use crate::guard::lockout::Lockout;
 use crate::store::{Location, NewToken};
 
 struct Harness {
@@ -799,7 +799,7 @@ fn resolve<'a>(doc: &'a Value, r: &'a Value) -> &'a Value {
 #[tokio::test]
 async fn every_operation_the_lockout_guards_documents_429_with_retry_after() {
     let h = Harness::new().await;
-    let lockout = Lockout::new(crate::proxy::lockout::Config {
+    let lockout = Lockout::new(crate::guard::lockout::Config {
         max_failures: 1,
         ..Default::default()
     });

@@ -38,7 +38,7 @@ use tokio::time::Instant;
 
 use super::wire::{poll_read_buf, poll_write_out, put_header, Output};
 use super::{error_response, headers, upgrade, Body, Connection, Proxy, ProxyError};
-use crate::accept::{Activity, InFlight};
+use crate::server::accept::{Activity, InFlight};
 use body::{BodyError, Feed, RequestBody, Room};
 use head::{Framing, Head};
 
@@ -119,7 +119,7 @@ impl OnUpgrade {
 }
 
 /// Serves an HTTP/1 connection until it closes, falls idle (the watchdog in
-/// [`crate::accept`] drops it), the server drains, or it switches protocols. `hold` goes
+/// [`crate::server::accept`] drops it), the server drains, or it switches protocols. `hold` goes
 /// with a request that may turn into a tunnel, and lives as long as the tunnel.
 pub(crate) async fn serve<IO>(io: IO, conn: Connection, proxy: Arc<Proxy>, limits: Limits, activity: Arc<Activity>, hold: upgrade::Hold)
 where

@@ -16,7 +16,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use dashmap::DashMap;
 use http_body_util::BodyExt;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
@@ -25,9 +24,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::proxy::client_addr::{client_key, TrustedProxies};
+use crate::guard::client_addr::TrustedProxies;
+use crate::guard::connections::{AddressGuard, PerAddress, TOO_MANY};
 use crate::proxy::{self, Proxy};
-use crate::tls::{ListenerTls, TlsSlot};
+use crate::server::tls::{ListenerTls, TlsSlot};
 
 /// How the proxy listener accepts and serves connections, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,8 +145,6 @@ pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, shared: Arc<L
 }
 
 /// The answer to a plain-HTTP client past its address's connection limit.
-const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
-connection: close\r\ncontent-length: 39\r\n\r\ntoo many connections from this address\n";
 
 async fn serve(
     mut tcp: TcpStream,
@@ -567,92 +565,5 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Metered<IO> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// Answers a connection refused for its address's count with a one-line 503, and closes.
-pub async fn refuse_too_many(mut tcp: TcpStream) {
-    let _ = tcp.write_all(TOO_MANY).await;
-}
-
-/// Connections open per client address, an IPv6 /64 counting as one address: the
-/// proxy's listeners and the admin listener each keep one.
-pub struct PerAddress {
-    open: DashMap<IpAddr, usize>,
-    max: usize,
-}
-
-impl PerAddress {
-    /// At most `max` connections from one address.
-    pub fn new(max: usize) -> Self {
-        PerAddress { open: DashMap::new(), max }
-    }
-
-    /// Counts one more connection from `ip`, or None when its address is at the limit.
-    pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<AddressGuard> {
-        let key = client_key(ip);
-        let mut n = self.open.entry(key).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        drop(n);
-        Some(AddressGuard { table: self.clone(), key })
-    }
-
-    fn count(&self, ip: IpAddr) -> usize {
-        self.open.get(&client_key(ip)).map_or(0, |n| *n)
-    }
-}
-
-/// One connection counted against its address; uncounted when dropped.
-pub struct AddressGuard {
-    table: Arc<PerAddress>,
-    key: IpAddr,
-}
-
-impl Drop for AddressGuard {
-    fn drop(&mut self) {
-        self.table.open.remove_if_mut(&self.key, |_, n| {
-            *n -= 1;
-            *n == 0
-        });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_too_many_answer_is_well_framed() {
-        let text = std::str::from_utf8(TOO_MANY).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
-    }
-
-    #[test]
-    fn connections_are_counted_per_address_and_per_ipv6_slash_64() {
-        let t = Arc::new(PerAddress::new(2));
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let g1 = t.enter(a).unwrap();
-        let g2 = t.enter(a).unwrap();
-        assert!(t.enter(a).is_none());
-        assert!(t.enter("192.0.2.2".parse().unwrap()).is_some());
-        drop(g1);
-        assert_eq!(t.count(a), 1);
-        let g3 = t.enter(a).unwrap();
-        drop((g2, g3));
-        assert_eq!(t.count(a), 0);
-        assert!(t.open.get(&a).is_none(), "an address with no connection is forgotten");
-
-        let v6a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let v6b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
-        let _h1 = t.enter(v6a).unwrap();
-        let _h2 = t.enter(v6b).unwrap();
-        assert!(t.enter("2001:db8:1:2::77".parse().unwrap()).is_none());
-        assert!(t.enter("2001:db8:1:3::1".parse().unwrap()).is_some());
-        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(client_key(mapped), a);
     }
 }

@@ -54,7 +54,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use super::BoxError;
+/// A boxed error of a body, as the request path passes them on.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The slowest a request body may arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
