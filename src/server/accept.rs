@@ -144,7 +144,6 @@ pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, shared: Arc<L
     }
 }
 
-/// The answer to a plain-HTTP client past its address's connection limit.
 
 async fn serve(
     mut tcp: TcpStream,
