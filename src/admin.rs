@@ -42,6 +42,7 @@ pub mod events;
 pub mod leaked;
 pub mod policy;
 pub mod request;
+pub mod sessions;
 pub mod shown;
 pub mod streams;
 pub mod tokens;
@@ -105,7 +106,7 @@ pub struct Config {
     pub tls: Option<crate::server::tls::ListenerTls>,
     pub policy: Policy,
     /// `[console]`: the web token console and its sessions.
-    pub console: console::Config,
+    pub console: sessions::Config,
 }
 
 /// The routes, as the router and the OpenAPI document name them.
@@ -188,7 +189,7 @@ struct Shared {
     /// Where refusals go into the audit trail, once set ([`AdminState::set_auditor`]).
     auditor: std::sync::OnceLock<crate::audit::Auditor>,
     /// The web console's signed-in browsers.
-    sessions: console::Sessions,
+    sessions: sessions::Sessions,
 }
 
 impl AdminState {
@@ -197,7 +198,7 @@ impl AdminState {
         let leaks = leaked::Limiter::new(config.leak_reports_per_minute);
         let waiters = Arc::new(Semaphore::new(waiting_slots(config.max_connections)));
         let openapi = ArcSwap::from_pointee(openapi_for(&config, config.listen));
-        let sessions = console::Sessions::new(config.console.clone());
+        let sessions = sessions::Sessions::new(config.console.clone());
         AdminState(Arc::new(Shared {
             policy: ArcSwap::from_pointee(config.policy.clone()),
             tls: config.tls.as_ref().map(|t| TlsSlot::new(t.config.clone())),
@@ -293,7 +294,7 @@ impl AdminState {
     }
 
     /// The web console's sessions.
-    pub fn sessions(&self) -> &console::Sessions {
+    pub fn sessions(&self) -> &sessions::Sessions {
         &self.0.sessions
     }
 
@@ -446,7 +447,7 @@ async fn serve_metrics(State(s): State<AdminState>) -> Response {
 
 /// Logs one line per request; refuses writes that carry an `Origin` (a web page may send
 /// them with credentials a browser remembered) other than this listener's own, the
-/// console's ([`console::same_origin`]); marks every answer as not to be cached;
+/// console's ([`sessions::same_origin`]); marks every answer as not to be cached;
 /// records refused authentications and authorizations in the audit trail.
 async fn access_log(State(s): State<AdminState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -457,7 +458,7 @@ async fn access_log(State(s): State<AdminState>, mut req: Request, next: Next) -
     let slot = LogSlot::default();
     req.extensions_mut().insert(slot.clone());
     let from_page = req.headers().contains_key(header::ORIGIN)
-        && !(s.config().console.enabled && console::same_origin(req.headers(), s.config().tls.is_some()))
+        && !(s.config().console.enabled && sessions::same_origin(req.headers(), s.config().tls.is_some()))
         && method != Method::GET
         && method != Method::HEAD;
     let mut res = if from_page {

@@ -333,7 +333,7 @@ impl fmt::Debug for LastCredential {
 }
 
 /// Whether `a` and `b` are equal, in a time that depends on their lengths only.
-fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
+pub fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && std::hint::black_box(a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y))) == 0
 }
 

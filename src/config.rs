@@ -550,7 +550,7 @@ fn admin_config(cx: &Ctx<'_>, f: &FileConfig, proxy: &proxy::Config) -> Result<a
     })
 }
 
-fn console_config(cx: &Ctx<'_>, c: &file::ConsoleFile) -> Result<admin::console::Config, ConfigError> {
+fn console_config(cx: &Ctx<'_>, c: &file::ConsoleFile) -> Result<admin::sessions::Config, ConfigError> {
     let session_idle = cx.duration("console.session_idle", &c.session_idle)?;
     let session_max = cx.duration("console.session_max", &c.session_max)?;
     if session_idle > session_max {
@@ -559,7 +559,7 @@ fn console_config(cx: &Ctx<'_>, c: &file::ConsoleFile) -> Result<admin::console:
             format!("`{}` is longer than console.session_max (`{}`)", c.session_idle, c.session_max),
         ));
     }
-    Ok(admin::console::Config {
+    Ok(admin::sessions::Config {
         enabled: c.enabled,
         session_idle,
         session_max,
@@ -1031,7 +1031,7 @@ mod tests {
     #[test]
     fn the_console_section_has_defaults_and_is_checked() {
         let c = parse(ROUTE).unwrap();
-        assert_eq!(c.admin.console, admin::console::Config::default());
+        assert_eq!(c.admin.console, admin::sessions::Config::default());
         assert!(c.admin.console.enabled);
         assert_eq!(c.admin.console.session_idle, Duration::from_secs(30 * 60));
         assert_eq!(c.admin.console.session_max, Duration::from_secs(12 * 3600));
@@ -1040,7 +1040,7 @@ mod tests {
             "[console]\nenabled = false\nsession_idle = \"5m\"\nsession_max = \"1h\"\nmax_sessions = 7\n{ROUTE}"
         ))
         .unwrap();
-        let want = admin::console::Config {
+        let want = admin::sessions::Config {
             enabled: false,
             session_idle: Duration::from_secs(300),
             session_max: Duration::from_secs(3600),

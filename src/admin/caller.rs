@@ -142,7 +142,7 @@ impl FromRequestParts<AdminState> for Caller {
             lockout.check(ip, Instant::now())?;
         }
         // A console session stands in for Authorization (see super::console).
-        let identity = match super::console::session_caller(parts, state)? {
+        let identity = match super::sessions::session_caller(parts, state)? {
             Some(identity) => identity,
             None => auth::authenticate(&parts.headers, state.tokens(), crate::store::now(), peer).inspect_err(|e| {
                 if let (Some((lockout, ip)), false) = (counted, matches!(e, AuthError::Missing)) {

@@ -57,7 +57,7 @@ fn config() -> Config {
             allow_all_orgs: true,
             allow_full: false,
         },
-        console: console::Config::default(),
+        console: super::sessions::Config::default(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Which address a request came from, when patgate may stand behind proxies of its own.
 //!
 //! This module owns the list of trusted proxies and the one rule that reads
-//! `X-Forwarded-For`. It does not rewrite headers (that is [`super::headers`]) and does not
+//! `X-Forwarded-For`. It does not rewrite headers (that is [`crate::proxy::headers`]) and does not
 //! decide what the address is used for (logs, the lockout).
 //!
 //! # The rule

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::client_addr::client_key;
 
@@ -20,8 +21,28 @@ pub async fn refuse_too_many(mut tcp: TcpStream) {
     let _ = tcp.write_all(TOO_MANY).await;
 }
 
+/// A connection's place under the limits: its permit under the listener's connection
+/// limit, and its count under its address's. Released when the last holder drops: the
+/// connection, then a tunnel it turned into.
+#[derive(Debug)]
+pub struct Place {
+    _permit: OwnedSemaphorePermit,
+    _address: Option<AddressGuard>,
+}
+
+impl Place {
+    /// The place of a connection holding `permit` and counted under `address`.
+    pub fn new(permit: OwnedSemaphorePermit, address: Option<AddressGuard>) -> std::sync::Arc<Place> {
+        std::sync::Arc::new(Place {
+            _permit: permit,
+            _address: address,
+        })
+    }
+}
+
 /// Connections open per client address, an IPv6 /64 counting as one address: the
 /// proxy's listeners and the admin listener each keep one.
+#[derive(Debug)]
 pub struct PerAddress {
     open: DashMap<IpAddr, usize>,
     max: usize,
@@ -52,6 +73,7 @@ impl PerAddress {
 }
 
 /// One connection counted against its address; uncounted when dropped.
+#[derive(Debug)]
 pub struct AddressGuard {
     table: Arc<PerAddress>,
     key: IpAddr,

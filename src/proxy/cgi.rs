@@ -22,8 +22,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::body::{Body, BoxError};
+use super::error::ProxyError;
 use super::plan::Plan;
-use super::{Body, BoxError, ProxyError};
 
 /// The most bytes of CGI response headers read.
 pub const MAX_CGI_HEADER: usize = 64 * 1024;

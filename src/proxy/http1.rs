@@ -25,20 +25,23 @@ pub mod head;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use http::{header, Method, Response, StatusCode, Version};
 use http_body::Body as _;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::body::Body;
+use super::connection::{Activity, Connection, InFlight};
+use super::error::{error_response, ProxyError};
+use super::handover::{OnUpgrade, Upgraded};
 use super::wire::{poll_read_buf, poll_write_out, put_header, Output};
-use super::{error_response, headers, upgrade, Body, Connection, Proxy, ProxyError};
-use crate::server::accept::{Activity, InFlight};
+use super::{headers, Proxy};
 use body::{BodyError, Feed, RequestBody, Room};
 use head::{Framing, Head};
 
@@ -60,68 +63,10 @@ pub struct Limits {
     pub max_header_bytes: usize,
 }
 
-/// Any connection, boxed, for the tunnel an upgrade becomes.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// A connection after a `101`: the bytes its peer sent past the head (read already), then
-/// the rest. The client's (its upgrade request's head), and the upstream's (its `101`).
-pub struct Upgraded {
-    pre: Bytes,
-    io: Box<dyn Io>,
-}
-
-impl Upgraded {
-    pub(crate) fn new(pre: Bytes, io: Box<dyn Io>) -> Upgraded {
-        Upgraded { pre, io }
-    }
-}
-
-impl AsyncRead for Upgraded {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.pre.is_empty() {
-            let n = self.pre.len().min(buf.remaining());
-            buf.put_slice(&self.pre[..n]);
-            self.pre.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// In an upgrade request's extensions: the client's connection, once its `101` is written.
-#[derive(Clone)]
-pub struct OnUpgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
-
-impl OnUpgrade {
-    /// Waits for the client's side of the switch; fails when the connection did not switch.
-    pub async fn upgraded(self) -> Result<Upgraded, &'static str> {
-        let rx = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match rx {
-            Some(rx) => rx.await.map_err(|_| "the client connection did not switch"),
-            None => Err("the client connection was already taken"),
-        }
-    }
-}
-
 /// Serves an HTTP/1 connection until it closes, falls idle (the watchdog in
-/// [`crate::server::accept`] drops it), the server drains, or it switches protocols. `hold` goes
-/// with a request that may turn into a tunnel, and lives as long as the tunnel.
-pub(crate) async fn serve<IO>(io: IO, conn: Connection, proxy: Arc<Proxy>, limits: Limits, activity: Arc<Activity>, hold: upgrade::Hold)
+/// [`crate::server::accept`] drops it), the server drains, or it switches protocols (the
+/// tunnel then keeps the connection's place, [`Connection::place`]).
+pub(crate) async fn serve<IO>(io: IO, conn: Connection, proxy: Arc<Proxy>, limits: Limits, activity: Arc<Activity>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -159,8 +104,7 @@ where
         let mut exchange = exchange;
         if parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers) {
             let (tx, rx) = oneshot::channel();
-            parts.extensions.insert(OnUpgrade(Arc::new(Mutex::new(Some(rx)))));
-            parts.extensions.insert(hold.clone());
+            parts.extensions.insert(OnUpgrade::new(rx));
             exchange.switch = Some(tx);
         }
         let (body, mut reading) = Reading::of(framing, expect_continue);
@@ -188,7 +132,7 @@ where
                 let Some(tx) = exchange.switch else { break };
                 let Wire { io, mut rbuf, .. } = wire;
                 let pre = rbuf.split().freeze();
-                let _ = tx.send(Upgraded { pre, io: Box::new(io) });
+                let _ = tx.send(Upgraded::new(pre, Box::new(io)));
                 return;
             }
             Err(e) => {
@@ -215,7 +159,7 @@ pub async fn serve_stream<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Connection::new(peer, false, stop);
-    serve(io, conn, proxy, limits, Arc::new(Activity::default()), upgrade::Hold(Arc::new(()))).await
+    serve(io, conn, proxy, limits, Arc::new(Activity::default())).await
 }
 
 /// What the answer to one request depends on.

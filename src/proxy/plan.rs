@@ -2,20 +2,19 @@
 //! nothing else of the caller's. The upstream's request headers are rewritten here, once
 //! ([`headers::prepare_upstream`]): the credential and every client-sent identity or
 //! forwarding header go, and patgate's own identity headers are made from the permit.
-//! Forwarding ([`super::upstream::HttpClient::forward`], [`super::cgi::Runner::run`])
+//! Forwarding (`HttpClient::forward` of [`super::upstream::forward`], [`super::cgi::Runner::run`])
 //! takes a `Plan`, so no request can reach an upstream without a permit.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 
 use http::{header, request, HeaderValue};
 
+use super::connection::Connection;
+use super::headers;
 use super::http1::body::Watch;
-use super::upstream::Sticky;
-use super::{headers, upgrade, Admitted, Connection};
+use super::upstream::exchange::Sticky;
 use crate::auth::rules::NormalizedPath;
 use crate::auth::Permit;
-use crate::store::memory::TokenCache;
 
 /// A permitted request, ready for its upstream.
 pub struct Plan<'c> {
@@ -27,9 +26,9 @@ pub struct Plan<'c> {
 }
 
 impl<'c> Plan<'c> {
-    /// The plan of an admitted request that came on `conn`.
-    pub(super) fn new(admitted: Admitted<'_>, mut parts: request::Parts, conn: &'c Connection, tokens: &Arc<TokenCache>) -> Plan<'c> {
-        let Admitted { path, permit, client, .. } = admitted;
+    /// The plan of a request admitted on `permit`, for `path` as normalized, from `client`
+    /// (through trusted proxies), that came on `conn`.
+    pub(super) fn new(path: NormalizedPath, permit: Permit, client: IpAddr, mut parts: request::Parts, conn: &'c Connection) -> Plan<'c> {
         // A client connection that stays open keeps its own upstream connection; one that
         // ends with this request borrows from the worker's pool.
         let keeps = parts.version == http::Version::HTTP_11 && !headers::asks_to_close(&parts.headers);
@@ -41,17 +40,6 @@ impl<'c> Plan<'c> {
             }
         }
         headers::prepare_upstream(&mut parts.headers, &permit, &conn.forwarded_for(client), conn.tls);
-        if headers::is_upgrade(&parts.headers) {
-            // A tunnel lives on after this answer: it ends when the token does, or when
-            // the server drains.
-            let (tokens, still, stop) = (tokens.clone(), permit.clone(), conn.stop.clone());
-            let standing = move || match () {
-                _ if *stop.borrow() => Err("the server is stopping"),
-                _ if !still.still_live(&tokens, crate::store::now()) => Err("its token is no longer live"),
-                _ => Ok(()),
-            };
-            parts.extensions.insert(upgrade::Standing(Arc::new(standing)));
-        }
         Plan {
             parts,
             path,
@@ -89,6 +77,11 @@ impl<'c> Plan<'c> {
     /// Why the request's body failed, for HTTP/1 requests with one.
     pub(super) fn body_fault(&self) -> Option<Watch> {
         self.parts.extensions.get::<Watch>().cloned()
+    }
+
+    /// The request's parts, path and permit, to send: the plan is used up.
+    pub fn into_request(self) -> (request::Parts, NormalizedPath, Permit) {
+        (self.parts, self.path, self.permit)
     }
 
     /// The request's parts and path, to send: the plan is used up.

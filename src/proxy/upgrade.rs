@@ -9,7 +9,6 @@
 //! is not judged. That is why [`headers::is_upgrade`] refuses protocols that carry HTTP
 //! requests (h2c, TLS): those would reach the upstream unjudged.
 
-use std::any::Any;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,21 +20,50 @@ use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::http1::OnUpgrade;
-use super::upstream::{HttpTarget, Switch};
-use super::{headers, Body, ProxyError};
+use super::body::Body;
+use super::error::ProxyError;
+use super::handover::OnUpgrade;
+use super::headers;
+use super::upstream::exchange::Switch;
+use super::upstream::HttpTarget;
+use crate::auth::Permit;
+use crate::guard::connections::Place;
+use crate::store::memory::TokenCache;
+use tokio::sync::watch;
 
-/// Something to keep alive for as long as an upgraded connection lives, such as the
-/// client connection's slot under `server.max_connections`: the server puts it in the
-/// request's extensions, and the tunnel holds it until it ends.
-#[derive(Clone)]
-pub struct Hold(pub Arc<dyn Any + Send + Sync>);
+/// Whether a tunnel may go on: the token that admitted its request is still live (not
+/// revoked, regenerated, rotated or expired since), and the server is not stopping. The
+/// tunnel asks it every [`RECHECK`].
+pub struct Standing {
+    permit: Permit,
+    tokens: Arc<TokenCache>,
+    stop: watch::Receiver<bool>,
+}
 
-/// Whether a tunnel may go on: `Err` names why not (its credential was revoked,
-/// regenerated or expired; the server is stopping). The request path puts it in the
-/// request's extensions, and the tunnel asks it every [`RECHECK`].
-#[derive(Clone)]
-pub struct Standing(pub Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>);
+impl Standing {
+    /// The standing of a tunnel opened on `permit`, judged against `tokens`, ended by `stop`.
+    pub fn new(permit: Permit, tokens: Arc<TokenCache>, stop: watch::Receiver<bool>) -> Standing {
+        Standing { permit, tokens, stop }
+    }
+
+    /// `Err` names why the tunnel must end.
+    fn check(&self) -> Result<(), &'static str> {
+        if *self.stop.borrow() {
+            return Err("the server is stopping");
+        }
+        if !self.permit.still_live(&self.tokens, crate::store::now()) {
+            return Err("its token is no longer live");
+        }
+        Ok(())
+    }
+}
+
+/// What a tunnel keeps while it lives: the client connection's place under the
+/// listener's limits (none for a connection served without them), and its standing.
+pub struct Tunnel {
+    pub place: Option<Arc<Place>>,
+    pub standing: Standing,
+}
 
 /// How often a tunnel asks whether its credential still stands.
 pub const RECHECK: Duration = Duration::from_secs(1);
@@ -49,9 +77,9 @@ pub(super) fn join(
     switched: Switch,
     offered: &[HeaderValue],
     client: OnUpgrade,
-    hold: Option<Hold>,
-    standing: Option<Standing>,
+    tunnel_state: Tunnel,
 ) -> Result<Response<Body>, ProxyError> {
+    let Tunnel { place, standing } = tunnel_state;
     let (head, upstream) = match switched {
         // The client's connection goes on as HTTP; this one closes when the body is read.
         Switch::Answer(response) => {
@@ -71,11 +99,11 @@ pub(super) fn join(
         // The client's side is handed over once its 101 has passed; it may not take longer
         // than the idle limit to get there.
         match tokio::time::timeout(idle, client.upgraded()).await {
-            Ok(Ok(client)) => tunnel(client, upstream, idle, standing).await,
+            Ok(Ok(client)) => tunnel(client, upstream, idle, Some(&standing)).await,
             Ok(Err(e)) => tracing::debug!(upstream = %authority, error = %e, "Upgrade not completed"),
             Err(_) => tracing::debug!(upstream = %authority, "Upgrade not completed in time"),
         }
-        drop(hold);
+        drop(place);
     });
     let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -86,7 +114,7 @@ pub(super) fn join(
 
 /// Copies bytes both ways until both directions have ended, either side fails, nothing
 /// has been read from either side for `idle`, or the credential no longer stands.
-async fn tunnel<C, U>(client: C, upstream: U, idle: Duration, standing: Option<Standing>)
+async fn tunnel<C, U>(client: C, upstream: U, idle: Duration, standing: Option<&Standing>)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -111,7 +139,7 @@ where
                 return;
             }
             _ = recheck.tick(), if standing.is_some() => {
-                if let Some(Err(reason)) = standing.as_ref().map(|s| (s.0)()) {
+                if let Some(Err(reason)) = standing.map(Standing::check) {
                     tracing::info!(reason, "Upgraded connection closed");
                     return;
                 }

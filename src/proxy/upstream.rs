@@ -1,10 +1,11 @@
 //! Upstreams: where a route sends what it admits. An HTTP upstream (`http://` or
 //! `https://`) is reached through one connect function, [`Connector::open`], shared by the
-//! client connection's own upstream connection ([`Sticky`]), the worker's pool and
+//! client connection's own upstream connection ([`exchange::Sticky`]), the worker's pool and
 //! upgrades; bodies stream both ways and are never buffered whole. An https upstream is
 //! verified against the system's root certificates, or only against the `upstream.ca_file`
 //! bundle when one is set, with its host as SNI and HTTP/1.1 as the one ALPN protocol.
-//! Nothing here judges a request: [`HttpClient::forward`] takes a [`Plan`], which only a permit makes.
+//! Nothing here judges a request: `HttpClient::forward` ([`forward`]) takes a
+//! [`Plan`](super::plan::Plan), which only a permit makes.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,10 +14,8 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Response, Uri};
-use http_body_util::BodyExt;
+use http::Uri;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
@@ -26,13 +25,10 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 pub mod answer;
-mod exchange;
+pub mod exchange;
+pub mod forward;
 
-pub use exchange::Sticky;
-pub(crate) use exchange::Switch;
-
-use super::plan::Plan;
-use super::{headers, upgrade, Body, BoxError, ProxyError};
+use super::error::ProxyError;
 use crate::auth::rules::NormalizedPath;
 
 /// Settings shared by every HTTP upstream.
@@ -358,88 +354,6 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
         }
-    }
-}
-
-/// The client for HTTP upstreams: a connector, and the pool of idle connections.
-pub struct HttpClient {
-    client: exchange::Client,
-}
-
-impl HttpClient {
-    /// Builds the client.
-    pub fn new(config: &Config) -> Self {
-        let pool = exchange::Pool::new(config.pool_max_idle_per_host, config.pool_idle_timeout);
-        HttpClient {
-            client: exchange::Client::new(Connector::new(config), pool, config.max_response_head_bytes),
-        }
-    }
-
-    /// The connector every upstream connection is opened with.
-    pub fn connector(&self) -> &Connector {
-        &self.client.connector
-    }
-
-    /// Sends a permitted request (its [`Plan`]) to `target` and streams the answer back. An HTTP/1.1
-    /// upgrade request (see [`headers::is_upgrade`]) goes on a connection of its own and,
-    /// when the upstream switches protocols, becomes a tunnel ([`upgrade`]).
-    pub async fn forward<B>(&self, target: &HttpTarget, plan: Plan<'_>, body: B) -> Result<Response<Body>, ProxyError>
-    where
-        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let sticky = plan.sticky();
-        let (mut parts, path) = plan.into_parts();
-        let path = &path;
-        let pq = target.path_and_query(&parts.uri, path)?;
-        // patgate's HTTP/1 server puts the client connection's upgrade here for HTTP/1.1
-        // requests that ask for one; only those may go upstream asking for one.
-        let client_upgrade = parts.extensions.remove::<super::http1::OnUpgrade>();
-        let upgrade = match client_upgrade {
-            Some(on) if parts.version == http::Version::HTTP_11 && headers::is_upgrade(&parts.headers) => Some(on),
-            _ => {
-                headers::drop_upgrade(&mut parts.headers);
-                None
-            }
-        };
-        parts.uri = Uri::from(pq);
-        parts.version = http::Version::HTTP_11;
-        // The upstream serves the route's host; the client's stays in X-Forwarded-Host.
-        parts.headers.insert(http::header::HOST, target.host.clone());
-        // A body of no known length goes chunked, whatever the method; one of a known
-        // length says it.
-        if !body.is_end_stream() {
-            match body.size_hint().exact() {
-                None => {
-                    parts.headers.remove(http::header::CONTENT_LENGTH);
-                    parts
-                        .headers
-                        .insert(http::header::TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
-                }
-                Some(n) => {
-                    parts.headers.insert(http::header::CONTENT_LENGTH, n.into());
-                }
-            }
-        }
-        let body = body.map_err(Into::into).boxed_unsync();
-        if let Some(client) = upgrade {
-            let hold = parts.extensions.remove::<upgrade::Hold>();
-            let standing = parts.extensions.remove::<upgrade::Standing>();
-            let offered: Vec<_> = parts.headers.get_all(http::header::UPGRADE).iter().cloned().collect();
-            let switched = match tokio::time::timeout(target.response_timeout, self.client.switch(target, &parts, body)).await {
-                Err(_) => return Err(ProxyError::UpstreamTimeout(target.response_timeout)),
-                Ok(r) => r?,
-            };
-            return upgrade::join(target, switched, &offered, client, hold, standing);
-        }
-        let sent = self.client.exchange(target, sticky, &parts, body);
-        let response = match tokio::time::timeout(target.response_timeout, sent).await {
-            Err(_) => return Err(ProxyError::UpstreamTimeout(target.response_timeout)),
-            Ok(r) => r?,
-        };
-        let (mut parts, body) = response.into_parts();
-        headers::prepare_response(&mut parts.headers);
-        Ok(Response::from_parts(parts, body))
     }
 }
 

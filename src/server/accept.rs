@@ -10,7 +10,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,7 +25,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::guard::client_addr::TrustedProxies;
-use crate::guard::connections::{AddressGuard, PerAddress, TOO_MANY};
+use crate::guard::connections::{self, AddressGuard, PerAddress, TOO_MANY};
+use crate::proxy::connection::{Activity, InFlight};
 use crate::proxy::{self, Proxy};
 use crate::server::tls::{ListenerTls, TlsSlot};
 
@@ -144,7 +145,6 @@ pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, shared: Arc<L
     }
 }
 
-
 async fn serve(
     mut tcp: TcpStream,
     peer: SocketAddr,
@@ -167,7 +167,7 @@ async fn serve(
     let _open = OpenConnection::count();
     let config = &shared.config;
     // The connection's place in the limits; a WebSocket tunnel it turns into keeps it.
-    let place: Place = Arc::new((slot, per_ip.flatten()));
+    let place: Place = connections::Place::new(slot, per_ip.flatten());
     let activity = Arc::new(Activity::default());
     let tcp = Metered {
         io: tcp,
@@ -234,8 +234,8 @@ impl Drop for OpenConnection {
     }
 }
 
-/// A connection's permit and its address's count, released when the last holder drops.
-type Place = Arc<(OwnedSemaphorePermit, Option<AddressGuard>)>;
+/// A connection's place under the limits, shared with a tunnel it turns into.
+type Place = Arc<connections::Place>;
 
 /// The service every request on an HTTP/2 connection goes through: it counts the request
 /// in flight while the proxy works on it, and each stream counts against
@@ -346,16 +346,9 @@ where
         header_read_timeout: config.header_read_timeout,
         max_header_bytes: config.max_header_bytes,
     };
-    // Only a request that may turn into a tunnel takes the connection's place with it.
-    let hold = proxy::upgrade::Hold(place.clone());
-    SelfDraining(Box::pin(proxy::http1::serve(
-        io,
-        conn,
-        proxy.clone(),
-        limits,
-        activity.clone(),
-        hold,
-    )))
+    // A request that turns into a tunnel takes the connection's place with it.
+    let conn = conn.with_place(place.clone());
+    SelfDraining(Box::pin(proxy::http1::serve(io, conn, proxy.clone(), limits, activity.clone())))
 }
 
 /// A connection that follows the drain signal itself.
@@ -480,36 +473,6 @@ async fn drive(conn: impl Drain, activity: &Activity, idle: Duration, multiplexe
         }
     })
     .await
-}
-
-/// Whether a connection is doing anything: requests in flight, and whether a byte moved
-/// since the watchdog last looked.
-#[derive(Debug, Default)]
-pub struct Activity {
-    moved: AtomicBool,
-    /// Requests whose answer is not ready yet (waiting on the upstream is not idling).
-    in_flight: AtomicUsize,
-    /// Whether a request started since the watchdog last looked.
-    used: AtomicBool,
-    /// HTTP/2 answers whose bodies are being sent.
-    sending: AtomicUsize,
-}
-
-/// Counts a request in flight for as long as it lives.
-pub(crate) struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    pub(crate) fn new(activity: &Arc<Activity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        activity.used.store(true, Ordering::Relaxed);
-        InFlight(activity.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// A socket that notes when bytes move through it.

@@ -10,7 +10,7 @@
 //! 2. the request head, written from the plan's parts, and its body (by `Content-Length`,
 //!    or chunked), while the answer's head is read ([`answer::parse_final`]); interim
 //!    `1xx` answers are skipped.
-//! 3. the answer's body ([`AnswerBody`]), read as the client's side asks for it, by its
+//! 3. the answer's body (`AnswerBody`), read as the client's side asks for it, by its
 //!    length, chunked (the strict decoder requests have), or until close ([`BodyReader`]).
 //!    The rest of the request's body goes on meanwhile, as an upstream may answer before
 //!    it has read all of it. When the answer ends where its framing says, after the whole
@@ -36,9 +36,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::answer::{self, AnswerError, AnswerFraming, AnswerHead, BodyReader, Piece};
 use super::{Connector, HttpTarget, Stream};
-use crate::proxy::http1::Upgraded;
+use crate::proxy::body::{Body, BoxError};
+use crate::proxy::error::ProxyError;
+use crate::proxy::handover::Upgraded;
 use crate::proxy::wire::{poll_read_buf, poll_write_out, put_header, Output};
-use crate::proxy::{Body, BoxError, ProxyError};
 
 /// A body of a known length up to this goes with its head, in one write: it is gathered
 /// whole before anything is written (nginx gathers every body before it sends one).
