@@ -21,7 +21,7 @@ use patgate::auth::rules::{normalize, Pattern, Requirement, Route, RouteTable, R
 use patgate::auth::scope::{Scope, ScopeSet};
 use patgate::auth::token::TokenSecret;
 use patgate::auth::{authenticate, authenticate_on, authorize, LastCredential, Orgs};
-use patgate::store::memory::TokenCache;
+use patgate::store::token_cache::TokenCache;
 use patgate::store::{Location, Store, TokenRecord};
 
 /// The client address of every request measured.

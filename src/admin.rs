@@ -69,7 +69,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::guard::lockout::Lockout;
 use crate::server::tls::TlsSlot;
-use crate::store::memory::TokenCache;
+use crate::store::token_cache::TokenCache;
 use crate::store::{follow, Store};
 use crate::telemetry::metrics::metrics;
 use caller::LogSlot;

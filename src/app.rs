@@ -14,9 +14,9 @@ use crate::admin::{self, AdminState};
 use crate::audit::{self, streams::Streams};
 use crate::config::{self, Config};
 use crate::proxy::upstream::Upstream;
-use crate::proxy::{Live, Proxy, Shared};
+use crate::proxy::{LiveConfig, Proxy, Shared};
 use crate::server::accept::{self, Listener};
-use crate::store::memory::TokenCache;
+use crate::store::token_cache::TokenCache;
 use crate::store::{follow, Store, StoreError};
 
 /// Descriptors kept for everything but proxied connections: the listeners, the store, log
@@ -244,7 +244,7 @@ impl Reload {
         for key in restart_needed(&self.running, &new) {
             tracing::warn!(key, "Changed in the file; takes effect at the next start");
         }
-        let live = Live::new(&new.proxy, Some(&self.live.load()));
+        let live = LiveConfig::new(&new.proxy, Some(&self.live.load()));
         if let Some(admin) = &self.admin {
             admin.replace_lockout(live.lockout.clone());
         }

@@ -235,12 +235,7 @@ impl AuditEntry {
     }
 }
 
-/// Now, in Unix milliseconds.
-pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub use crate::clock::now_millis;
 
 /// Who made a change, as the store records it with the change: the actor's name and the
 /// client address it came from.

@@ -21,12 +21,18 @@ use http::{HeaderMap, StatusCode};
 
 use compact_str::CompactString;
 
-use crate::store::memory::{CachedToken, Retired, TokenCache};
+use crate::store::token_cache::{CachedToken, Retired, TokenCache};
 use credentials::{Credential, CredentialError};
 pub use orgs::{InvalidOrg, Orgs};
 use rules::Requirement;
 use scope::Scope;
 use token::TokenHash;
+
+/// The body of every 401, on the proxy and the admin API alike, whatever the reason.
+pub const UNAUTHORIZED_BODY: &str = "authentication required: give a valid patgate token";
+
+/// The `WWW-Authenticate` value sent with every 401.
+pub const CHALLENGE: &str = "Basic realm=\"patgate\"";
 
 /// Why a request was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -502,7 +508,7 @@ mod tests {
             Some(AuthError::Revoked { token: known.clone() })
         );
         // Past the time revoked tokens are remembered, it is a token like any unknown one.
-        let later = crate::store::memory::RETIRED_FOR;
+        let later = crate::store::token_cache::RETIRED_FOR;
         assert_eq!(authenticate_on(&h, &cache, later, LOCAL, &last).err(), Some(AuthError::Unknown));
         // Another value is parsed and judged on its own, and replaces nothing when refused.
         let other = TokenSecret::generate();

@@ -36,13 +36,14 @@ use crate::audit::{self, Action, AuditEntry, Auditor, Outcome};
 use crate::auth::rules::{self, RouteTable, RuleError};
 use crate::auth::{self, AuthError};
 use crate::guard::{body_rate, client_addr, lockout};
-use crate::store::memory::TokenCache;
+use crate::store::token_cache::TokenCache;
 use crate::telemetry::metrics::{metrics, AuthOutcome, RouteLabel, UpstreamFault};
 use upstream::Upstream;
 
+pub use crate::auth::{CHALLENGE, UNAUTHORIZED_BODY};
 pub use body::{Body, BoxError};
 pub use connection::Connection;
-pub use error::{error_response, ProxyError, CHALLENGE, UNAUTHORIZED_BODY};
+pub use error::{error_response, ProxyError};
 
 /// Proxy settings, validated.
 #[derive(Debug, Clone)]
@@ -67,7 +68,7 @@ pub struct Config {
 
 /// What a reload replaces, as one: the routes with their rules, and how clients are
 /// told apart and held to their limits. Every worker shares it; a request reads it once.
-pub struct Live {
+pub struct LiveConfig {
     pub routes: RouteTable<Upstream>,
     pub trusted_proxies: client_addr::TrustedProxies,
     pub body_rate: body_rate::MinRate,
@@ -75,15 +76,15 @@ pub struct Live {
     pub lockout: Option<Arc<lockout::Lockout>>,
 }
 
-impl Live {
+impl LiveConfig {
     /// The live settings of `config`. The failure counts of `previous` carry over while
     /// `[brute_force]` stays the same, so a reload neither forgets nor lifts a block.
-    pub fn new(config: &Config, previous: Option<&Live>) -> Live {
+    pub fn new(config: &Config, previous: Option<&LiveConfig>) -> LiveConfig {
         let kept = previous
             .and_then(|p| p.lockout.as_ref())
             .filter(|l| Some(*l.config()) == config.brute_force)
             .cloned();
-        Live {
+        LiveConfig {
             routes: config.routes.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
             body_rate: config.body_rate,
@@ -93,7 +94,7 @@ impl Live {
 }
 
 /// The live settings, shared by every worker and replaced whole on reload.
-pub type Shared = Arc<ArcSwap<Live>>;
+pub type Shared = Arc<ArcSwap<LiveConfig>>;
 
 /// The request path: routes, the in-memory tokens, and the upstream clients.
 pub struct Proxy {
@@ -307,7 +308,7 @@ impl Proxy {
     pub fn new(config: Arc<Config>, tokens: Arc<TokenCache>) -> Self {
         let http = upstream::forward::HttpClient::new(&config.upstream);
         let cgi = Arc::new(cgi::Runner::new(config.git.clone()));
-        let live = Arc::new(ArcSwap::from_pointee(Live::new(&config, None)));
+        let live = Arc::new(ArcSwap::from_pointee(LiveConfig::new(&config, None)));
         Proxy {
             config,
             live,
@@ -388,7 +389,7 @@ impl Proxy {
         &self,
         head: &http::request::Parts,
         conn: &Connection,
-        live: &'a Live,
+        live: &'a LiveConfig,
         log: &mut AccessLog<'a>,
     ) -> Result<Admitted<'a>, ProxyError> {
         // HTTP/2 always names scheme and authority; an HTTP/1 request may only name its path
@@ -410,7 +411,7 @@ impl Proxy {
         if let Some(lockout) = &live.lockout {
             lockout.check(client, Instant::now())?;
         }
-        let now = crate::store::now();
+        let now = crate::clock::now();
         let identity = auth::authenticate_on(&head.headers, &self.tokens, now, client, &conn.credential).inspect_err(|e| {
             if let Some(lockout) = live.lockout.as_ref().filter(|_| counts_as_failure(e)) {
                 lockout.failed(client, Instant::now());
@@ -447,7 +448,7 @@ impl Proxy {
         &'a self,
         req: Request<B>,
         conn: &Connection,
-        live: &'a Live,
+        live: &'a LiveConfig,
         log: &mut AccessLog<'a>,
     ) -> Result<Response<Body>, ProxyError>
     where

@@ -6,7 +6,7 @@
 //! is durable. Other audit entries are appended in batches ([`Store::append_audit`], from
 //! [`crate::audit::writer`]); the trail is read newest first ([`Store::audit_page`]) and
 //! pruned past its retention ([`Store::prune_audit`]). Running servers follow
-//! the feed into their in-memory copy ([`memory::TokenCache`]); the request path reads
+//! the feed into their in-memory copy ([`token_cache::TokenCache`]); the request path reads
 //! only that copy and never waits on this module.
 //!
 //! SQLite ([`sqlite`]) is the embedded default; its blocking calls run on tokio's blocking
@@ -15,15 +15,15 @@
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod follow;
-pub mod memory;
 pub mod postgres;
 pub mod schema;
 pub mod sqlite;
 pub mod streams;
+pub mod token_cache;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -199,13 +199,7 @@ fn rfc3339_opt<S: serde::Serializer>(t: &Option<i64>, ser: S) -> Result<S::Ok, S
     }
 }
 
-/// The current time in Unix seconds.
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now;
 
 /// What a new token is made of.
 #[derive(Debug, Clone)]

@@ -144,7 +144,7 @@ impl FromRequestParts<AdminState> for Caller {
         // A console session stands in for Authorization (see super::console).
         let identity = match super::sessions::session_caller(parts, state)? {
             Some(identity) => identity,
-            None => auth::authenticate(&parts.headers, state.tokens(), crate::store::now(), peer).inspect_err(|e| {
+            None => auth::authenticate(&parts.headers, state.tokens(), crate::clock::now(), peer).inspect_err(|e| {
                 if let (Some((lockout, ip)), false) = (counted, matches!(e, AuthError::Missing)) {
                     lockout.failed(ip, Instant::now());
                 }

@@ -170,7 +170,7 @@ async fn sign_in(State(s): State<AdminState>, parts: Parts, body: Body) -> Resul
     let hash = TokenSecret::parse(b.token.trim()).map(|secret| secret.hash());
     drop(b);
     let found = match &hash {
-        Some(hash) => auth::authenticate_digest(hash, s.tokens(), crate::store::now(), peer),
+        Some(hash) => auth::authenticate_digest(hash, s.tokens(), crate::clock::now(), peer),
         None => Err(AuthError::Malformed),
     };
     let identity = found.inspect_err(|_| {
@@ -447,7 +447,7 @@ mod tests {
         std::fs::write(&file, toml).unwrap();
         let config = crate::config::load(&file).unwrap();
         let store = crate::store::Store::open(&config.store.location).await.unwrap();
-        let tokens = std::sync::Arc::new(crate::store::memory::TokenCache::default());
+        let tokens = std::sync::Arc::new(crate::store::token_cache::TokenCache::default());
         let (_stop, stop) = tokio::sync::watch::channel(false);
         let state = AdminState::new(config.admin, store, tokens, stop);
         let app = hyper_util::service::TowerToHyperService::new(super::super::router(state));

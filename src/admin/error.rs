@@ -11,7 +11,7 @@ use http::{header, HeaderValue, StatusCode};
 use super::policy::PolicyError;
 use super::shown::clean;
 use crate::auth::AuthError;
-use crate::proxy::UNAUTHORIZED_BODY;
+use crate::auth::UNAUTHORIZED_BODY;
 use crate::store::StoreError;
 
 /// The `WWW-Authenticate` value sent with every 401 of the admin API.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::auth::restrictions::{AllowFrom, Repos};
 use crate::auth::scope::ScopeSet;
 use crate::auth::Orgs;
-use crate::store::memory::CachedToken;
+use crate::store::token_cache::CachedToken;
 use crate::store::TokenRecord;
 
 /// `[policy]`, validated.

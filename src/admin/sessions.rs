@@ -208,7 +208,7 @@ pub fn session_caller(parts: &Parts, state: &AdminState) -> Result<Option<Identi
         return Err(AuthError::Missing.into());
     };
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    let identity = match auth::authenticate_digest(&found.token, state.tokens(), crate::store::now(), peer) {
+    let identity = match auth::authenticate_digest(&found.token, state.tokens(), crate::clock::now(), peer) {
         Ok(identity) => identity,
         Err(e) => {
             sessions.remove(id);

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{Action, AuditEntry, Outcome};
-use crate::store::memory::TokenCache;
+use crate::store::token_cache::TokenCache;
 use crate::store::{self, Store};
 use crate::telemetry::metrics::metrics;
 

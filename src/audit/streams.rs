@@ -204,7 +204,7 @@ struct Failing {
 }
 
 /// What a round of the worker's loop says to do next.
-enum Next {
+enum NextStep {
     /// Go on at once.
     Now,
     /// Wait this long (or for new entries, or for the stop).
@@ -237,10 +237,10 @@ impl Worker {
                 return;
             }
             let wait = match self.round().await {
-                Next::Now => continue,
-                Next::End => break,
-                Next::Wait(d) => d,
-                Next::NewerThan(seq) => {
+                NextStep::Now => continue,
+                NextStep::End => break,
+                NextStep::Wait(d) => d,
+                NextStep::NewerThan(seq) => {
                     let mut tail = self.tail.clone();
                     tokio::select! {
                         newer = tail.wait_for(|t| *t > seq) => if newer.is_err() { break },
@@ -262,19 +262,19 @@ impl Worker {
 
     /// One step: read the stream, hold its lease, skip ahead if too far behind, deliver
     /// the next batch.
-    async fn round(&mut self) -> Next {
+    async fn round(&mut self) -> NextStep {
         let shared = self.streams.0.clone();
         let store = &shared.store;
         let record = match store.stream(&self.id).await {
             Ok(r) => r,
-            Err(StreamError::NotFound(_)) => return Next::End,
+            Err(StreamError::NotFound(_)) => return NextStep::End,
             Err(e) => {
                 tracing::debug!(stream = %self.name, error = %e, "Cannot read the audit stream");
-                return Next::Wait(BACKOFF_MIN);
+                return NextStep::Wait(BACKOFF_MIN);
             }
         };
         if !record.enabled {
-            return Next::End;
+            return NextStep::End;
         }
         if record.name != self.name {
             if !self.name.is_empty() {
@@ -292,12 +292,12 @@ impl Worker {
                 Ok(false) => {
                     // Another instance delivers it; look again when its lease may have lapsed.
                     self.renew_at = None;
-                    return Next::Wait(LEASE / 4);
+                    return NextStep::Wait(LEASE / 4);
                 }
                 Err(e) => {
                     tracing::debug!(stream = %self.name, error = %e, "Cannot take the audit stream's lease");
                     self.renew_at = None;
-                    return Next::Wait(BACKOFF_MIN);
+                    return NextStep::Wait(BACKOFF_MIN);
                 }
             }
         }
@@ -308,7 +308,7 @@ impl Worker {
             let to = tail - backlog;
             let skipped = match store.audit_count(record.delivered_seq, to).await {
                 Ok(n) => n,
-                Err(_) => return Next::Wait(BACKOFF_MIN),
+                Err(_) => return NextStep::Wait(BACKOFF_MIN),
             };
             if let Ok(true) = store.advance_stream(&self.id, record.delivered_seq, to).await {
                 metrics().stream_dropped(&self.name, skipped);
@@ -323,19 +323,19 @@ impl Worker {
                 }
             }
             self.gap = None;
-            return Next::Now;
+            return NextStep::Now;
         }
         // A failing sink waits out its back-off (the backlog is checked meanwhile).
         if let Some(f) = &self.failing {
             if now < f.next_attempt {
-                return Next::Wait((f.next_attempt - now).min(BACKOFF_MIN));
+                return NextStep::Wait((f.next_attempt - now).min(BACKOFF_MIN));
             }
         }
         let entries = match store.audit_since(record.delivered_seq, BATCH).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::debug!(stream = %self.name, error = %e, "Cannot read the audit trail");
-                return Next::Wait(BACKOFF_MIN);
+                return NextStep::Wait(BACKOFF_MIN);
             }
         };
         let entries = self.without_gap(record.delivered_seq, entries, now);
@@ -345,8 +345,8 @@ impl Worker {
                 tracing::info!(stream = %self.name, "Audit stream caught up");
             }
             return match self.gap {
-                Some(_) => Next::Wait(BACKOFF_MIN),
-                None => Next::NewerThan(record.delivered_seq),
+                Some(_) => NextStep::Wait(BACKOFF_MIN),
+                None => NextStep::NewerThan(record.delivered_seq),
             };
         };
         let full = entries.len() >= BATCH;
@@ -366,13 +366,13 @@ impl Worker {
                     Ok(false) => self.renew_at = None,
                     Err(e) => {
                         tracing::warn!(stream = %self.name, error = %e, "Cannot record the audit stream's progress; its last entries will be delivered again");
-                        return Next::Wait(BACKOFF_MIN);
+                        return NextStep::Wait(BACKOFF_MIN);
                     }
                 }
                 if full {
-                    Next::Now
+                    NextStep::Now
                 } else {
-                    Next::NewerThan(last)
+                    NextStep::NewerThan(last)
                 }
             }
             Err(e) => {
@@ -389,7 +389,7 @@ impl Worker {
                 } else {
                     tracing::debug!(stream = %self.name, attempts = f.attempts, error = %e, "Audit stream delivery failed again");
                 }
-                Next::Wait(f.backoff.min(BACKOFF_MIN))
+                NextStep::Wait(f.backoff.min(BACKOFF_MIN))
             }
         }
     }

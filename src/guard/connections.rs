@@ -25,15 +25,15 @@ pub async fn refuse_too_many(mut tcp: TcpStream) {
 /// limit, and its count under its address's. Released when the last holder drops: the
 /// connection, then a tunnel it turned into.
 #[derive(Debug)]
-pub struct Place {
+pub struct ConnectionSlot {
     _permit: OwnedSemaphorePermit,
     _address: Option<AddressGuard>,
 }
 
-impl Place {
+impl ConnectionSlot {
     /// The place of a connection holding `permit` and counted under `address`.
-    pub fn new(permit: OwnedSemaphorePermit, address: Option<AddressGuard>) -> std::sync::Arc<Place> {
-        std::sync::Arc::new(Place {
+    pub fn new(permit: OwnedSemaphorePermit, address: Option<AddressGuard>) -> std::sync::Arc<ConnectionSlot> {
+        std::sync::Arc::new(ConnectionSlot {
             _permit: permit,
             _address: address,
         })

@@ -11,7 +11,7 @@ use http::HeaderValue;
 
 use super::{headers, upstream};
 use crate::auth;
-use crate::guard::connections::Place;
+use crate::guard::connections::ConnectionSlot;
 
 /// What is known of the connection a request came on.
 #[derive(Debug)]
@@ -22,14 +22,14 @@ pub struct Connection {
     /// The credential its last admitted request carried.
     pub credential: auth::LastCredential,
     /// The HTTP upstream connection this client connection keeps between its requests.
-    pub upstream: upstream::exchange::Sticky,
+    pub upstream: upstream::exchange::KeptUpstream,
     /// Whether the client came over TLS.
     pub tls: bool,
     /// Turns true when the server drains.
     pub stop: tokio::sync::watch::Receiver<bool>,
     /// Its place under the listener's limits, when it has one: a tunnel it turns into
     /// keeps it.
-    pub place: Option<Arc<Place>>,
+    pub place: Option<Arc<ConnectionSlot>>,
 }
 
 impl Connection {
@@ -47,7 +47,7 @@ impl Connection {
     }
 
     /// The connection, holding `place` under the listener's limits.
-    pub fn with_place(self, place: Arc<Place>) -> Connection {
+    pub fn with_place(self, place: Arc<ConnectionSlot>) -> Connection {
         Connection {
             place: Some(place),
             ..self

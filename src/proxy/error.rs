@@ -11,7 +11,7 @@ use super::host::HostError;
 use super::http1::body::BodyError;
 use super::http1::head::HeadError;
 use crate::auth::rules::{PathError, QueryError};
-use crate::auth::AuthError;
+use crate::auth::{AuthError, CHALLENGE, UNAUTHORIZED_BODY};
 use crate::guard::{body_rate, lockout};
 
 /// Why a request was not forwarded, or failed upstream. [`super::Proxy::handle`] maps each to
@@ -88,12 +88,6 @@ impl ProxyError {
         self.to_string()
     }
 }
-
-/// The body of every 401, whatever the reason.
-pub const UNAUTHORIZED_BODY: &str = "authentication required: give a valid patgate token";
-
-/// The `WWW-Authenticate` value sent with every 401.
-pub const CHALLENGE: &str = "Basic realm=\"patgate\"";
 
 /// The answer for an error: its status, a one-line text body, and for 401 the challenge.
 pub fn error_response(e: &ProxyError) -> Response<Body> {

@@ -306,7 +306,7 @@ pub(crate) mod tests {
         use crate::auth::scope::{Scope, ScopeSet};
         use crate::auth::token::TokenSecret;
         use crate::auth::{authenticate, authorize, Orgs};
-        use crate::store::memory::TokenCache;
+        use crate::store::token_cache::TokenCache;
         let secret = TokenSecret::generate();
         let cache = TokenCache::default();
         let record = crate::store::TokenRecord {

@@ -75,7 +75,7 @@ where
         rbuf: BytesMut::new(),
         out: Output::default(),
         limits,
-        timer: Lazy::idle(),
+        timer: LazyDeadline::idle(),
     };
     loop {
         let head = match wire.read_head(&conn).await {
@@ -126,9 +126,9 @@ where
             ..exchange
         };
         match wire.respond(answer, &mut reading, &exchange).await {
-            Ok(Next::KeepAlive) if reading.done && !reading.failed => {}
-            Ok(Next::KeepAlive | Next::Close) => break,
-            Ok(Next::Switch) => {
+            Ok(AfterAnswer::KeepAlive) if reading.done && !reading.failed => {}
+            Ok(AfterAnswer::KeepAlive | AfterAnswer::Close) => break,
+            Ok(AfterAnswer::Switch) => {
                 let Some(tx) = exchange.switch else { break };
                 let Wire { io, mut rbuf, .. } = wire;
                 let pre = rbuf.split().freeze();
@@ -186,7 +186,7 @@ impl Exchange {
 }
 
 /// What to do after an answer.
-enum Next {
+enum AfterAnswer {
     KeepAlive,
     Close,
     Switch,
@@ -259,7 +259,7 @@ struct Wire<IO> {
     out: Output,
     limits: Limits,
     /// The one timer of the connection, for request heads.
-    timer: Lazy,
+    timer: LazyDeadline,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
@@ -422,7 +422,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
 
     /// Writes `answer` to the client, feeding the request body meanwhile (an upstream may
     /// answer before it read all of it).
-    async fn respond(&mut self, answer: Response<Body>, reading: &mut Reading, exchange: &Exchange) -> io::Result<Next> {
+    async fn respond(&mut self, answer: Response<Body>, reading: &mut Reading, exchange: &Exchange) -> io::Result<AfterAnswer> {
         let (parts, mut body) = answer.into_parts();
         let status = parts.status;
         let switch = status == StatusCode::SWITCHING_PROTOCOLS && exchange.switch.is_some();
@@ -545,9 +545,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
         })
         .await?;
         Ok(match () {
-            _ if switch => Next::Switch,
-            _ if keep_alive => Next::KeepAlive,
-            _ => Next::Close,
+            _ if switch => AfterAnswer::Switch,
+            _ if keep_alive => AfterAnswer::KeepAlive,
+            _ => AfterAnswer::Close,
         })
     }
 
@@ -591,12 +591,12 @@ fn poll_continue<IO: AsyncWrite + Unpin>(io: &mut IO, cx: &mut Context<'_>, writ
 /// A timer that is moved lazily: the one timer of a connection serves every request head's
 /// deadline, left where it is when the next deadline is later, and set again when it
 /// fires early. It never fires late.
-struct Lazy(Pin<Box<tokio::time::Sleep>>);
+struct LazyDeadline(Pin<Box<tokio::time::Sleep>>);
 
-impl Lazy {
+impl LazyDeadline {
     /// A timer far in the future (about a year: tokio's wheel holds up to two).
-    fn idle() -> Lazy {
-        Lazy(Box::pin(tokio::time::sleep(Duration::from_secs(365 * 24 * 3600))))
+    fn idle() -> LazyDeadline {
+        LazyDeadline(Box::pin(tokio::time::sleep(Duration::from_secs(365 * 24 * 3600))))
     }
 
     /// Whether `deadline` passed; if not, the timer will wake the task by then.
@@ -644,7 +644,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_lazy_timer_is_never_late() {
-        let mut t = Lazy::idle();
+        let mut t = LazyDeadline::idle();
         let start = Instant::now();
         let far = start + Duration::from_secs(30);
         let near = start + Duration::from_secs(5);

@@ -12,7 +12,7 @@ use http::{header, request, HeaderValue};
 use super::connection::Connection;
 use super::headers;
 use super::http1::body::Watch;
-use super::upstream::exchange::Sticky;
+use super::upstream::exchange::KeptUpstream;
 use crate::auth::rules::NormalizedPath;
 use crate::auth::Permit;
 
@@ -22,7 +22,7 @@ pub struct Plan<'c> {
     path: NormalizedPath,
     permit: Permit,
     client: SocketAddr,
-    sticky: Option<&'c Sticky>,
+    sticky: Option<&'c KeptUpstream>,
 }
 
 impl<'c> Plan<'c> {
@@ -65,7 +65,7 @@ impl<'c> Plan<'c> {
     }
 
     /// The client connection's own upstream connection, when it keeps one.
-    pub fn sticky(&self) -> Option<&'c Sticky> {
+    pub fn sticky(&self) -> Option<&'c KeptUpstream> {
         self.sticky
     }
 

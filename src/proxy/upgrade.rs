@@ -27,8 +27,8 @@ use super::headers;
 use super::upstream::exchange::Switch;
 use super::upstream::HttpTarget;
 use crate::auth::Permit;
-use crate::guard::connections::Place;
-use crate::store::memory::TokenCache;
+use crate::guard::connections::ConnectionSlot;
+use crate::store::token_cache::TokenCache;
 use tokio::sync::watch;
 
 /// Whether a tunnel may go on: the token that admitted its request is still live (not
@@ -51,7 +51,7 @@ impl Standing {
         if *self.stop.borrow() {
             return Err("the server is stopping");
         }
-        if !self.permit.still_live(&self.tokens, crate::store::now()) {
+        if !self.permit.still_live(&self.tokens, crate::clock::now()) {
             return Err("its token is no longer live");
         }
         Ok(())
@@ -61,7 +61,7 @@ impl Standing {
 /// What a tunnel keeps while it lives: the client connection's place under the
 /// listener's limits (none for a connection served without them), and its standing.
 pub struct Tunnel {
-    pub place: Option<Arc<Place>>,
+    pub place: Option<Arc<ConnectionSlot>>,
     pub standing: Standing,
 }
 

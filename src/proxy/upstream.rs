@@ -1,6 +1,6 @@
 //! Upstreams: where a route sends what it admits. An HTTP upstream (`http://` or
 //! `https://`) is reached through one connect function, [`Connector::open`], shared by the
-//! client connection's own upstream connection ([`exchange::Sticky`]), the worker's pool and
+//! client connection's own upstream connection ([`exchange::KeptUpstream`]), the worker's pool and
 //! upgrades; bodies stream both ways and are never buffered whole. An https upstream is
 //! verified against the system's root certificates, or only against the `upstream.ca_file`
 //! bundle when one is set, with its host as SNI and HTTP/1.1 as the one ALPN protocol.

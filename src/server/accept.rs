@@ -167,7 +167,7 @@ async fn serve(
     let _open = OpenConnection::count();
     let config = &shared.config;
     // The connection's place in the limits; a WebSocket tunnel it turns into keeps it.
-    let place: Place = connections::Place::new(slot, per_ip.flatten());
+    let place: ConnectionSlot = connections::ConnectionSlot::new(slot, per_ip.flatten());
     let activity = Arc::new(Activity::default());
     let tcp = Metered {
         io: tcp,
@@ -193,7 +193,7 @@ async fn serve_tls(
     proxy: &Arc<Proxy>,
     shared: &Arc<Listener>,
     activity: &Arc<Activity>,
-    place: &Place,
+    place: &ConnectionSlot,
     stop: &mut watch::Receiver<bool>,
 ) {
     let config = &shared.config;
@@ -235,7 +235,7 @@ impl Drop for OpenConnection {
 }
 
 /// A connection's place under the limits, shared with a tunnel it turns into.
-type Place = Arc<connections::Place>;
+type ConnectionSlot = Arc<connections::ConnectionSlot>;
 
 /// The service every request on an HTTP/2 connection goes through: it counts the request
 /// in flight while the proxy works on it, and each stream counts against
@@ -337,7 +337,7 @@ fn serve_http1<IO>(
     proxy: &Arc<Proxy>,
     config: &Config,
     activity: &Arc<Activity>,
-    place: &Place,
+    place: &ConnectionSlot,
 ) -> impl Drain
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::memory::TokenCache;
 use super::postgres::PgStore;
+use super::token_cache::TokenCache;
 use super::{now, Config, Store, StoreError, TokenRecord};
 use crate::telemetry::metrics::metrics;
 

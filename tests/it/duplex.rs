@@ -14,7 +14,7 @@ use patgate::auth::token::TokenSecret;
 use patgate::auth::Orgs;
 use patgate::proxy::http1::{self, Limits};
 use patgate::proxy::{Proxy, CHALLENGE};
-use patgate::store::memory::TokenCache;
+use patgate::store::token_cache::TokenCache;
 use patgate::store::TokenRecord;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 

@@ -15,6 +15,7 @@ mod faults;
 mod git;
 mod h2;
 mod hostile;
+mod house;
 mod http1;
 mod last_used;
 mod limits;

@@ -14,7 +14,7 @@ use patgate::audit::Actor;
 use patgate::auth::scope::ScopeSet;
 use patgate::auth::token::TokenSecret;
 use patgate::auth::Orgs;
-use patgate::store::memory::TokenCache;
+use patgate::store::token_cache::TokenCache;
 use patgate::store::{self, follow, Location, NewToken, Store, StoreError};
 use tokio::sync::watch;
 

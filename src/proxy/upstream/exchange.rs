@@ -3,7 +3,7 @@
 //! of its own between the client's side and the upstream's.
 //!
 //! An exchange, in three steps:
-//! 1. a connection: the client connection's own ([`Sticky`]), else an idle one of the
+//! 1. a connection: the client connection's own ([`KeptUpstream`]), else an idle one of the
 //!    worker's [`Pool`], else a new one ([`Connector::open`]). A kept connection that the
 //!    upstream closed while it idled is seen before the request goes (its end is read
 //!    without waiting), and another is taken.
@@ -89,9 +89,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// requests on one connection come one after another, so one upstream connection serves
 /// them all. It closes when the client connection does.
 #[derive(Clone, Default)]
-pub struct Sticky(Arc<Mutex<Option<Conn>>>);
+pub struct KeptUpstream(Arc<Mutex<Option<Conn>>>);
 
-impl Sticky {
+impl KeptUpstream {
     fn take(&self, key: &Key) -> Option<Conn> {
         // Another upstream's connection is closed: the next request will want this one's.
         lock(&self.0).take().filter(|c| c.key == *key)
@@ -102,9 +102,9 @@ impl Sticky {
     }
 }
 
-impl std::fmt::Debug for Sticky {
+impl std::fmt::Debug for KeptUpstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Sticky")
+        f.write_str("KeptUpstream")
     }
 }
 
@@ -199,7 +199,7 @@ impl Pool {
 /// Where an exchange's connection comes from and goes back to.
 #[derive(Clone)]
 enum Home {
-    Sticky(Sticky, Pool),
+    KeptUpstream(KeptUpstream, Pool),
     Pool(Pool),
     /// A connection of its own, closed after its one exchange (an upgrade request's).
     Nowhere,
@@ -209,7 +209,7 @@ impl Home {
     /// A kept connection to `key` that is still open, if there is one.
     fn take(&self, key: &Key) -> Option<Conn> {
         let (sticky, pool) = match self {
-            Home::Sticky(s, p) => (Some(s), p),
+            Home::KeptUpstream(s, p) => (Some(s), p),
             Home::Pool(p) => (None, p),
             Home::Nowhere => return None,
         };
@@ -227,7 +227,7 @@ impl Home {
 
     fn put(&self, conn: Conn) {
         match self {
-            Home::Sticky(s, _) => s.put(conn),
+            Home::KeptUpstream(s, _) => s.put(conn),
             Home::Pool(p) => p.put(conn),
             Home::Nowhere => {}
         }
@@ -453,13 +453,13 @@ impl Client {
     pub(super) async fn exchange(
         &self,
         target: &HttpTarget,
-        sticky: Option<&Sticky>,
+        sticky: Option<&KeptUpstream>,
         parts: &request::Parts,
         body: Body,
     ) -> Result<Response<Body>, ProxyError> {
         let key = Key::of(target);
         let home = match sticky {
-            Some(s) => Home::Sticky(s.clone(), self.pool.clone()),
+            Some(s) => Home::KeptUpstream(s.clone(), self.pool.clone()),
             None => Home::Pool(self.pool.clone()),
         };
         let to_head = parts.method == Method::HEAD;
