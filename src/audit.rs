@@ -83,6 +83,7 @@ impl AllowedRequests {
 /// What an entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(test, derive(strum::EnumIter))]
 pub enum Action {
     /// A token was created.
     Create,
@@ -278,6 +279,16 @@ mod rfc3339_millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_every_action_once_by_its_own_name() {
+        use strum::IntoEnumIterator;
+        let every: Vec<Action> = Action::iter().collect();
+        assert_eq!(Action::ALL.to_vec(), every, "Action::ALL must list every action, in order");
+        for a in Action::iter() {
+            assert_eq!(Action::from_name(a.as_str()), Some(a));
+        }
+    }
 
     #[test]
     fn an_entry_reads_back_as_it_was_written() {

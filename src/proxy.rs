@@ -484,7 +484,7 @@ impl Proxy {
                 }) => {
                     let tunnel = upgrade::Tunnel {
                         place: conn.place.clone(),
-                        standing: upgrade::Standing::new(permit, self.tokens.clone(), conn.stop.clone()),
+                        standing: upgrade::StillAdmitted::new(permit, self.tokens.clone(), conn.stop.clone()),
                     };
                     upgrade::join(target, switched, &offered, client, tunnel)
                 }

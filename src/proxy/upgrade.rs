@@ -34,16 +34,16 @@ use tokio::sync::watch;
 /// Whether a tunnel may go on: the token that admitted its request is still live (not
 /// revoked, regenerated, rotated or expired since), and the server is not stopping. The
 /// tunnel asks it every [`RECHECK`].
-pub struct Standing {
+pub struct StillAdmitted {
     permit: Permit,
     tokens: Arc<TokenCache>,
     stop: watch::Receiver<bool>,
 }
 
-impl Standing {
+impl StillAdmitted {
     /// The standing of a tunnel opened on `permit`, judged against `tokens`, ended by `stop`.
-    pub fn new(permit: Permit, tokens: Arc<TokenCache>, stop: watch::Receiver<bool>) -> Standing {
-        Standing { permit, tokens, stop }
+    pub fn new(permit: Permit, tokens: Arc<TokenCache>, stop: watch::Receiver<bool>) -> StillAdmitted {
+        StillAdmitted { permit, tokens, stop }
     }
 
     /// `Err` names why the tunnel must end.
@@ -62,7 +62,7 @@ impl Standing {
 /// listener's limits (none for a connection served without them), and its standing.
 pub struct Tunnel {
     pub place: Option<Arc<ConnectionSlot>>,
-    pub standing: Standing,
+    pub standing: StillAdmitted,
 }
 
 /// How often a tunnel asks whether its credential still stands.
@@ -114,7 +114,7 @@ pub(super) fn join(
 
 /// Copies bytes both ways until both directions have ended, either side fails, nothing
 /// has been read from either side for `idle`, or the credential no longer stands.
-async fn tunnel<C, U>(client: C, upstream: U, idle: Duration, standing: Option<&Standing>)
+async fn tunnel<C, U>(client: C, upstream: U, idle: Duration, standing: Option<&StillAdmitted>)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -139,7 +139,7 @@ where
                 return;
             }
             _ = recheck.tick(), if standing.is_some() => {
-                if let Some(Err(reason)) = standing.map(Standing::check) {
+                if let Some(Err(reason)) = standing.map(StillAdmitted::check) {
                     tracing::info!(reason, "Upgraded connection closed");
                     return;
                 }

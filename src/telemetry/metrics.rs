@@ -79,6 +79,7 @@ struct BuildLabels {
 
 /// How authentication ended for a request that reached it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 pub enum AuthOutcome {
     Allowed,
     NoCredential,
@@ -473,6 +474,21 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_every_outcome_once() {
+        use strum::IntoEnumIterator;
+        let every: Vec<AuthOutcome> = AuthOutcome::iter().collect();
+        assert_eq!(
+            AuthOutcome::ALL.to_vec(),
+            every,
+            "AuthOutcome::ALL must list every outcome, in order"
+        );
+        let mut names: Vec<&str> = every.iter().map(|o| o.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), every.len(), "two outcomes share a label");
+    }
 
     #[test]
     fn counts_show_in_the_text_with_bounded_labels() {
