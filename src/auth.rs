@@ -28,6 +28,11 @@ use rules::Requirement;
 use scope::Scope;
 use token::TokenHash;
 
+/// The name of the admin console's session cookie: a credential of the admin listener
+/// that the proxy takes out of `Cookie` before forwarding (a browser sends a host's
+/// cookies to every port of it).
+pub const SESSION_COOKIE: &str = "patgate_session";
+
 /// The body of every 401, on the proxy and the admin API alike, whatever the reason.
 pub const UNAUTHORIZED_BODY: &str = "authentication required: give a valid patgate token";
 
@@ -216,8 +221,20 @@ pub fn authenticate(headers: &HeaderMap, tokens: &TokenCache, now: i64, client: 
 }
 
 /// As [`authenticate`], for a credential already reduced to its digest (a console
-/// session keeps the digest of the token it was opened with, never the secret).
+/// session keeps the digest of the token it was opened with, never the secret). A digest
+/// that a rotation replaced is refused as superseded, not reported as reused: the session
+/// was opened before the rotation, nobody presented the old secret again.
 pub fn authenticate_digest(hash: &TokenHash, tokens: &TokenCache, now: i64, client: Option<IpAddr>) -> Result<Identity, AuthError> {
+    if tokens.get(hash).is_none() {
+        if let Some(token) = tokens.rotated_away_quietly(hash) {
+            return Err(AuthError::Superseded {
+                token: KnownToken {
+                    id: token.id,
+                    owner: token.owner,
+                },
+            });
+        }
+    }
     live_token(tokens, hash, now, client, || true)
 }
 
@@ -653,6 +670,27 @@ mod tests {
         assert_eq!(reused.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["t1"]);
         // Again: the token is gone, so nothing more is queued.
         assert!(authenticate(&bearer(&old), &cache, 1, None).is_err());
+        assert!(futures_util::FutureExt::now_or_never(cache.take_reused()).is_none());
+    }
+
+    #[test]
+    fn a_digest_kept_from_before_a_rotation_is_superseded_not_reused() {
+        let old = TokenSecret::generate();
+        let new = TokenSecret::generate();
+        let cache = TokenCache::default();
+        let mut rec = record(&old, &["tokens:read"], Orgs::All, i64::MAX);
+        cache.apply(&rec, 0);
+        cache.remember_rotated(old.hash(), "t1");
+        rec.hash = new.hash();
+        cache.apply(&rec, 0);
+        // A console session opened with the old secret keeps its digest: refused, and
+        // nothing else happens to the token.
+        assert!(matches!(
+            authenticate_digest(&old.hash(), &cache, 1, None),
+            Err(AuthError::Superseded { .. })
+        ));
+        assert!(authenticate_digest(&new.hash(), &cache, 1, None).is_ok());
+        assert!(authenticate(&bearer(&new), &cache, 1, None).is_ok());
         assert!(futures_util::FutureExt::now_or_never(cache.take_reused()).is_none());
     }
 

@@ -397,6 +397,31 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_static("patgate_session="));
         assert_eq!(session_id(&h), None);
+        // Two different ids (one planted by another page of the host): none is read.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("patgate_session=planted; patgate_session=mine"),
+        );
+        assert_eq!(session_id(&h), None);
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("patgate_session=mine; patgate_session=mine"),
+        );
+        assert_eq!(session_id(&h), Some("mine"));
+    }
+
+    #[test]
+    fn one_token_cannot_push_out_the_sessions_of_others() {
+        let s = sessions(60, 3600, 20);
+        let t0 = Instant::now();
+        let (admin, _) = s.create(TokenHash::of("admin"), t0);
+        let pest = TokenHash::of("pest");
+        let ids: Vec<String> = (0..40).map(|i| s.create(pest, t0 + Duration::from_secs(1 + i)).0).collect();
+        let now = t0 + Duration::from_secs(50);
+        assert!(s.get(&admin, now).is_some(), "another token's session stays");
+        assert_eq!(s.len(), 1 + crate::admin::sessions::PER_TOKEN);
+        assert!(s.get(&ids[0], now).is_none() && s.get(&ids[39], now).is_some());
     }
 
     #[test]

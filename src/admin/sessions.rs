@@ -22,7 +22,7 @@ use crate::auth::token::TokenHash;
 use crate::auth::{self, AuthError, Identity};
 
 /// The session cookie's name.
-pub const COOKIE: &str = "patgate_session";
+pub const COOKIE: &str = auth::SESSION_COOKIE;
 /// The header a session's writes carry its CSRF token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -104,11 +104,23 @@ impl Sessions {
             && now.saturating_duration_since(s.created) < self.config.session_max
     }
 
-    /// A new session for `token`: its id and its CSRF token. Ended sessions are dropped
-    /// first; when the table is still full, the oldest goes.
+    /// A new session for `token`: its id and its CSRF token. A token holds at most
+    /// [`PER_TOKEN`] sessions (its oldest goes first), so that one token signing in again
+    /// and again cannot push everyone else's out. Ended sessions are dropped next; when
+    /// the table is still full, the oldest goes.
     pub fn create(&self, token: TokenHash, now: Instant) -> (String, String) {
         let (id, csrf) = (self.random(), self.random());
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        while table.values().filter(|s| s.token == token).count() >= PER_TOKEN {
+            let oldest = table
+                .iter()
+                .filter(|(_, s)| s.token == token)
+                .min_by_key(|(_, s)| s.created)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                table.remove(&k);
+            }
+        }
         if table.len() >= self.config.max_sessions {
             table.retain(|_, s| self.live(s, now));
         }
@@ -164,16 +176,22 @@ pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     auth::equal_in_constant_time(a, b)
 }
 
-/// The session id in the request's `Cookie` headers.
+/// The session id in the request's `Cookie` headers; none when there are two different
+/// ones (a cookie planted by another page of the same host would otherwise be read
+/// first, and sign the browser in as someone else).
 pub fn session_id(headers: &HeaderMap) -> Option<&str> {
-    headers
+    let mut ids = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-        .filter(|id| !id.is_empty())
+        .filter_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='));
+    let first = ids.next().filter(|id| !id.is_empty())?;
+    ids.all(|other| other == first).then_some(first)
 }
+
+/// The most sessions one token holds at once.
+pub const PER_TOKEN: usize = 16;
 
 /// True when the request's `Origin` is this listener itself (the console's page): its
 /// scheme and the `Host` the request was sent to. A page of any other origin, a

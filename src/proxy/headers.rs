@@ -246,11 +246,40 @@ pub fn prepare_upstream(headers: &mut HeaderMap, permit: &Permit, client: &Heade
     let rewrite = Rewrite::of(headers);
     let host = rewrite.forwarded_host(headers).cloned();
     remove_where(headers, |n| !rewrite.keeps(n));
+    strip_session_cookie(headers);
     // Up to six to add, in one growth of the table at most.
     headers.reserve(6);
     rewrite.added(client, https, host.as_ref(), &Identity::of(permit), |name, value| {
         headers.insert(name, value.clone());
     });
+}
+
+/// Takes the admin console's session cookie ([`crate::auth::SESSION_COOKIE`]) out of
+/// `Cookie`: it is a credential of the admin listener, which a browser also sends to the
+/// proxy's port of the same host, and must not reach an upstream. Other cookies pass.
+fn strip_session_cookie(headers: &mut HeaderMap) {
+    let name = crate::auth::SESSION_COOKIE.as_bytes();
+    let carries = |v: &HeaderValue| v.as_bytes().windows(name.len()).any(|w| w == name);
+    if !headers.get_all(header::COOKIE).iter().any(carries) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| {
+            let text = v.to_str().ok()?;
+            let pairs: Vec<&str> = text
+                .split(';')
+                .map(str::trim)
+                .filter(|p| !p.is_empty() && p.split('=').next().map(str::trim) != Some(crate::auth::SESSION_COOKIE))
+                .collect();
+            (!pairs.is_empty()).then(|| HeaderValue::from_str(&pairs.join("; ")).ok()).flatten()
+        })
+        .collect();
+    headers.remove(header::COOKIE);
+    for v in kept {
+        headers.append(header::COOKIE, v);
+    }
 }
 
 /// Removes hop-by-hop headers from an upstream's response.
@@ -287,6 +316,28 @@ pub fn asks_to_close(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn the_console_session_cookie_never_goes_upstream() {
+        let strip = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::COOKIE, HeaderValue::from_str(v).unwrap());
+            }
+            strip_session_cookie(&mut h);
+            h.get_all(header::COOKIE)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&["a=1; patgate_session=xyz; b=2"]), ["a=1; b=2"]);
+        assert_eq!(strip(&["patgate_session=xyz"]), Vec::<String>::new());
+        assert_eq!(strip(&["a=1", "patgate_session=x; patgate_session=y"]), ["a=1"]);
+        assert_eq!(strip(&[" patgate_session = x ;c=3"]), ["c=3"]);
+        // Other cookies, and names that only start alike, pass untouched.
+        assert_eq!(strip(&["patgate_session_x=1; a=2"]), ["patgate_session_x=1; a=2"]);
+        assert_eq!(strip(&["a=1;b=2"]), ["a=1;b=2"]);
+    }
 
     #[test]
     fn responses_lose_hop_by_hop_headers() {

@@ -270,6 +270,18 @@ impl TokenCache {
         Some(found)
     }
 
+    /// The token a rotation took `hash` from, if it is still live, without taking it out or
+    /// reporting it: for a digest kept from before the rotation (a console session), which
+    /// is no presentation of the old secret.
+    pub fn rotated_away_quietly(&self, hash: &TokenHash) -> Option<RotatedAway> {
+        let id = self.rotated.get(hash)?.value().clone();
+        let token = self.by_id.get(id.as_str())?;
+        Some(RotatedAway {
+            id: token.key().0.id.clone(),
+            owner: token.key().0.owner.clone(),
+        })
+    }
+
     /// The tokens whose rotated-away secrets were presented since the last call, waiting
     /// until there is one.
     pub async fn take_reused(&self) -> Vec<RotatedAway> {

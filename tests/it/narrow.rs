@@ -325,3 +325,56 @@ fn the_admin_listener_limits_connections_per_address() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A console session keeps the digest of the secret it signed in with: after that token is
+/// rotated, the session ends, and the token lives on (the session is no reuse of the old
+/// secret). And the session cookie, which browsers also send to the proxy's port of the
+/// same host, never reaches an upstream.
+#[test]
+fn a_rotation_ends_a_console_session_and_the_session_cookie_stays_home() {
+    let up = spawn_upstream(false);
+    let p = TestPatgate::start(&format!(
+        "[[routes]]\npath = \"/{{org}}/_apis/distributedtask/**\"\nupstream = \"http://{}\"\nrules = [ {{ scope = \"agentpools:read\" }} ]\n",
+        up.addr
+    ));
+    let t = mint_with(&p, "tokens:manage,agentpools:read", "acme", &[]);
+    let body = json!({ "token": t.token }).to_string();
+    let r = http(
+        p.admin_addr(),
+        &format!(
+            "POST /console/session HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let cookie = r.header("set-cookie").unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let list = || {
+        http(
+            p.admin_addr(),
+            &format!("GET /admin/v1/tokens HTTP/1.1\r\nHost: a\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"),
+        )
+        .status
+    };
+    assert_eq!(list(), 200);
+    // The cookie goes no further than patgate, whatever else the browser sends with it.
+    let r = http(
+        p.addr,
+        &format!(
+            "GET /acme/_apis/distributedtask/pools HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nCookie: theme=dark; {cookie}; lang=en\r\nConnection: close\r\n\r\n",
+            t.token
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].header("cookie"), vec!["theme=dark; lang=en"]);
+    // Rotated (by the API, as the CLI or another tab would): the session ends...
+    let a = p.api("POST", &format!("/admin/v1/tokens/{}/rotate", t.id), Some(&t.token), None);
+    assert_eq!(a.status, 200, "{}", a.json);
+    let fresh = a.json["secret"].as_str().unwrap().to_owned();
+    assert_eq!(list(), 401);
+    // ...and the token does not: its new secret works, now and a moment later.
+    std::thread::sleep(Duration::from_millis(300));
+    let a = p.api("GET", &format!("/admin/v1/tokens/{}", t.id), Some(&fresh), None);
+    assert_eq!((a.status, a.json["state"].as_str()), (200, Some("active")), "{}", a.json);
+}
