@@ -271,11 +271,6 @@ impl Pattern {
         &self.text
     }
 
-    /// Whether the pattern captures a repository.
-    pub fn names_repo(&self) -> bool {
-        self.segs.contains(&Seg::Repo)
-    }
-
     /// Matches a normalized path; on success, the organization and repository segments
     /// where the pattern has them.
     fn matches<'p>(&self, path: &'p NormalizedPath) -> Option<(Option<&'p str>, Option<&'p str>)> {
@@ -846,8 +841,7 @@ mod tests {
         assert_eq!(Pattern::parse("/{repo}"), Err(PatternError::RepoPlacement));
         assert_eq!(Pattern::parse("/{org}/{repo}/{repo}"), Err(PatternError::RepoPlacement));
         assert_eq!(Pattern::parse("/{team}"), Err(PatternError::UnknownCapture("{team}".into())));
-        assert!(Pattern::parse("/{org}/{repo}/**").unwrap().names_repo());
-        assert!(!Pattern::parse("/{org}/**").unwrap().names_repo());
+        assert!(Pattern::parse("/{org}/{repo}/**").is_ok());
         assert_eq!(Pattern::parse("/a..b/../x"), Err(PatternError::BadLiteral("..".into())));
         assert!(Pattern::parse("/{org}/_apis/distributedtask/**").is_ok());
     }

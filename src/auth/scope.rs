@@ -130,11 +130,6 @@ impl Scope {
         TABLE[self.0 as usize].area
     }
 
-    /// The scopes it grants besides itself, directly (`code:write` names `code:read`).
-    pub fn implies(self) -> impl Iterator<Item = Scope> {
-        TABLE[self.0 as usize].implies.iter().filter_map(|n| Scope::from_name(n))
-    }
-
     /// What the scope allows, in a few words.
     pub fn summary(self) -> &'static str {
         TABLE[self.0 as usize].summary

@@ -83,9 +83,4 @@ impl<'c> Plan<'c> {
     pub fn into_request(self) -> (request::Parts, NormalizedPath, Permit) {
         (self.parts, self.path, self.permit)
     }
-
-    /// The request's parts and path, to send: the plan is used up.
-    pub fn into_parts(self) -> (request::Parts, NormalizedPath) {
-        (self.parts, self.path)
-    }
 }
