@@ -6,7 +6,8 @@
 //! only token ids, owners, actors, client addresses, methods, paths (never a query) and
 //! statuses.
 //!
-//! Lifecycle entries (create, change, regenerate, revoke, revoke-all, leak report) are
+//! Lifecycle entries (create, change, regenerate, revoke, revoke-all, leak report, and
+//! an audit stream's create, change and delete) are
 //! written by the store in the transaction that makes the change, so an acknowledged
 //! change is in the trail whatever happens next. Entries from the request path (refused
 //! authentications, and allowed requests counted per token and minute) and policy
@@ -110,11 +111,17 @@ pub enum Action {
     Access,
     /// A live token expires within `audit.expiry_warning` (once per token and expiry).
     ExpiryWarning,
+    /// An audit stream was created.
+    StreamCreate,
+    /// An audit stream was renamed, moved, re-keyed, paused or resumed.
+    StreamChange,
+    /// An audit stream was deleted.
+    StreamDelete,
 }
 
 impl Action {
     /// Every action, for the tests and for listing them.
-    pub const ALL: [Action; 12] = [
+    pub const ALL: [Action; 15] = [
         Action::Create,
         Action::Update,
         Action::Regenerate,
@@ -127,6 +134,9 @@ impl Action {
         Action::AuthRefused,
         Action::Access,
         Action::ExpiryWarning,
+        Action::StreamCreate,
+        Action::StreamChange,
+        Action::StreamDelete,
     ];
 
     /// The name in JSON and in the store.
@@ -144,6 +154,9 @@ impl Action {
             Action::AuthRefused => "auth_refused",
             Action::Access => "access",
             Action::ExpiryWarning => "expiry_warning",
+            Action::StreamCreate => "stream_create",
+            Action::StreamChange => "stream_change",
+            Action::StreamDelete => "stream_delete",
         }
     }
 

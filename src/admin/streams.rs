@@ -6,6 +6,9 @@
 //! A stream's HMAC secret is taken, stored and used, but never shown: answers say only
 //! whether one is set (`secret_set`), and no message or log line holds it. A file stream
 //! writes only inside `audit.stream_dir`; without it, file streams are refused.
+//!
+//! Each create, change and delete enters the audit trail with its caller and client, in
+//! the store's transaction ([`crate::store::streams`]).
 
 use std::path::Path;
 use std::sync::LazyLock;
@@ -15,12 +18,15 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::audit::RequestInfo;
 use super::caller::Caller;
 use super::error::AdminError;
 use super::request::{self, Body, Segment};
 use super::AdminState;
 use crate::audit::streams::{is_inside, WebhookTarget, MAX_TARGET};
+use crate::audit::Actor;
 use crate::auth::scope::Scope;
+use crate::auth::Permit;
 use crate::store::format_time;
 use crate::store::streams::{NewStream, StreamChange, StreamError, StreamKind, StreamRecord, StreamSecret};
 
@@ -189,14 +195,27 @@ fn only_for(kind: StreamKind, url: bool, path: bool, secret: bool) -> Result<(),
     }
 }
 
+/// Who makes a change: the caller's owner, from the request's client.
+fn actor(permit: &Permit, info: &RequestInfo) -> Actor {
+    Actor {
+        name: Some(permit.owner().to_owned()),
+        client: info.client,
+    }
+}
+
 fn changed(s: &AdminState) {
     if let Some(st) = s.streams() {
         st.changed();
     }
 }
 
-/// `POST /admin/v1/audit/streams`: a new stream, delivering from the next entry on.
-pub async fn create(State(s): State<AdminState>, caller: Caller, body: Body) -> Result<(StatusCode, Json<StreamJson>), AdminError> {
+/// `POST /admin/v1/audit/streams`: a new stream, delivering from its own creation's entry on.
+pub async fn create(
+    State(s): State<AdminState>,
+    caller: Caller,
+    info: RequestInfo,
+    body: Body,
+) -> Result<(StatusCode, Json<StreamJson>), AdminError> {
     let permit = caller.require_scope(*MANAGE)?;
     let b: CreateBody = body.parse()?;
     name(&b.name)?;
@@ -221,7 +240,7 @@ pub async fn create(State(s): State<AdminState>, caller: Caller, body: Body) -> 
         secret: b.secret.map(secret).transpose()?,
         enabled: b.enabled.unwrap_or(true),
     };
-    let record = s.store().create_stream(new).await?;
+    let record = s.store().create_stream(new, &actor(&permit, &info)).await?;
     tracing::info!(target: "patgate::admin", actor = permit.owner(), stream.id = %record.id, stream.name = %record.name, kind = record.kind.as_str(), "Audit stream created");
     changed(&s);
     Ok((StatusCode::CREATED, Json(record.into())))
@@ -245,7 +264,13 @@ pub async fn get(State(s): State<AdminState>, caller: Caller, Segment(id): Segme
 
 /// `PATCH /admin/v1/audit/streams/{id}`: rename, move, re-key, pause or resume a stream;
 /// its kind and its place in the trail stay.
-pub async fn update(State(s): State<AdminState>, caller: Caller, Segment(id): Segment, body: Body) -> Result<Json<StreamJson>, AdminError> {
+pub async fn update(
+    State(s): State<AdminState>,
+    caller: Caller,
+    info: RequestInfo,
+    Segment(id): Segment,
+    body: Body,
+) -> Result<Json<StreamJson>, AdminError> {
     let permit = caller.require_scope(*MANAGE)?;
     let b: UpdateBody = body.parse()?;
     if b.name.is_none() && b.url.is_none() && b.path.is_none() && b.secret.is_none() && b.enabled.is_none() {
@@ -270,17 +295,21 @@ pub async fn update(State(s): State<AdminState>, caller: Caller, Segment(id): Se
         secret: b.secret.map(secret).transpose()?,
         enabled: b.enabled,
     };
-    let record = s.store().change_stream(&id, change).await?;
+    let record = s.store().change_stream(&id, change, &actor(&permit, &info)).await?;
     tracing::info!(target: "patgate::admin", actor = permit.owner(), stream.id = %record.id, stream.name = %record.name, enabled = record.enabled, "Audit stream changed");
     changed(&s);
     Ok(Json(record.into()))
 }
 
 /// `DELETE /admin/v1/audit/streams/{id}`: the stream as it was.
-pub async fn delete(State(s): State<AdminState>, caller: Caller, Segment(id): Segment) -> Result<Json<StreamJson>, AdminError> {
+pub async fn delete(
+    State(s): State<AdminState>,
+    caller: Caller,
+    info: RequestInfo,
+    Segment(id): Segment,
+) -> Result<Json<StreamJson>, AdminError> {
     let permit = caller.require_scope(*MANAGE)?;
-    let record = s.store().stream(stream_id(&id)?).await?;
-    s.store().delete_stream(&id).await?;
+    let record = s.store().delete_stream(stream_id(&id)?, &actor(&permit, &info)).await?;
     tracing::info!(target: "patgate::admin", actor = permit.owner(), stream.id = %record.id, stream.name = %record.name, "Audit stream deleted");
     changed(&s);
     Ok(Json(record.into()))

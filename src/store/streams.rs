@@ -8,13 +8,19 @@
 //! and writes rows. A stream's HMAC secret is stored (the signature needs it) but never
 //! shown: [`StreamSecret`]'s Debug redacts it, and the admin API says only whether one
 //! is set.
+//!
+//! Creating, changing and deleting a stream is itself audited, in the transaction that
+//! makes the change ([`Action::StreamCreate`], [`Action::StreamChange`],
+//! [`Action::StreamDelete`]): whoever turns a stream off or points it elsewhere is in the
+//! trail that the other streams deliver. The entry names the stream and what changed,
+//! never its target (a webhook URL may carry a credential) nor its secret.
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
 use super::schema::AUDIT_COLUMNS;
 use super::{Store, StoreError};
-use crate::audit::AuditEntry;
+use crate::audit::{Action, Actor, AuditEntry, Outcome};
 
 /// The most streams a store holds: each is a task on every instance and a label of
 /// the stream metrics.
@@ -173,7 +179,7 @@ fn sqlite_name_taken(c: &Connection, name: &str, not_id: &str) -> Result<bool, S
     Ok(n > 0)
 }
 
-fn sqlite_create(c: &mut Connection, new: &NewStream, now: i64) -> Result<StreamRecord, StreamError> {
+fn sqlite_create(c: &mut Connection, new: &NewStream, now: i64, actor: &Actor) -> Result<StreamRecord, StreamError> {
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let count: i64 = tx.query_row("SELECT COUNT(*) FROM audit_streams", [], |r| r.get(0))?;
     if count as usize >= MAX_STREAMS {
@@ -182,7 +188,8 @@ fn sqlite_create(c: &mut Connection, new: &NewStream, now: i64) -> Result<Stream
     if sqlite_name_taken(&tx, &new.name, "")? {
         return Err(StreamError::NameTaken(new.name.clone()));
     }
-    // A new stream starts at the end of the trail: it delivers what happens from now on.
+    // A new stream starts at the end of the trail: it delivers what happens from now on,
+    // beginning with its own creation (appended below).
     let tail: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_log", [], |r| r.get(0))?;
     let record = StreamRecord {
         id: new_stream_id(),
@@ -211,11 +218,12 @@ fn sqlite_create(c: &mut Connection, new: &NewStream, now: i64) -> Result<Stream
             record.updated_at
         ],
     )?;
+    super::sqlite::append_audit(&tx, &[stream_entry(Action::StreamCreate, &record, String::new(), actor)])?;
     tx.commit()?;
     Ok(record)
 }
 
-fn sqlite_change(c: &mut Connection, id: &str, change: &StreamChange, now: i64) -> Result<StreamRecord, StreamError> {
+fn sqlite_change(c: &mut Connection, id: &str, change: &StreamChange, now: i64, actor: &Actor) -> Result<StreamRecord, StreamError> {
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut r = sqlite_get(&tx, id)?.ok_or_else(|| StreamError::NotFound(id.to_owned()))?;
     if let Some(name) = &change.name {
@@ -223,6 +231,7 @@ fn sqlite_change(c: &mut Connection, id: &str, change: &StreamChange, now: i64) 
             return Err(StreamError::NameTaken(name.clone()));
         }
     }
+    let what = changes(&r, change);
     apply(&mut r, change, now);
     tx.execute(
         "UPDATE audit_streams SET name = ?2, target = ?3, secret = ?4, enabled = ?5, updated_at = ?6 WHERE id = ?1",
@@ -235,8 +244,67 @@ fn sqlite_change(c: &mut Connection, id: &str, change: &StreamChange, now: i64) 
             r.updated_at
         ],
     )?;
+    super::sqlite::append_audit(&tx, &[stream_entry(Action::StreamChange, &r, what, actor)])?;
     tx.commit()?;
     Ok(r)
+}
+
+fn sqlite_delete(c: &mut Connection, id: &str, actor: &Actor) -> Result<StreamRecord, StreamError> {
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let r = sqlite_get(&tx, id)?.ok_or_else(|| StreamError::NotFound(id.to_owned()))?;
+    tx.execute("DELETE FROM audit_streams WHERE id = ?1", [id])?;
+    super::sqlite::append_audit(&tx, &[stream_entry(Action::StreamDelete, &r, String::new(), actor)])?;
+    tx.commit()?;
+    Ok(r)
+}
+
+/// The audit entry of a change to stream `r` (as it is after the change), by `actor`:
+/// `reason` names the stream, its id and kind, then `what` changed, if anything.
+fn stream_entry(action: Action, r: &StreamRecord, what: String, actor: &Actor) -> AuditEntry {
+    let mut e = AuditEntry::new(crate::audit::now_millis(), action, Outcome::Success);
+    let state = if r.enabled { "enabled" } else { "disabled" };
+    let mut reason = format!("stream {} (id {}, {}, {state})", r.name, r.id, r.kind.as_str());
+    if !what.is_empty() {
+        reason.push_str(": changed ");
+        reason.push_str(&what);
+    }
+    e.reason = Some(reason);
+    e.actor = actor.name.clone();
+    e.client = actor.client;
+    e
+}
+
+/// What `change` changes of `r` (before it), in words: the old name, which members moved,
+/// never a target or a secret.
+fn changes(r: &StreamRecord, change: &StreamChange) -> String {
+    let mut what = Vec::new();
+    if let Some(name) = &change.name {
+        if *name != r.name {
+            what.push(format!("name (was {})", r.name));
+        }
+    }
+    if change.target.as_ref().is_some_and(|t| *t != r.target) {
+        what.push(
+            match r.kind {
+                StreamKind::Webhook => "url",
+                StreamKind::File => "path",
+            }
+            .to_owned(),
+        );
+    }
+    if change.secret.is_some() {
+        what.push("secret".to_owned());
+    }
+    if let Some(enabled) = change.enabled {
+        if enabled != r.enabled {
+            what.push(if enabled { "enabled" } else { "disabled" }.to_owned());
+        }
+    }
+    if what.is_empty() {
+        "nothing".to_owned()
+    } else {
+        what.join(", ")
+    }
 }
 
 fn apply(r: &mut StreamRecord, change: &StreamChange, now: i64) {
@@ -296,16 +364,19 @@ fn pg_row(r: &tokio_postgres::Row) -> Result<StreamRecord, StoreError> {
 // ---------------------------------------------------------------------------------------
 
 impl Store {
-    /// Stores a new stream, its cursor at the end of the audit trail.
-    pub async fn create_stream(&self, new: NewStream) -> Result<StreamRecord, StreamError> {
+    /// Stores a new stream, its cursor at the end of the audit trail: the first entry it
+    /// delivers is that of its own creation, by `actor`.
+    pub async fn create_stream(&self, new: NewStream, actor: &Actor) -> Result<StreamRecord, StreamError> {
         let now = super::now();
+        let actor = actor.clone();
         match self {
             Store::Sqlite(s) => {
-                let out = Self::blocking(s, move |s| s.with(|c| Ok(sqlite_create(c, &new, now))));
+                let out = Self::blocking(s, move |s| s.with(|c| Ok(sqlite_create(c, &new, now, &actor))));
                 out.await?
             }
             Store::Postgres(p) => pg!(p, |c| {
-                let tx = c.transaction().await?;
+                // The writer lock, as for every entry of the trail, then the streams'.
+                let tx = super::postgres::write_tx(c).await?;
                 // One creator at a time: the count and the name are checked, then inserted.
                 tx.execute("LOCK TABLE audit_streams IN SHARE ROW EXCLUSIVE MODE", &[]).await?;
                 let count: i64 = tx.query_one("SELECT COUNT(*) FROM audit_streams", &[]).await?.try_get(0)?;
@@ -341,6 +412,8 @@ impl Store {
                     )
                     .await?;
                 let record = pg_row(&row)?;
+                let entry = stream_entry(Action::StreamCreate, &record, String::new(), &actor);
+                super::postgres::append_audit(&tx, &[entry]).await?;
                 tx.commit().await?;
                 Ok(Ok(record))
             })?,
@@ -385,16 +458,17 @@ impl Store {
         found.ok_or_else(|| StreamError::NotFound(id.to_owned()))
     }
 
-    /// Changes a stream; its cursor stays.
-    pub async fn change_stream(&self, id: &str, change: StreamChange) -> Result<StreamRecord, StreamError> {
+    /// Changes a stream, by `actor`; its cursor stays.
+    pub async fn change_stream(&self, id: &str, change: StreamChange, actor: &Actor) -> Result<StreamRecord, StreamError> {
         let now = super::now();
+        let actor = actor.clone();
         match self {
             Store::Sqlite(s) => {
                 let id = id.to_owned();
-                Self::blocking(s, move |s| s.with(|c| Ok(sqlite_change(c, &id, &change, now)))).await?
+                Self::blocking(s, move |s| s.with(|c| Ok(sqlite_change(c, &id, &change, now, &actor)))).await?
             }
             Store::Postgres(p) => pg!(p, |c| {
-                let tx = c.transaction().await?;
+                let tx = super::postgres::write_tx(c).await?;
                 tx.execute("LOCK TABLE audit_streams IN SHARE ROW EXCLUSIVE MODE", &[]).await?;
                 let row = tx
                     .query_opt(&format!("SELECT {COLUMNS} FROM audit_streams WHERE id = $1"), &[&id])
@@ -412,6 +486,7 @@ impl Store {
                         return Ok(Err(StreamError::NameTaken(name.clone())));
                     }
                 }
+                let what = changes(&r, &change);
                 apply(&mut r, &change, now);
                 tx.execute(
                     "UPDATE audit_streams SET name = $2, target = $3, secret = $4, enabled = $5, updated_at = $6 WHERE id = $1",
@@ -425,27 +500,34 @@ impl Store {
                     ],
                 )
                 .await?;
+                super::postgres::append_audit(&tx, &[stream_entry(Action::StreamChange, &r, what, &actor)]).await?;
                 tx.commit().await?;
                 Ok(Ok(r))
             })?,
         }
     }
 
-    /// Deletes a stream.
-    pub async fn delete_stream(&self, id: &str) -> Result<(), StreamError> {
-        let deleted = match self {
+    /// Deletes a stream, by `actor`; returns it as it was.
+    pub async fn delete_stream(&self, id: &str, actor: &Actor) -> Result<StreamRecord, StreamError> {
+        let actor = actor.clone();
+        match self {
             Store::Sqlite(s) => {
                 let id = id.to_owned();
-                Self::blocking(s, move |s| {
-                    s.with(|c| Ok(c.execute("DELETE FROM audit_streams WHERE id = ?1", [&id])? as u64))
-                })
-                .await?
+                Self::blocking(s, move |s| s.with(|c| Ok(sqlite_delete(c, &id, &actor)))).await?
             }
-            Store::Postgres(p) => pg!(p, |c| { Ok(c.execute("DELETE FROM audit_streams WHERE id = $1", &[&id]).await?) })?,
-        };
-        match deleted {
-            0 => Err(StreamError::NotFound(id.to_owned())),
-            _ => Ok(()),
+            Store::Postgres(p) => pg!(p, |c| {
+                let tx = super::postgres::write_tx(c).await?;
+                let row = tx
+                    .query_opt(&format!("DELETE FROM audit_streams WHERE id = $1 RETURNING {COLUMNS}"), &[&id])
+                    .await?;
+                let Some(row) = row else {
+                    return Ok(Err(StreamError::NotFound(id.to_owned())));
+                };
+                let r = pg_row(&row)?;
+                super::postgres::append_audit(&tx, &[stream_entry(Action::StreamDelete, &r, String::new(), &actor)]).await?;
+                tx.commit().await?;
+                Ok(Ok(r))
+            })?,
         }
     }
 
@@ -688,6 +770,10 @@ mod tests {
 
     /// What both backends must do with streams, leases, cursors and expiry warnings.
     async fn conformance(store: &Store) {
+        let actor = Actor {
+            name: Some("root".into()),
+            client: Some("192.0.2.7".parse().unwrap()),
+        };
         // A new stream starts at the end of the trail.
         store
             .append_audit(vec![AuditEntry::new(1, Action::Create, Outcome::Success)])
@@ -695,11 +781,22 @@ mod tests {
             .unwrap();
         let tail = store.audit_tail().await.unwrap();
         assert!(tail > 0);
-        let a = store.create_stream(webhook("a")).await.unwrap();
-        assert_eq!(a.delivered_seq, tail);
+        let a = store.create_stream(webhook("a"), &actor).await.unwrap();
+        assert_eq!(a.delivered_seq, tail, "the stream delivers its own creation first");
+        // The creation is in the trail, by its actor, naming the stream but not its target
+        // or secret.
+        let created = store.audit_since(tail, 10).await.unwrap();
+        assert_eq!(created.len(), 1);
+        assert_eq!(created[0].action, Action::StreamCreate);
+        assert_eq!(created[0].actor.as_deref(), Some("root"));
+        assert_eq!(created[0].client, actor.client);
+        assert_eq!(
+            created[0].reason.as_deref(),
+            Some(format!("stream a (id {}, webhook, enabled)", a.id).as_str())
+        );
         assert!(!format!("{a:?}").contains("0123456789abcdef"), "Debug shows no secret");
-        assert!(matches!(store.create_stream(webhook("a")).await, Err(StreamError::NameTaken(n)) if n == "a"));
-        let b = store.create_stream(webhook("b")).await.unwrap();
+        assert!(matches!(store.create_stream(webhook("a"), &actor).await, Err(StreamError::NameTaken(n)) if n == "a"));
+        let b = store.create_stream(webhook("b"), &actor).await.unwrap();
         let mut ids: Vec<String> = store.streams().await.unwrap().into_iter().map(|s| s.id).collect();
         let mut want = vec![a.id.clone(), b.id.clone()];
         ids.sort();
@@ -714,7 +811,20 @@ mod tests {
             secret: Some(StreamSecret::new("fedcba9876543210".into())),
             enabled: Some(false),
         };
-        let changed = store.change_stream(&a.id, change).await.unwrap();
+        let before_change = store.audit_tail().await.unwrap();
+        let changed = store.change_stream(&a.id, change, &actor).await.unwrap();
+        let entry = store.audit_since(before_change, 10).await.unwrap();
+        assert_eq!(entry.len(), 1);
+        assert_eq!(entry[0].action, Action::StreamChange);
+        let reason = entry[0].reason.clone().unwrap();
+        assert_eq!(
+            reason,
+            format!(
+                "stream a2 (id {}, webhook, disabled): changed name (was a), url, secret, disabled",
+                a.id
+            )
+        );
+        assert!(!reason.contains("siem.example") && !reason.contains("fedcba"), "{reason}");
         assert_eq!(
             (
                 changed.name.as_str(),
@@ -730,11 +840,20 @@ mod tests {
             name: Some("b".into()),
             ..StreamChange::default()
         };
-        assert!(matches!(store.change_stream(&a.id, taken).await, Err(StreamError::NameTaken(_))));
+        let before_refused = store.audit_tail().await.unwrap();
         assert!(matches!(
-            store.change_stream("nope", StreamChange::default()).await,
+            store.change_stream(&a.id, taken, &actor).await,
+            Err(StreamError::NameTaken(_))
+        ));
+        assert!(matches!(
+            store.change_stream("nope", StreamChange::default(), &actor).await,
             Err(StreamError::NotFound(_))
         ));
+        assert_eq!(
+            store.audit_tail().await.unwrap(),
+            before_refused,
+            "a refused change is not in the trail"
+        );
         // A disabled stream cannot be leased.
         assert!(!store.claim_stream(&a.id, "one", 1000, 2000).await.unwrap());
         // One holder at a time, until the lease lapses or is given up.
@@ -745,10 +864,12 @@ mod tests {
         store.release_streams("two").await.unwrap();
         assert!(store.claim_stream(&b.id, "one", 2700, 3700).await.unwrap(), "given up");
         // The cursor moves by compare-and-set.
-        assert!(!store.advance_stream(&b.id, tail - 1, tail + 5).await.unwrap());
-        assert!(store.advance_stream(&b.id, tail, tail + 5).await.unwrap());
-        assert_eq!(store.stream(&b.id).await.unwrap().delivered_seq, tail + 5);
+        let at = b.delivered_seq;
+        assert!(!store.advance_stream(&b.id, at - 1, at + 5).await.unwrap());
+        assert!(store.advance_stream(&b.id, at, at + 5).await.unwrap());
+        assert_eq!(store.stream(&b.id).await.unwrap().delivered_seq, at + 5);
         // The trail, tailed oldest first.
+        let tail = store.audit_tail().await.unwrap();
         let mut e = AuditEntry::new(1_765_038_000_123, Action::AuthRefused, Outcome::Failure);
         e.client = Some("2001:db8::1".parse().unwrap());
         e.status = Some(401);
@@ -761,14 +882,25 @@ mod tests {
         assert_eq!(store.audit_since(tail, 100).await.unwrap().len(), 3);
         assert_eq!(store.audit_tail().await.unwrap(), tail + 3);
         assert_eq!(store.audit_count(tail, tail + 2).await.unwrap(), 2);
-        // Deleted.
-        store.delete_stream(&a.id).await.unwrap();
-        assert!(matches!(store.delete_stream(&a.id).await, Err(StreamError::NotFound(_))));
+        // Deleted, and in the trail.
+        let deleted = store.delete_stream(&a.id, &actor).await.unwrap();
+        assert_eq!(deleted, changed);
+        let entry = store.audit_since(tail + 3, 10).await.unwrap();
+        assert_eq!(entry.len(), 1);
+        assert_eq!(entry[0].action, Action::StreamDelete);
+        assert_eq!(
+            entry[0].reason.as_deref(),
+            Some(format!("stream a2 (id {}, webhook, disabled)", a.id).as_str())
+        );
+        assert!(matches!(store.delete_stream(&a.id, &actor).await, Err(StreamError::NotFound(_))));
         // Bounded.
         for i in 1..MAX_STREAMS {
-            store.create_stream(webhook(&format!("s{i}"))).await.unwrap();
+            store.create_stream(webhook(&format!("s{i}")), &actor).await.unwrap();
         }
-        assert!(matches!(store.create_stream(webhook("over")).await, Err(StreamError::TooMany)));
+        assert!(matches!(
+            store.create_stream(webhook("over"), &actor).await,
+            Err(StreamError::TooMany)
+        ));
         // Warned once per token and expiry, with an entry in the trail.
         let warning = |id: &str| {
             let mut w = AuditEntry::new(5, Action::ExpiryWarning, Outcome::Success);
