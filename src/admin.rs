@@ -58,7 +58,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http::{header, HeaderValue, Method, StatusCode};
+use http::{header, Method, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::{service_fn, Service};
@@ -447,7 +447,8 @@ async fn serve_metrics(State(s): State<AdminState>) -> Response {
 
 /// Logs one line per request; refuses writes that carry an `Origin` (a web page may send
 /// them with credentials a browser remembered) other than this listener's own, the
-/// console's ([`sessions::same_origin`]); marks every answer as not to be cached;
+/// console's ([`sessions::same_origin`]); puts the console's security headers on every
+/// answer (not to be cached, framed, sniffed or given a referrer);
 /// records refused authentications and authorizations in the audit trail.
 async fn access_log(State(s): State<AdminState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -466,8 +467,7 @@ async fn access_log(State(s): State<AdminState>, mut req: Request, next: Next) -
     } else {
         next.run(req).await
     };
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    console::security_headers(res.headers_mut());
     let status = res.status().as_u16();
     let duration_ms = crate::telemetry::millis(started.elapsed());
     if let (Some(error::Refusal::Blocked), Some(ip)) = (res.extensions().get::<error::Refusal>(), ip) {

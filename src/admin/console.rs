@@ -21,13 +21,12 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::{self, Next};
+use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{any, get, MethodRouter};
 use axum::{Json, Router};
 use http::request::Parts;
-use http::{header, HeaderValue, StatusCode};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
 
 use super::caller::{Access, Caller};
 use super::error::AdminError;
@@ -88,23 +87,21 @@ pub fn router(state: &AdminState) -> Router<AdminState> {
         .route(paths::SESSION, only(get(current).post(sign_in).delete(sign_out)))
         .route(paths::CONFIG, only(get(config)))
         .route(paths::ANY, any(|| async { AdminError::NoEndpoint }))
-        .layer(middleware::from_fn(headers))
 }
 
 fn file(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-/// Puts the console's security headers on every answer.
-async fn headers(req: Request, next: Next) -> Response {
-    let mut res = next.run(req).await;
-    let h = res.headers_mut();
+/// The console's security headers, which the admin listener puts on every answer, the
+/// console's or not, and refusals made before a route is reached (a foreign `Origin`, a
+/// lockout) alike.
+pub fn security_headers(h: &mut HeaderMap) {
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
 }
 
 /// What the page shows of a session.
@@ -158,7 +155,8 @@ struct SignIn {
 }
 
 /// `POST /console/session`: a pasted token, authenticated as the admin API does (and
-/// counted by the lockout alike), exchanged for a session.
+/// counted by the lockout alike), exchanged for a new session; the one the browser held
+/// before, if any, ends.
 async fn sign_in(State(s): State<AdminState>, parts: Parts, body: Body) -> Result<Response, AdminError> {
     let lockout = s.lockout();
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
@@ -180,6 +178,10 @@ async fn sign_in(State(s): State<AdminState>, parts: Parts, body: Body) -> Resul
     })?;
     let hash = hash.ok_or(AuthError::Malformed)?;
     let info = session_json(&s, &identity, String::new())?;
+    // Signing in again ends the session the browser held, whoever's it was.
+    if let Some(old) = session_id(&parts.headers) {
+        s.sessions().remove(old);
+    }
     let (id, csrf) = s.sessions().create(hash, Instant::now());
     let body = SessionJson { csrf, ..info };
     let token_id = body.token_id.as_str();
@@ -292,7 +294,6 @@ mod tests {
     use super::*;
     use crate::admin::sessions::{same_origin, Config, Sessions};
     use crate::auth::token::TokenHash;
-    use http::HeaderMap;
     use std::time::Duration;
 
     fn sessions(idle: u64, max: u64, n: usize) -> Sessions {
@@ -456,8 +457,9 @@ mod tests {
         assert!(!same_origin(&HeaderMap::new(), false));
     }
 
-    /// Every console route (and one that is not), answered by the admin router: each answer
-    /// carries the console's headers.
+    /// Every console route (and one that is not, and one of the API), answered by the
+    /// admin router, from the page and from a foreign one: each answer carries the
+    /// console's headers.
     #[tokio::test]
     async fn every_console_answer_carries_the_security_headers() {
         use http_body_util::BodyExt;
@@ -477,14 +479,19 @@ mod tests {
         let state = AdminState::new(config.admin, store, tokens, stop);
         let app = hyper_util::service::TowerToHyperService::new(super::super::router(state));
         let mut asked: Vec<(&str, &str)> = paths::ROUTES.to_vec();
-        asked.extend([("GET", "/console/nope"), ("POST", paths::CONFIG)]);
-        for (method, path) in asked {
-            let req = http::Request::builder()
+        asked.extend([("GET", "/console/nope"), ("POST", paths::CONFIG), ("GET", "/healthz")]);
+        // Each once as the page would send it, and once from a foreign page: a write from
+        // there is refused before it reaches a route.
+        let origins = [None, Some("https://evil.example")];
+        for ((method, path), origin) in asked.into_iter().flat_map(|a| origins.map(|o| (a, o))) {
+            let mut req = http::Request::builder()
                 .method(method)
                 .uri(path)
-                .header(header::COOKIE, "patgate_session=nosuchsession")
-                .body(axum::body::Body::empty())
-                .unwrap();
+                .header(header::COOKIE, "patgate_session=nosuchsession");
+            if let Some(origin) = origin {
+                req = req.header(header::ORIGIN, origin);
+            }
+            let req = req.body(axum::body::Body::empty()).unwrap();
             let res = app.call(req).await.unwrap();
             let h = res.headers().clone();
             assert_eq!(

@@ -640,6 +640,7 @@ fn console_answers_carry_the_security_headers() {
         assert_eq!(r.header("cache-control").as_deref(), Some("no-store"), "{method} {path}");
     }
     let page = get("GET", "/console/", "");
+    let page_csp = page.header("content-security-policy");
     assert!(page.header("content-type").unwrap().starts_with("text/html"));
     assert!(!page.body.contains("style="), "no inline style");
     assert!(!has_handler(&page.body), "no inline event handler");
@@ -655,6 +656,12 @@ fn console_answers_carry_the_security_headers() {
         &format!("POST /console/session HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
     );
     assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        r.header("content-security-policy").as_deref(),
+        page_csp.as_deref(),
+        "the refusal carries the headers too"
+    );
+    assert_eq!(r.header("x-frame-options").as_deref(), Some("DENY"));
     // From the listener's own origin it is accepted: the cookie is HttpOnly and SameSite=Strict.
     let r = http(
         admin,
@@ -672,6 +679,19 @@ fn console_answers_carry_the_security_headers() {
         (Some("alice"), Some(false), Some(false))
     );
     assert!(!r.body.contains(&alice.token));
+    // Signing in again from that browser ends the session it held.
+    let first = cookie.trim_start_matches("patgate_session=").split(';').next().unwrap().to_owned();
+    assert_eq!(with_cookie(&p, "GET", "/console/session", &first, None, None).status, 200);
+    let again = http(
+        admin,
+        &format!("POST /console/session HTTP/1.1\r\nHost: {admin}\r\nCookie: patgate_session={first}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+    );
+    assert_eq!(again.status, 201, "{}", again.body);
+    let second = again.header("set-cookie").unwrap();
+    let second = second.trim_start_matches("patgate_session=").split(';').next().unwrap().to_owned();
+    assert_ne!(first, second);
+    assert_eq!(with_cookie(&p, "GET", "/console/session", &first, None, None).status, 401);
+    assert_eq!(with_cookie(&p, "GET", "/console/session", &second, None, None).status, 200);
     // A token without tokens:read gets no session.
     let reader = p.mint_caller("carol", "code:read");
     let body = json!({"token": reader.token}).to_string();
