@@ -17,6 +17,7 @@
 
 pub mod expiry;
 pub mod streams;
+pub mod webhook_allow;
 pub mod writer;
 
 pub use writer::Auditor;
@@ -41,6 +42,8 @@ pub struct Config {
     /// The folder file streams may write in, absolute; none: file streams are refused,
     /// so that the admin API cannot make the server write just anywhere.
     pub stream_dir: Option<std::path::PathBuf>,
+    /// The addresses webhook streams may be delivered to.
+    pub webhook_allow: webhook_allow::WebhookAllow,
 }
 
 impl Default for Config {
@@ -52,6 +55,7 @@ impl Default for Config {
             stream_backlog: 10_000,
             expiry_warning: Duration::from_secs(7 * 86_400),
             stream_dir: None,
+            webhook_allow: webhook_allow::WebhookAllow::default(),
         }
     }
 }

@@ -398,6 +398,8 @@ fn audit_config(cx: &Ctx<'_>, a: &file::AuditFile) -> Result<audit::Config, Conf
             dir if Path::new(dir).is_absolute() => Some(PathBuf::from(dir)),
             dir => return Err(cx.err("audit.stream_dir", format!("`{dir}` is not an absolute path"))),
         },
+        webhook_allow: audit::webhook_allow::WebhookAllow::parse(&a.webhook_allow)
+            .map_err(|e| cx.err(format!("audit.webhook_allow[{}]", e.index), &e))?,
     })
 }
 
@@ -811,6 +813,10 @@ mod tests {
             (
                 "[audit]\nstream_dir = \"logs\"\n",
                 "patgate.toml:2: audit.stream_dir: `logs` is not an absolute path",
+            ),
+            (
+                "[audit]\nwebhook_allow = [\"external\", \"intranet\"]\n",
+                "patgate.toml:2: audit.webhook_allow[1]: `intranet`: use external, private, loopback or an address range such as 10.1.0.0/16",
             ),
             (
                 "[http2]\nkeep_alive_interval = \"often\"\n",

@@ -23,7 +23,8 @@ use super::caller::Caller;
 use super::error::AdminError;
 use super::request::{self, Body, Segment};
 use super::AdminState;
-use crate::audit::streams::{is_inside, WebhookTarget, MAX_TARGET};
+use crate::audit::streams::{is_inside, Streams, WebhookTarget, MAX_TARGET};
+use crate::audit::webhook_allow::WebhookAllow;
 use crate::audit::Actor;
 use crate::auth::scope::Scope;
 use crate::auth::Permit;
@@ -133,8 +134,16 @@ fn name(n: &str) -> Result<(), AdminError> {
         .ok_or_else(|| AdminError::field("name", "must be 1 to 64 letters, digits, `.`, `_` or `-`"))
 }
 
-fn url(u: &str) -> Result<(), AdminError> {
-    WebhookTarget::parse(u).map(|_| ()).map_err(|e| AdminError::field("url", e))
+/// A webhook URL, checked; one that names an address must name one that
+/// `audit.webhook_allow` lets webhooks reach (a name is checked at each delivery).
+fn url(s: &AdminState, u: &str) -> Result<(), AdminError> {
+    let target = WebhookTarget::parse(u).map_err(|e| AdminError::field("url", e))?;
+    let default = WebhookAllow::default();
+    let allow = s.streams().map_or(&default, Streams::webhook_allow);
+    match target.address().map(|ip| allow.check(ip)) {
+        Some(Err(e)) => Err(AdminError::field("url", e)),
+        _ => Ok(()),
+    }
 }
 
 fn path(s: &AdminState, p: &str) -> Result<(), AdminError> {
@@ -224,7 +233,7 @@ pub async fn create(
     let target = match kind {
         StreamKind::Webhook => {
             let u = b.url.ok_or_else(|| AdminError::field("url", "a webhook stream needs one"))?;
-            url(&u)?;
+            url(&s, &u)?;
             u
         }
         StreamKind::File => {
@@ -284,7 +293,7 @@ pub async fn update(
     let current = s.store().stream(stream_id(&id)?).await?;
     only_for(current.kind, b.url.is_some(), b.path.is_some(), b.secret.is_some())?;
     if let Some(u) = &b.url {
-        url(u)?;
+        url(&s, u)?;
     }
     if let Some(p) = &b.path {
         path(&s, p)?;

@@ -42,6 +42,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
+use super::webhook_allow::{NotAllowed, WebhookAllow};
 use super::AuditEntry;
 use crate::proxy::upstream::Stream;
 use crate::store::streams::{StreamError, StreamKind, StreamRecord, StreamSecret};
@@ -80,6 +81,7 @@ struct Shared {
     store: Store,
     backlog: usize,
     stream_dir: Option<PathBuf>,
+    webhook_allow: WebhookAllow,
     /// This instance's name in stream leases.
     instance: String,
     /// Bumped by SIGHUP: file streams reopen their file before they next write.
@@ -96,6 +98,7 @@ impl Streams {
             store,
             backlog: config.stream_backlog.max(1),
             stream_dir: config.stream_dir.clone(),
+            webhook_allow: config.webhook_allow.clone(),
             instance: crate::auth::token::random_base62(16),
             reopen: AtomicU64::new(0),
             changed: Notify::new(),
@@ -117,6 +120,11 @@ impl Streams {
     /// The folder file streams may write in (`audit.stream_dir`).
     pub fn stream_dir(&self) -> Option<&Path> {
         self.0.stream_dir.as_deref()
+    }
+
+    /// The addresses webhooks may be delivered to (`audit.webhook_allow`).
+    pub fn webhook_allow(&self) -> &WebhookAllow {
+        &self.0.webhook_allow
     }
 }
 
@@ -351,9 +359,7 @@ impl Worker {
         };
         let full = entries.len() >= BATCH;
         let sink = self.sink_for(&record);
-        let delivered = sink
-            .deliver(&entries, shared.reopen.load(Ordering::Relaxed), shared.stream_dir.as_deref())
-            .await;
+        let delivered = sink.deliver(&entries, &shared).await;
         match delivered {
             Ok(()) => {
                 if let Some(f) = self.failing.take() {
@@ -435,6 +441,10 @@ impl Worker {
 pub enum DeliveryError {
     #[error("the webhook URL is not usable: {0}")]
     Url(String),
+    #[error("cannot resolve the host: {0}")]
+    Resolve(std::io::Error),
+    #[error("{0}")]
+    NotAllowed(#[from] NotAllowed),
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
     #[error("TLS handshake failed: {0}")]
@@ -489,18 +499,19 @@ impl Sink {
         }
     }
 
-    async fn deliver(&mut self, entries: &[AuditEntry], generation: u64, stream_dir: Option<&Path>) -> Result<(), DeliveryError> {
+    async fn deliver(&mut self, entries: &[AuditEntry], shared: &Shared) -> Result<(), DeliveryError> {
         let body = json_lines(entries);
         match self {
             Sink::Webhook { url, secret } => {
                 let target = WebhookTarget::parse(url).map_err(DeliveryError::Url)?;
                 let signature = secret.as_ref().map(|s| sign(s.expose(), &body));
-                tokio::time::timeout(WEBHOOK_TIMEOUT, post(&target, body, signature))
+                tokio::time::timeout(WEBHOOK_TIMEOUT, post(&target, &shared.webhook_allow, body, signature))
                     .await
                     .map_err(|_| DeliveryError::Timeout)?
             }
             Sink::File { path, open } => {
-                let dir = stream_dir.ok_or(DeliveryError::FilesOff)?;
+                let generation = shared.reopen.load(Ordering::Relaxed);
+                let dir = shared.stream_dir.as_deref().ok_or(DeliveryError::FilesOff)?;
                 if !is_inside(path, dir) {
                     return Err(DeliveryError::OutsideDir(path.display().to_string()));
                 }
@@ -614,6 +625,11 @@ impl WebhookTarget {
         let path = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         Ok(WebhookTarget { tls, authority, path })
     }
+
+    /// The address the URL names, when its host is one rather than a name.
+    pub fn address(&self) -> Option<std::net::IpAddr> {
+        bare_host(&self.authority).parse().ok()
+    }
 }
 
 /// Checks the URL's shape as the OpenAPI document's `WebhookUrl` pattern says it:
@@ -688,11 +704,34 @@ fn tls() -> &'static TlsConnector {
     })
 }
 
-/// POSTs `body` to the webhook on a connection of its own; a 2xx answer is success.
-async fn post(target: &WebhookTarget, body: Bytes, signature: Option<String>) -> Result<(), DeliveryError> {
+/// Connects to the first address of `host` that `allow` lets a webhook reach and that
+/// answers; none allowed is [`DeliveryError::NotAllowed`], naming the first refused.
+async fn connect(host: &str, port: u16, allow: &WebhookAllow) -> Result<TcpStream, DeliveryError> {
+    let mut refused = None;
+    let mut failed = None;
+    for addr in tokio::net::lookup_host((host, port)).await.map_err(DeliveryError::Resolve)? {
+        if let Err(e) = allow.check(addr.ip()) {
+            refused.get_or_insert(e);
+            continue;
+        }
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => failed = Some(e),
+        }
+    }
+    Err(match (failed, refused) {
+        (Some(e), _) => DeliveryError::Connect(e),
+        (None, Some(refused)) => refused.into(),
+        (None, None) => DeliveryError::Resolve(std::io::Error::other("no address")),
+    })
+}
+
+/// POSTs `body` to the webhook on a connection of its own, to an address `allow` lets it
+/// reach; a 2xx answer is success.
+async fn post(target: &WebhookTarget, allow: &WebhookAllow, body: Bytes, signature: Option<String>) -> Result<(), DeliveryError> {
     let host = bare_host(&target.authority);
     let port = target.authority.port_u16().unwrap_or(if target.tls { 443 } else { 80 });
-    let tcp = TcpStream::connect((host, port)).await.map_err(DeliveryError::Connect)?;
+    let tcp = connect(host, port, allow).await?;
     let _ = tcp.set_nodelay(true);
     let io = if target.tls {
         let name = ServerName::try_from(host.to_owned()).map_err(|e| DeliveryError::Url(e.to_string()))?;

@@ -368,6 +368,9 @@ pub struct AuditFile {
     pub expiry_warning: String,
     /// The folder file streams may write in (empty: file streams are refused).
     pub stream_dir: String,
+    /// The addresses webhook streams may be delivered to: `external`, `private`,
+    /// `loopback`, and address ranges.
+    pub webhook_allow: Vec<String>,
 }
 
 impl Default for AuditFile {
@@ -379,6 +382,7 @@ impl Default for AuditFile {
             stream_backlog: 10_000,
             expiry_warning: "7d".into(),
             stream_dir: String::new(),
+            webhook_allow: vec!["external".into()],
         }
     }
 }

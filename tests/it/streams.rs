@@ -14,6 +14,10 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
+/// The config of these tests: their receivers listen on loopback, which webhooks may not
+/// reach by default.
+const LOOPBACK: &str = "[audit]\nwebhook_allow = [\"loopback\"]\n";
+
 /// One POST the receiver took: its headers (names in lower case), its body, and the
 /// status it answered.
 #[derive(Debug, Clone)]
@@ -202,7 +206,7 @@ fn metric(p: &TestPatgate, sample: &str) -> f64 {
 
 #[test]
 fn a_webhook_gets_each_token_change_as_a_signed_json_line() {
-    let p = TestPatgate::start("");
+    let p = TestPatgate::start(LOOPBACK);
     let rx = Receiver::start();
     let caller = stream_admin(&p);
     let secret = "s3cret-signing-key-0123456789";
@@ -251,7 +255,7 @@ fn a_webhook_gets_each_token_change_as_a_signed_json_line() {
 
 #[test]
 fn who_pauses_moves_or_deletes_a_stream_is_in_the_trail_the_others_deliver() {
-    let p = TestPatgate::start("");
+    let p = TestPatgate::start(LOOPBACK);
     let watch = Receiver::start();
     let caller = stream_admin(&p);
     let watching = create_stream(&p, &caller, json!({"name": "watch", "kind": "webhook", "url": watch.url("/")}));
@@ -322,7 +326,7 @@ fn an_https_webhook_is_verified_against_the_system_roots() {
     let roots = dir.path().join("roots.pem");
     std::fs::write(&roots, &ca.pem).unwrap();
     // The system's roots, as rustls-native-certs reads them: here, only the test's CA.
-    let p = TestPatgate::start_with_env("", &[("SSL_CERT_FILE", roots.to_str().unwrap())]);
+    let p = TestPatgate::start_with_env(LOOPBACK, &[("SSL_CERT_FILE", roots.to_str().unwrap())]);
     let rx = Receiver::start_tls(&leaf.cert, &leaf.key);
     let caller = stream_admin(&p);
     create_stream(
@@ -348,7 +352,7 @@ fn an_https_webhook_is_verified_against_the_system_roots() {
 
 #[test]
 fn a_webhook_answering_500_gets_the_entry_again() {
-    let p = TestPatgate::start("");
+    let p = TestPatgate::start(LOOPBACK);
     let rx = Receiver::start();
     rx.answers.lock().unwrap().extend([500, 503]);
     let caller = stream_admin(&p);
@@ -369,7 +373,10 @@ fn a_webhook_answering_500_gets_the_entry_again() {
 
 #[test]
 fn a_receiver_that_is_down_slows_no_request_and_what_is_skipped_is_counted() {
-    let p = TestPatgate::start_with_env("[audit]\nallowed_requests = \"each\"\n", &[("PATGATE__AUDIT__STREAM_BACKLOG", "5")]);
+    let p = TestPatgate::start_with_env(
+        "[audit]\nallowed_requests = \"each\"\nwebhook_allow = [\"loopback\"]\n",
+        &[("PATGATE__AUDIT__STREAM_BACKLOG", "5")],
+    );
     p.init_repo("acme", "app");
     // A port nothing listens on.
     let down = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -430,7 +437,7 @@ fn a_file_stream_gets_json_lines_and_a_new_file_after_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let streams = dir.path().join("streams");
     std::fs::create_dir(&streams).unwrap();
-    let p = TestPatgate::start(&format!("[audit]\nstream_dir = \"{}\"\n", streams.display()));
+    let p = TestPatgate::start(&format!("{LOOPBACK}stream_dir = \"{}\"\n", streams.display()));
     let caller = stream_admin(&p);
     let file = streams.join("audit.jsonl");
     let s = create_stream(&p, &caller, json!({"name": "file", "kind": "file", "path": file}));
@@ -473,7 +480,7 @@ fn wait_for_line(file: &Path, id: &str) {
 
 #[test]
 fn streams_need_auditstreams_manage_and_never_show_their_secret() {
-    let p = TestPatgate::start("");
+    let p = TestPatgate::start(LOOPBACK);
     let rx = Receiver::start();
     let secret = "a-very-long-hmac-key-ABCDEFGH";
     let body = json!({"name": "siem", "kind": "webhook", "url": rx.url("/"), "secret": secret});
@@ -567,7 +574,7 @@ fn streams_need_auditstreams_manage_and_never_show_their_secret() {
 
 #[test]
 fn an_expiry_warning_reaches_the_webhook_once_and_not_again_after_a_restart() {
-    let mut p = TestPatgate::start("");
+    let mut p = TestPatgate::start(LOOPBACK);
     let rx = Receiver::start();
     let caller = stream_admin(&p);
     create_stream(&p, &caller, json!({"name": "expiry", "kind": "webhook", "url": rx.url("/")}));
@@ -585,7 +592,7 @@ fn an_expiry_warning_reaches_the_webhook_once_and_not_again_after_a_restart() {
     let (status, _) = p.terminate();
     assert!(status.success());
     let store = format!("sqlite://{}", p.dir.path().join("patgate.db").display());
-    let q = TestPatgate::start_with_env("", &[("PATGATE__STORE__URL", &store)]);
+    let q = TestPatgate::start_with_env(LOOPBACK, &[("PATGATE__STORE__URL", &store)]);
     // A token made now, through the restarted instance, is warned of: the restart's scan ran.
     let manager = p.mint_caller_on(&store, "tokens:manage,code:manage,agentpools:manage");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -635,9 +642,9 @@ impl TestPatgate {
 
 #[test]
 fn two_instances_on_one_store_deliver_each_entry_once() {
-    let mut a = TestPatgate::start("");
+    let mut a = TestPatgate::start(LOOPBACK);
     let store = format!("sqlite://{}", a.dir.path().join("patgate.db").display());
-    let b = TestPatgate::start_with_env("", &[("PATGATE__STORE__URL", &store)]);
+    let b = TestPatgate::start_with_env(LOOPBACK, &[("PATGATE__STORE__URL", &store)]);
     let rx = Receiver::start();
     let caller = a.mint_caller_on(&store, "auditstreams:manage");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -682,4 +689,70 @@ fn two_instances_on_one_store_deliver_each_entry_once() {
     assert_eq!(made.status, 201, "{}", made.json);
     let id = made.json["token"]["id"].as_str().unwrap().to_owned();
     rx.wait_for(Duration::from_secs(10), |l| l["action"] == "create" && l["token_id"] == id.as_str());
+}
+
+#[test]
+fn webhooks_reach_only_the_addresses_audit_webhook_allow_lets_them() {
+    // The default: external addresses only.
+    let p = TestPatgate::start("");
+    let rx = Receiver::start();
+    let caller = stream_admin(&p);
+    for (url, why) in [
+        (rx.url("/"), "127.0.0.1 is a loopback address".to_owned()),
+        (
+            "http://169.254.169.254/latest".to_owned(),
+            "169.254.169.254 is a special-purpose".to_owned(),
+        ),
+        (
+            "http://[::ffff:10.1.2.3]:8080/".to_owned(),
+            "::ffff:10.1.2.3 is a private address".to_owned(),
+        ),
+        ("https://[::1]/".to_owned(), "::1 is a loopback address".to_owned()),
+    ] {
+        let r = p.api(
+            "POST",
+            "/admin/v1/audit/streams",
+            Some(&caller),
+            Some(&json!({"name": "inside", "kind": "webhook", "url": url})),
+        );
+        assert_eq!(r.status, 400, "{url}: {}", r.json);
+        assert!(
+            r.error().starts_with(&format!("url: {why}")) && r.error().ends_with("which audit.webhook_allow does not allow"),
+            "{url}: {}",
+            r.error()
+        );
+    }
+    // A name is taken, and checked where it resolves, at each delivery: nothing is sent.
+    let s = create_stream(
+        &p,
+        &caller,
+        json!({"name": "named", "kind": "webhook", "url": format!("http://localhost:{}/in", rx.addr.port())}),
+    );
+    p.mint("code:read", "acme", "30d");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p.log_shows("loopback address, which audit.webhook_allow does not allow") {
+        assert!(Instant::now() < deadline, "{}", p.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(rx.posts().is_empty());
+    // Changing it to an address is checked as creating it is.
+    let r = p.api(
+        "PATCH",
+        &format!("/admin/v1/audit/streams/{}", s["id"].as_str().unwrap()),
+        Some(&caller),
+        Some(&json!({"url": rx.url("/")})),
+    );
+    assert_eq!(r.status, 400, "{}", r.json);
+    // A range lets in what it holds, and no more.
+    let q = TestPatgate::start("[audit]\nwebhook_allow = [\"external\", \"127.0.0.1/32\"]\n");
+    let caller = stream_admin(&q);
+    create_stream(&q, &caller, json!({"name": "ranged", "kind": "webhook", "url": rx.url("/")}));
+    rx.wait_for(Duration::from_secs(10), |l| l["action"] == "stream_create");
+    let r = q.api(
+        "POST",
+        "/admin/v1/audit/streams",
+        Some(&caller),
+        Some(&json!({"name": "other", "kind": "webhook", "url": "http://127.0.0.2/"})),
+    );
+    assert_eq!(r.status, 400, "{}", r.json);
 }
