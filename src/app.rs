@@ -77,6 +77,7 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
     let mut hangup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;
     let store = Store::open(&config.store.location).await?;
     let tokens = Arc::new(TokenCache::default());
+    tokens.set_rotation_grace(config.admin.policy.rotation_grace);
     let started = std::time::Instant::now();
     let n = follow::load(&store, &tokens).await?;
     tracing::info!(
@@ -151,7 +152,7 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
         max as usize,
         config.proxy.trusted_proxies.clone(),
     ));
-    let proxy = Proxy::new(Arc::new(config.proxy.clone()), tokens).with_auditor(auditor);
+    let proxy = Proxy::new(Arc::new(config.proxy.clone()), tokens.clone()).with_auditor(auditor);
     // One table of failed authentications for both listeners.
     if let Some(admin) = &admin_state {
         admin.replace_lockout(proxy.live().load().lockout.clone());
@@ -162,6 +163,7 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
         listener: listener.clone(),
         admin: admin_state,
         streams,
+        tokens,
     };
     let grace = proxy.config().shutdown_grace;
     let (exit_tx, exit_rx) = watch::channel(false);
@@ -217,7 +219,8 @@ pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = (
 }
 
 /// What SIGHUP reloads: the routes with their rules, the trusted proxies, the body rate
-/// and the brute-force limits, the admin policy, and the listeners' certificates; and it
+/// and the brute-force limits, the admin policy (with the rotation grace), and the
+/// listeners' certificates; and it
 /// makes file audit streams reopen their files. Each is replaced whole, in one store, so a request sees the old set or
 /// the new one, never a mix. Other keys take effect at the next start; a change to one is
 /// logged. A config that does not load is refused with its error, and the running one stays.
@@ -227,6 +230,7 @@ struct Reload {
     listener: Arc<Listener>,
     admin: Option<AdminState>,
     streams: Streams,
+    tokens: Arc<TokenCache>,
 }
 
 impl Reload {
@@ -253,6 +257,7 @@ impl Reload {
         if let Some(tls) = &new.accept.tls {
             self.listener.replace_tls(tls);
         }
+        self.tokens.set_rotation_grace(new.admin.policy.rotation_grace);
         if let Some(admin) = &self.admin {
             admin.replace_policy(new.admin.policy.clone());
             if let Some(tls) = &new.admin.tls {

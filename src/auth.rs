@@ -21,7 +21,7 @@ use http::{HeaderMap, StatusCode};
 
 use compact_str::CompactString;
 
-use crate::store::token_cache::{CachedToken, Retired, TokenCache};
+use crate::store::token_cache::{CachedToken, Retired, Rotated, TokenCache};
 use credentials::{Credential, CredentialError};
 pub use orgs::{InvalidOrg, Orgs};
 use rules::Requirement;
@@ -272,7 +272,8 @@ fn secret(credential: Credential) -> Result<token::TokenSecret, AuthError> {
 }
 
 /// The live token with digest `hash`, used from `client`. On a miss, a rotated-away
-/// secret is reported for its token to be revoked, a token retired lately is named, and
+/// secret is reported for its token to be revoked (past the rotation grace; within it,
+/// it is only superseded), a token retired lately is named, and
 /// `checksum_ok` tells a mistyped token from one never issued (all get the same 401).
 fn live_token(
     tokens: &TokenCache,
@@ -282,13 +283,16 @@ fn live_token(
     checksum_ok: impl FnOnce() -> bool,
 ) -> Result<Identity, AuthError> {
     let Some(token) = tokens.get(hash) else {
-        if let Some(token) = tokens.rotated_away(hash) {
-            return Err(AuthError::RotatedReused {
-                token: KnownToken {
-                    id: token.id,
-                    owner: token.owner,
-                },
-            });
+        match tokens.rotated_away(hash, now) {
+            Some(Rotated::Reused(t)) => {
+                let token = KnownToken { id: t.id, owner: t.owner };
+                return Err(AuthError::RotatedReused { token });
+            }
+            Some(Rotated::Lately(t)) => {
+                let token = KnownToken { id: t.id, owner: t.owner };
+                return Err(AuthError::Superseded { token });
+            }
+            None => {}
         }
         if let Some(r) = tokens.retired(hash, now) {
             let token = KnownToken { id: r.id, owner: r.owner };
@@ -649,7 +653,7 @@ mod tests {
         let mut rec = record(&old, &["code:read"], Orgs::All, i64::MAX);
         cache.apply(&rec, 0);
         // The rotation: the feed brings the old digest, then the record with the new one.
-        cache.remember_rotated(old.hash(), "t1");
+        cache.remember_rotated(old.hash(), "t1", 0);
         rec.hash = new.hash();
         cache.apply(&rec, 0);
         assert!(authenticate(&bearer(&new), &cache, 1, None).is_ok());
@@ -674,13 +678,40 @@ mod tests {
     }
 
     #[test]
+    fn within_the_rotation_grace_an_old_secret_is_refused_and_nothing_more() {
+        let old = TokenSecret::generate();
+        let new = TokenSecret::generate();
+        let cache = TokenCache::default();
+        cache.set_rotation_grace(std::time::Duration::from_secs(10));
+        let mut rec = record(&old, &["code:read"], Orgs::All, i64::MAX);
+        cache.apply(&rec, 0);
+        cache.remember_rotated(old.hash(), "t1", 100);
+        rec.hash = new.hash();
+        cache.apply(&rec, 0);
+        // A request under way when the token was rotated, 9 s later: refused.
+        assert!(matches!(
+            authenticate(&bearer(&old), &cache, 109, None),
+            Err(AuthError::Superseded { .. })
+        ));
+        assert!(authenticate(&bearer(&new), &cache, 109, None).is_ok());
+        assert!(futures_util::FutureExt::now_or_never(cache.take_reused()).is_none());
+        // 10 s later, it is reuse.
+        assert!(matches!(
+            authenticate(&bearer(&old), &cache, 110, None),
+            Err(AuthError::RotatedReused { .. })
+        ));
+        assert!(authenticate(&bearer(&new), &cache, 110, None).is_err());
+        assert!(futures_util::FutureExt::now_or_never(cache.take_reused()).is_some());
+    }
+
+    #[test]
     fn a_digest_kept_from_before_a_rotation_is_superseded_not_reused() {
         let old = TokenSecret::generate();
         let new = TokenSecret::generate();
         let cache = TokenCache::default();
         let mut rec = record(&old, &["tokens:read"], Orgs::All, i64::MAX);
         cache.apply(&rec, 0);
-        cache.remember_rotated(old.hash(), "t1");
+        cache.remember_rotated(old.hash(), "t1", 0);
         rec.hash = new.hash();
         cache.apply(&rec, 0);
         // A console session opened with the old secret keeps its digest: refused, and

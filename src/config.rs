@@ -547,9 +547,21 @@ fn admin_config(cx: &Ctx<'_>, f: &FileConfig, proxy: &proxy::Config) -> Result<a
             grantable_scopes,
             allow_all_orgs: p.allow_all_orgs,
             allow_full: p.allow_full,
+            rotation_grace: rotation_grace(cx, &p.rotation_grace)?,
         },
         console: console_config(cx, &f.console)?,
     })
+}
+
+/// `policy.rotation_grace`: from none (`0s`) to an hour; longer would let a stolen
+/// secret be tried again for long without revoking its token.
+fn rotation_grace(cx: &Ctx<'_>, value: &str) -> Result<Duration, ConfigError> {
+    const KEY: &str = "policy.rotation_grace";
+    let d = humantime::parse_duration(value).map_err(|e| cx.err(KEY, format!("`{value}` is not a duration ({e}); write e.g. 10s, 0s")))?;
+    if d > Duration::from_secs(3600) {
+        return Err(cx.err(KEY, "must be at most 1h"));
+    }
+    Ok(d)
 }
 
 fn console_config(cx: &Ctx<'_>, c: &file::ConsoleFile) -> Result<admin::sessions::Config, ConfigError> {
@@ -810,6 +822,10 @@ mod tests {
                 "patgate.toml:2: audit.retention: must be more than zero",
             ),
             ("[audit]\nqueue = 0\n", "patgate.toml:2: audit.queue: must be at least 1"),
+            (
+                "[policy]\nrotation_grace = \"2h\"\n",
+                "patgate.toml:2: policy.rotation_grace: must be at most 1h",
+            ),
             (
                 "[audit]\nstream_dir = \"logs\"\n",
                 "patgate.toml:2: audit.stream_dir: `logs` is not an absolute path",

@@ -681,8 +681,8 @@ impl Store {
     }
 
     /// The digests of the secrets that rotations replaced, of tokens live at `now`, with
-    /// their token ids: for the in-memory copy, after a snapshot.
-    pub async fn rotated_away(&self) -> Result<Vec<(TokenHash, String)>, StoreError> {
+    /// their token ids and the rotations' times: for the in-memory copy, after a snapshot.
+    pub async fn rotated_away(&self) -> Result<Vec<(TokenHash, String, i64)>, StoreError> {
         match self {
             Store::Sqlite(s) => Self::blocking(s, |s| s.rotated_away(now())).await,
             Store::Postgres(p) => p.rotated_away(now()).await,

@@ -27,6 +27,8 @@ pub struct Policy {
     pub allow_all_orgs: bool,
     /// Whether a token may hold every scope.
     pub allow_full: bool,
+    /// How long after a rotation its old secret is refused without counting as reuse.
+    pub rotation_grace: Duration,
 }
 
 /// A token that breaks a policy; the message names the policy's key.
@@ -177,6 +179,7 @@ mod tests {
             grantable_scopes: crate::admin::tests::all_but_admin(),
             allow_all_orgs: true,
             allow_full: false,
+            rotation_grace: Duration::from_secs(10),
         }
     }
 

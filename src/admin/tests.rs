@@ -56,6 +56,7 @@ fn config() -> Config {
             grantable_scopes: all_but_admin(),
             allow_all_orgs: true,
             allow_full: false,
+            rotation_grace: Duration::from_secs(10),
         },
         console: super::sessions::Config::default(),
     }

@@ -295,6 +295,9 @@ pub struct PolicyFile {
     pub allow_all_orgs: bool,
     /// Whether a token may hold every scope.
     pub allow_full: bool,
+    /// How long after a rotation its old secret is refused without revoking the token
+    /// (a request under way when its holder rotated); after it, the token is revoked.
+    pub rotation_grace: String,
 }
 
 impl Default for PolicyFile {
@@ -308,6 +311,7 @@ impl Default for PolicyFile {
                 .collect(),
             allow_all_orgs: true,
             allow_full: false,
+            rotation_grace: "10s".into(),
         }
     }
 }

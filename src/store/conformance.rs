@@ -282,8 +282,14 @@ async fn restrictions_and_rotation(store: &Store) {
         .all(|c| c.rotated_away.is_none()));
     let again = store.rotate(&t.record.id, at + 1, &Actor::default()).await.unwrap();
     let away = store.rotated_away().await.unwrap();
-    let mine: Vec<_> = away.iter().filter(|(_, id)| *id == t.record.id).map(|(h, _)| *h).collect();
+    let mine: Vec<_> = away.iter().filter(|(_, id, _)| *id == t.record.id).map(|(h, _, _)| *h).collect();
     assert_eq!(mine.len(), 2);
+    let rotated_at = |h: TokenHash| away.iter().find(|(a, _, _)| *a == h).map(|(_, _, at)| *at);
+    assert_eq!(
+        rotated_at(t.secret.hash()),
+        Some(c.event.at),
+        "each digest with its rotation's time"
+    );
     assert!(mine.contains(&t.secret.hash()) && mine.contains(&r.secret.hash()));
     assert!(!mine.contains(&again.secret.hash()));
     assert!(matches!(
@@ -301,7 +307,7 @@ async fn restrictions_and_rotation(store: &Store) {
         .unwrap();
     let actions: Vec<Action> = page.entries.iter().map(|e| e.action).collect();
     assert_eq!(actions[..3], [Action::RotatedSecretReused, Action::Rotate, Action::Rotate]);
-    assert!(store.rotated_away().await.unwrap().iter().all(|(_, id)| *id != t.record.id));
+    assert!(store.rotated_away().await.unwrap().iter().all(|(_, id, _)| *id != t.record.id));
     assert!(matches!(
         store.rotate(&t.record.id, at, &Actor::default()).await,
         Err(StoreError::NotLive { .. })

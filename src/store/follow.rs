@@ -52,8 +52,8 @@ pub async fn load(store: &Store, cache: &Arc<TokenCache>) -> Result<usize, Store
         return Err(StoreError::Database("loading tokens into memory failed".into()));
     }
     // Read after the snapshot: a rotation since is in both, which does no harm.
-    for (hash, id) in store.rotated_away().await? {
-        cache.remember_rotated(hash, &id);
+    for (hash, id, at) in store.rotated_away().await? {
+        cache.remember_rotated(hash, &id, at);
     }
     cache.set_seq(seq);
     Ok(n)
@@ -120,7 +120,7 @@ pub async fn catch_up(store: &Store, cache: &TokenCache) -> Result<usize, StoreE
                 }
             }
             if let Some(old) = c.rotated_away {
-                cache.remember_rotated(old, &c.event.token_id);
+                cache.remember_rotated(old, &c.event.token_id, c.event.at);
             }
             match &c.record {
                 Some(r) => cache.apply(r, t),

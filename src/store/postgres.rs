@@ -522,11 +522,11 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn rotated_away(&self, now: i64) -> Result<Vec<(TokenHash, String)>, StoreError> {
+    pub(super) async fn rotated_away(&self, now: i64) -> Result<Vec<(TokenHash, String, i64)>, StoreError> {
         with_client!(self, |c| {
             let rows = c
                 .query(
-                    "SELECT e.rotated_away, e.token_id FROM token_events e JOIN tokens t ON t.id = e.token_id \
+                    "SELECT e.rotated_away, e.token_id, e.at FROM token_events e JOIN tokens t ON t.id = e.token_id \
                      WHERE e.rotated_away IS NOT NULL AND t.revoked_at IS NULL AND t.expires_at > $1",
                     &[&now],
                 )
@@ -535,7 +535,7 @@ impl PgStore {
             for r in &rows {
                 let hash: Vec<u8> = r.try_get(0)?;
                 if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
-                    out.push((TokenHash(hash), r.try_get(1)?));
+                    out.push((TokenHash(hash), r.try_get(1)?, r.try_get(2)?));
                 }
             }
             Ok(out)

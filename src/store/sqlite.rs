@@ -278,20 +278,24 @@ impl SqliteStore {
         })
     }
 
-    pub(super) fn rotated_away(&self, now: i64) -> Result<Vec<(TokenHash, String)>, StoreError> {
+    pub(super) fn rotated_away(&self, now: i64) -> Result<Vec<(TokenHash, String, i64)>, StoreError> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT e.rotated_away, e.token_id FROM token_events e JOIN tokens t ON t.id = e.token_id \
+                "SELECT e.rotated_away, e.token_id, e.at FROM token_events e JOIN tokens t ON t.id = e.token_id \
                  WHERE e.rotated_away IS NOT NULL AND t.revoked_at IS NULL AND t.expires_at > ?1",
             )?;
             let rows = st.query_map([now], |r| {
                 let hash: Vec<u8> = r.get(0)?;
-                Ok((<[u8; 32]>::try_from(hash.as_slice()).ok().map(TokenHash), r.get::<_, String>(1)?))
+                Ok((
+                    <[u8; 32]>::try_from(hash.as_slice()).ok().map(TokenHash),
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                if let (Some(hash), id) = row? {
-                    out.push((hash, id));
+                if let (Some(hash), id, at) = row? {
+                    out.push((hash, id, at));
                 }
             }
             Ok(out)

@@ -78,10 +78,20 @@ impl Limits {
 }
 
 /// A token whose secret a rotation replaced, by that secret's digest.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RotatedAway {
     pub id: CompactString,
     pub owner: Arc<str>,
+}
+
+/// What a rotated-away secret presented now is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotated {
+    /// Presented within the rotation grace: refused, and nothing else (a request that
+    /// was under way when its holder rotated the token).
+    Lately(RotatedAway),
+    /// Presented after it: the token was taken out and queued for revocation.
+    Reused(RotatedAway),
 }
 
 /// A token in the table by hash: hashed, compared and looked up as its hash alone, so
@@ -197,10 +207,13 @@ pub struct TokenCache {
     retired: DashMap<TokenHash, RetiredToken, PassThroughState>,
     /// The order they were retired in, for the bound.
     retired_order: std::sync::Mutex<VecDeque<(TokenHash, i64)>>,
-    /// Secrets that rotations replaced, of live tokens: digest to token id. Kept while the
-    /// token lives (pruned with [`TokenCache::prune_expired`]); read only when a lookup
-    /// misses.
-    rotated: DashMap<TokenHash, CompactString, PassThroughState>,
+    /// Secrets that rotations replaced, of live tokens: digest to token id and the time of
+    /// the rotation (Unix seconds). Kept while the token lives (pruned with
+    /// [`TokenCache::prune_expired`]); read only when a lookup misses.
+    rotated: DashMap<TokenHash, (CompactString, i64), PassThroughState>,
+    /// How long after a rotation its old secret is refused without counting as reuse, in
+    /// seconds (`policy.rotation_grace`; none by default here).
+    rotation_grace: AtomicI64,
     /// Tokens whose rotated-away secret was presented, to be revoked in the store
     /// ([`TokenCache::take_reused`]), and the wake-up of whoever does it.
     reused: std::sync::Mutex<Vec<RotatedAway>>,
@@ -223,6 +236,7 @@ impl Default for TokenCache {
             retired: DashMap::default(),
             retired_order: std::sync::Mutex::default(),
             rotated: DashMap::default(),
+            rotation_grace: AtomicI64::new(0),
             reused: std::sync::Mutex::default(),
             reused_notify: tokio::sync::Notify::new(),
         }
@@ -244,17 +258,32 @@ impl TokenCache {
         (now - r.at < RETIRED_FOR).then(|| r.value().clone())
     }
 
-    /// Remembers that `hash` was a secret of token `id` until a rotation replaced it.
-    pub fn remember_rotated(&self, hash: TokenHash, id: &str) {
-        self.rotated.insert(hash, CompactString::from(id));
+    /// Remembers that `hash` was a secret of token `id` until a rotation at `at` (Unix
+    /// seconds) replaced it.
+    pub fn remember_rotated(&self, hash: TokenHash, id: &str, at: i64) {
+        self.rotated.insert(hash, (CompactString::from(id), at));
     }
 
-    /// The token a rotation took `hash` from, if it is still live: that token is then
-    /// taken out of this copy at once (every secret of it refused here from now on) and
-    /// queued to be revoked in the store ([`TokenCache::take_reused`]). Called only when
+    /// Sets how long after a rotation its old secret is refused without counting as reuse.
+    pub fn set_rotation_grace(&self, grace: std::time::Duration) {
+        let secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+        self.rotation_grace.store(secs, Ordering::Relaxed);
+    }
+
+    /// The token a rotation took `hash` from, if it is still live. Presented at `now`
+    /// within the rotation grace, it is only named; after it, that token is taken out of
+    /// this copy at once (every secret of it refused here from now on) and queued to be
+    /// revoked in the store ([`TokenCache::take_reused`]). Called only when
     /// [`TokenCache::get`] misses; no I/O.
-    pub fn rotated_away(&self, hash: &TokenHash) -> Option<RotatedAway> {
-        let id = self.rotated.get(hash)?.value().clone();
+    pub fn rotated_away(&self, hash: &TokenHash, now: i64) -> Option<Rotated> {
+        let (id, at) = self.rotated.get(hash)?.value().clone();
+        if now.saturating_sub(at) < self.rotation_grace.load(Ordering::Relaxed) {
+            let token = self.by_id.get(id.as_str())?;
+            return Some(Rotated::Lately(RotatedAway {
+                id: token.key().0.id.clone(),
+                owner: token.key().0.owner.clone(),
+            }));
+        }
         let (token, ()) = self.by_id.remove(id.as_str())?;
         let token = token.0;
         self.by_hash.remove(&token.hash);
@@ -267,14 +296,14 @@ impl TokenCache {
         };
         self.reused.lock().unwrap_or_else(|e| e.into_inner()).push(found.clone());
         self.reused_notify.notify_one();
-        Some(found)
+        Some(Rotated::Reused(found))
     }
 
     /// The token a rotation took `hash` from, if it is still live, without taking it out or
     /// reporting it: for a digest kept from before the rotation (a console session), which
     /// is no presentation of the old secret.
     pub fn rotated_away_quietly(&self, hash: &TokenHash) -> Option<RotatedAway> {
-        let id = self.rotated.get(hash)?.value().clone();
+        let id = self.rotated.get(hash)?.value().0.clone();
         let token = self.by_id.get(id.as_str())?;
         Some(RotatedAway {
             id: token.key().0.id.clone(),
@@ -411,7 +440,7 @@ impl TokenCache {
         });
         self.by_id.retain(|t, ()| t.0.expires_at > now);
         // Rotated-away secrets of tokens no longer live.
-        self.rotated.retain(|_, id| self.by_id.contains_key(id.as_str()));
+        self.rotated.retain(|_, (id, _)| self.by_id.contains_key(id.as_str()));
         // Names and lists no token refers to any more.
         self.owners.retain(|o| Arc::strong_count(o) > 1);
         self.org_lists.retain(|o| Arc::strong_count(o) > 1);

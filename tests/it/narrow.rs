@@ -232,7 +232,8 @@ fn a_caller_grants_no_more_than_its_own_token_holds() {
 
 #[test]
 fn a_rotated_secret_presented_again_revokes_the_token() {
-    let p = TestPatgate::start("");
+    // No grace: the first presentation after the rotation is reuse.
+    let p = TestPatgate::start("[policy]\nrotation_grace = \"0s\"\n");
     p.init_repo("acme", "demo");
     let root = p.mint_caller("root", "tokens:admin,auditlog:read");
     // An agent's token that may renew itself.
@@ -322,6 +323,33 @@ fn the_admin_listener_limits_connections_per_address() {
             break;
         }
         assert!(Instant::now() < deadline, "the address stayed held back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Within `policy.rotation_grace` of a rotation, the old secret is refused and nothing more
+/// (a request under way when an agent renewed itself); after it, it revokes the token.
+#[test]
+fn within_the_rotation_grace_the_old_secret_is_only_refused() {
+    let p = TestPatgate::start("[policy]\nrotation_grace = \"5s\"\n");
+    p.init_repo("acme", "demo");
+    let agent = mint_with(&p, "tokens:manage,code:read", "acme", &[]);
+    let a = p.api("POST", &format!("/admin/v1/tokens/{}/rotate", agent.id), Some(&agent.token), None);
+    assert_eq!(a.status, 200, "{}", a.json);
+    let rotated = Instant::now();
+    let fresh = a.json["secret"].as_str().unwrap().to_owned();
+    let got = |token: &str| http(p.addr, &info_refs("/acme/demo.git", token)).status;
+    assert_eq!(got(&agent.token), 401);
+    assert_eq!(got(&agent.token), 401);
+    // The grace counts whole seconds from the rotation's: under 4 s here is within 5 s.
+    assert!(rotated.elapsed() < Duration::from_secs(4), "the machine is too slow for this test");
+    assert_eq!(got(&fresh), 200, "the token lives on");
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(rotated.elapsed()));
+    // Past the grace: reuse.
+    assert_eq!(got(&agent.token), 401);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got(&fresh) != 401 {
+        assert!(Instant::now() < deadline, "the reuse after the grace did not revoke");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
