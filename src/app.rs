@@ -75,7 +75,7 @@ pub enum AppError {
 pub async fn serve(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AppError> {
     // Before anything else: unhandled, SIGHUP would end the process.
     let mut hangup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;
-    let store = Store::open(&config.store.location).await?;
+    let store = Store::open_with(&config.store.location, config.store.max_connections).await?;
     let tokens = Arc::new(TokenCache::default());
     tokens.set_rotation_grace(config.admin.policy.rotation_grace);
     let started = std::time::Instant::now();

@@ -340,6 +340,10 @@ impl Config {
                 .map_err(|e| cx.err("store.url", format!("`{}`: {e}", store::redact_url(&f.store.url))))?,
             poll_interval: cx.duration("store.poll_interval", &f.store.poll_interval)?,
             last_used_flush_interval: cx.duration("store.last_used_flush_interval", &f.store.last_used_flush_interval)?,
+            max_connections: match cx.positive("store.max_connections", f.store.max_connections)? {
+                n if n > 1000 => return Err(cx.err("store.max_connections", "must be at most 1000")),
+                n => n,
+            },
         };
         let audit = audit_config(&cx, &f.audit)?;
         let accept = accept_config(&cx, &f, &proxy)?;
@@ -822,6 +826,14 @@ mod tests {
                 "patgate.toml:2: audit.retention: must be more than zero",
             ),
             ("[audit]\nqueue = 0\n", "patgate.toml:2: audit.queue: must be at least 1"),
+            (
+                "[store]\nmax_connections = 0\n",
+                "patgate.toml:2: store.max_connections: must be at least 1",
+            ),
+            (
+                "[store]\nmax_connections = 5000\n",
+                "patgate.toml:2: store.max_connections: must be at most 1000",
+            ),
             (
                 "[policy]\nrotation_grace = \"2h\"\n",
                 "patgate.toml:2: policy.rotation_grace: must be at most 1h",

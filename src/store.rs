@@ -41,6 +41,8 @@ pub struct Config {
     pub poll_interval: Duration,
     /// How often a server writes `last_used_at` back to the store.
     pub last_used_flush_interval: Duration,
+    /// Pooled connections to PostgreSQL, at most (besides the one that listens).
+    pub max_connections: usize,
 }
 
 /// Where the store lives. Display and Debug never show a password.
@@ -528,6 +530,12 @@ pub enum Store {
 impl Store {
     /// Opens the store, creating it and migrating its schema as needed.
     pub async fn open(location: &Location) -> Result<Store, StoreError> {
+        Self::open_with(location, postgres::POOL_SIZE).await
+    }
+
+    /// As [`Store::open`], with at most `pool_size` pooled connections to PostgreSQL
+    /// (`store.max_connections`; SQLite has one connection).
+    pub async fn open_with(location: &Location, pool_size: usize) -> Result<Store, StoreError> {
         match location {
             Location::Sqlite(path) => {
                 let path = path.clone();
@@ -536,7 +544,7 @@ impl Store {
                     .map_err(|_| StoreError::TaskStopped)??;
                 Ok(Store::Sqlite(Arc::new(s)))
             }
-            Location::Postgres(url) => Ok(Store::Postgres(Arc::new(postgres::PgStore::open(url).await?))),
+            Location::Postgres(url) => Ok(Store::Postgres(Arc::new(postgres::PgStore::open(url, pool_size).await?))),
         }
     }
 

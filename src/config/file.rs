@@ -162,6 +162,8 @@ pub struct StoreFile {
     pub url: String,
     pub poll_interval: String,
     pub last_used_flush_interval: String,
+    /// Pooled connections to PostgreSQL an instance holds at most (one more listens).
+    pub max_connections: usize,
 }
 
 impl Default for StoreFile {
@@ -170,6 +172,7 @@ impl Default for StoreFile {
             url: "sqlite://data/patgate.db".into(),
             poll_interval: "250ms".into(),
             last_used_flush_interval: "30s".into(),
+            max_connections: 8,
         }
     }
 }

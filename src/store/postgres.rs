@@ -42,8 +42,8 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
 /// The longest a new connection may take, unless the URL sets `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Connections in the pool, at most.
-const POOL_SIZE: usize = 8;
+/// Connections in the pool, at most, unless `store.max_connections` says otherwise.
+pub const POOL_SIZE: usize = 8;
 /// How often an idle listening connection is checked.
 const LISTEN_PING: Duration = Duration::from_secs(10);
 /// The channel every write notifies on commit.
@@ -283,9 +283,10 @@ pub(super) fn settle<T>(slot: &mut Option<Object>, r: Result<Result<T, StoreErro
 }
 
 impl PgStore {
-    /// Connects and migrates the schema (once, however many instances start at once).
+    /// Connects with a pool of at most `pool_size` connections (and one more, to listen
+    /// for changes) and migrates the schema (once, however many instances start at once).
     /// An unreachable server is an [`StoreError::Open`] naming the URL, password masked.
-    pub async fn open(url: &PgUrl) -> Result<PgStore, StoreError> {
+    pub async fn open(url: &PgUrl, pool_size: usize) -> Result<PgStore, StoreError> {
         let mut config: tokio_postgres::Config = url.config().clone();
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
@@ -309,7 +310,7 @@ impl PgStore {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
+            .max_size(pool_size.max(1))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(OP_TIMEOUT))
             .create_timeout(Some(OP_TIMEOUT))
@@ -1074,10 +1075,25 @@ mod tests {
         super::super::conformance::run_all(store).await;
     }
 
+    /// `store.max_connections`: the pool holds no more connections than it says, and a
+    /// pool of one still serves one operation after another.
+    #[tokio::test]
+    async fn the_pool_is_as_large_as_configured() {
+        let db = TestDb::new().await;
+        let store = PgStore::open(&db.url, 2).await.unwrap();
+        assert_eq!(store.pool.status().max_size, 2);
+        let one = Store::open_with(&Location::Postgres(db.url.clone()), 1).await.unwrap();
+        for _ in 0..3 {
+            one.audit_tail().await.unwrap();
+        }
+        let Store::Postgres(p) = &one else { unreachable!() };
+        assert_eq!(p.pool.status().max_size, 1);
+    }
+
     #[tokio::test]
     async fn instances_opening_a_new_database_at_once_migrate_it_once() {
         let db = TestDb::new().await;
-        let opens: Vec<_> = (0..4).map(|_| PgStore::open(&db.url)).collect();
+        let opens: Vec<_> = (0..4).map(|_| PgStore::open(&db.url, POOL_SIZE)).collect();
         let stores = futures_util::future::join_all(opens).await;
         for s in &stores {
             assert!(s.is_ok(), "{:?}", s.as_ref().err());

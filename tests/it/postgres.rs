@@ -303,6 +303,7 @@ impl Instance {
             location: location.clone(),
             poll_interval: Duration::from_secs(3600),
             last_used_flush_interval: Duration::from_secs(3600),
+            max_connections: 8,
         };
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(follow::follow(store, cache.clone(), config, stop_rx));
