@@ -565,6 +565,12 @@ fn rotation_grace(cx: &Ctx<'_>, value: &str) -> Result<Duration, ConfigError> {
     if d > Duration::from_secs(3600) {
         return Err(cx.err(KEY, "must be at most 1h"));
     }
+    if d.subsec_nanos() != 0 {
+        return Err(cx.err(
+            KEY,
+            format!("`{value}`: must be whole seconds (the rotation's time is kept in seconds)"),
+        ));
+    }
     Ok(d)
 }
 
@@ -837,6 +843,10 @@ mod tests {
             (
                 "[policy]\nrotation_grace = \"2h\"\n",
                 "patgate.toml:2: policy.rotation_grace: must be at most 1h",
+            ),
+            (
+                "[policy]\nrotation_grace = \"500ms\"\n",
+                "patgate.toml:2: policy.rotation_grace: `500ms`: must be whole seconds (the rotation's time is kept in seconds)",
             ),
             (
                 "[audit]\nstream_dir = \"logs\"\n",

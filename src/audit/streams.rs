@@ -616,6 +616,21 @@ impl WebhookTarget {
         if host.is_empty() {
             return Err("has no host".into());
         }
+        // Brackets hold an IPv6 address, and nothing else (`[::1:]` is none).
+        if authority.host().starts_with('[') && host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err("has a host that is not a name or an address".into());
+        }
+        // `127.1`, `2130706433`, `0x7f000001`, `0177.0.0.1`: what a resolver (and a
+        // browser's URL parser) reads as an IPv4 address, which would hide one from the
+        // check made when a stream is created. A name's last label is never a number.
+        if host.parse::<std::net::IpAddr>().is_err() {
+            let last = host.trim_end_matches('.').rsplit('.').next().unwrap_or_default();
+            let numeric = !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit());
+            let hex = last.len() >= 2 && last[..2].eq_ignore_ascii_case("0x");
+            if numeric || hex {
+                return Err("has a numeric host that is not an IPv4 address in dotted decimal (a.b.c.d)".into());
+            }
+        }
         if authority.port().is_some() && authority.port_u16().is_none_or(|p| p == 0) {
             return Err("has a port that is not 1 to 65535".into());
         }
@@ -788,6 +803,8 @@ mod tests {
             ("http://h:70000/", "has a port that is not 1 to 65535"),
             ("http://h:/", "has a port that is not 1 to 65535"),
             ("http://[zz]/", "has a host that is not a name or an address"),
+            ("http://[::1:]:9000", "has a host that is not a name or an address"),
+            ("http://[1.2.3.4]/", "has a host that is not a name or an address"),
             (
                 "http://h/#frag",
                 "has a path with characters a URL does not hold (write them %-encoded)",
@@ -795,6 +812,30 @@ mod tests {
             ("http://x:0/", "has a port that is not 1 to 65535"),
         ] {
             assert_eq!(WebhookTarget::parse(bad).unwrap_err(), why, "{bad}");
+        }
+        // Numbers a resolver reads as IPv4 addresses, written otherwise than a.b.c.d.
+        for bad in [
+            "http://127.1/",
+            "http://2130706433/",
+            "http://0x7f000001/",
+            "http://0177.0.0.1/",
+            "http://0/",
+            "https://10.1/",
+        ] {
+            assert_eq!(
+                WebhookTarget::parse(bad).unwrap_err(),
+                "has a numeric host that is not an IPv4 address in dotted decimal (a.b.c.d)",
+                "{bad}"
+            );
+        }
+        for good in [
+            "http://10.0.0.1/",
+            "http://siem.example/",
+            "http://a1.example.com./",
+            "http://0x.example/",
+            "http://[::1]/",
+        ] {
+            assert!(WebhookTarget::parse(good).is_ok(), "{good}");
         }
         assert!(WebhookTarget::parse(&format!("http://x/{}", "a".repeat(MAX_TARGET))).is_err());
     }

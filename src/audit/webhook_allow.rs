@@ -21,6 +21,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
+/// Clouds' metadata and platform services outside the link-local range (which holds
+/// most of them, 169.254.169.254 first): AWS's IPv6 instance metadata (in fc00::/7),
+/// Alibaba's (in 100.64.0.0/10), Azure's WireServer (a public address). Special, so
+/// that allowing `private`, or the default `external`, does not open them.
+const METADATA: [IpAddr; 3] = [
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
+    IpAddr::V4(Ipv4Addr::new(168, 63, 129, 16)),
+];
+
 /// What kind of address an address is, for `audit.webhook_allow`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddressClass {
@@ -34,7 +44,11 @@ pub enum AddressClass {
 impl AddressClass {
     /// The class of `ip`; an IPv4-mapped IPv6 address is its IPv4 address.
     pub fn of(ip: IpAddr) -> AddressClass {
-        match ip.to_canonical() {
+        let ip = ip.to_canonical();
+        if METADATA.contains(&ip) {
+            return AddressClass::Special;
+        }
+        match ip {
             IpAddr::V4(v4) => Self::of_v4(v4),
             IpAddr::V6(v6) => Self::of_v6(v6),
         }
@@ -86,7 +100,7 @@ impl AddressClass {
             AddressClass::External => "an external",
             AddressClass::Private => "a private",
             AddressClass::Loopback => "a loopback",
-            AddressClass::Special => "a special-purpose (link-local, multicast, reserved...)",
+            AddressClass::Special => "a special-purpose (link-local, cloud metadata, multicast, reserved...)",
         }
     }
 }
@@ -175,8 +189,10 @@ impl WebhookAllow {
             AddressClass::Loopback => self.loopback,
             AddressClass::Special => false,
         };
+        // Ranges see the address as it is reached: ::ffff:127.0.0.1 is 127.0.0.1, which
+        // `::/0` does not hold.
         let canonical = ip.to_canonical();
-        if by_class || self.ranges.iter().any(|r| r.contains(&ip) || r.contains(&canonical)) {
+        if by_class || self.ranges.iter().any(|r| r.contains(&canonical)) {
             Ok(())
         } else {
             Err(NotAllowed { ip, class })
@@ -239,6 +255,11 @@ mod tests {
             ("64:ff9b::7f00:1", Special),
             ("::127.0.0.1", Special),
             ("fec0::1", Special),
+            ("fd00:ec2::254", Special),
+            ("fd00:ec2::253", Private),
+            ("100.100.100.200", Special),
+            ("::ffff:100.100.100.200", Special),
+            ("168.63.129.16", Special),
         ];
         for (ip, class) in table {
             assert_eq!(AddressClass::of(ip.parse().unwrap()), class, "{ip}");
@@ -276,6 +297,14 @@ mod tests {
         for ip in ["8.8.8.8", "169.254.1.1", "fe80::1"] {
             assert!(a.check(ip.parse().unwrap()).is_err(), "{ip}");
         }
+        let wide = WebhookAllow::parse(&["external", "::/0"]).unwrap();
+        for ip in ["::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1"] {
+            assert!(
+                wide.check(ip.parse().unwrap()).is_err(),
+                "{ip} is reached as IPv4, which ::/0 does not hold"
+            );
+        }
+        assert!(wide.check("fd00::1".parse().unwrap()).is_ok());
         let none = WebhookAllow::parse::<&str>(&[]).unwrap();
         assert!(none.check("8.8.8.8".parse().unwrap()).is_err(), "an empty list reaches nothing");
     }
@@ -284,6 +313,9 @@ mod tests {
     /// wins: the reference the bit tests above are checked against.
     fn reference(ip: IpAddr) -> AddressClass {
         const TABLE: &[(&str, AddressClass)] = &[
+            ("fd00:ec2::254/128", Special),
+            ("100.100.100.200/32", Special),
+            ("168.63.129.16/32", Special),
             ("127.0.0.0/8", Loopback),
             ("10.0.0.0/8", Private),
             ("172.16.0.0/12", Private),

@@ -264,9 +264,11 @@ impl TokenCache {
         self.rotated.insert(hash, (CompactString::from(id), at));
     }
 
-    /// Sets how long after a rotation its old secret is refused without counting as reuse.
+    /// Sets how long after a rotation its old secret is refused without counting as reuse
+    /// (whole seconds; a part of one counts as one).
     pub fn set_rotation_grace(&self, grace: std::time::Duration) {
-        let secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+        let whole = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        let secs = i64::try_from(whole).unwrap_or(i64::MAX);
         self.rotation_grace.store(secs, Ordering::Relaxed);
     }
 
@@ -277,7 +279,11 @@ impl TokenCache {
     /// [`TokenCache::get`] misses; no I/O.
     pub fn rotated_away(&self, hash: &TokenHash, now: i64) -> Option<Rotated> {
         let (id, at) = self.rotated.get(hash)?.value().clone();
-        if now.saturating_sub(at) < self.rotation_grace.load(Ordering::Relaxed) {
+        // Both times are whole seconds, floored: `<=` makes the grace never shorter than
+        // set (it may be up to a second longer), so that reuse is only ever more than the
+        // grace after the rotation.
+        let grace = self.rotation_grace.load(Ordering::Relaxed);
+        if grace > 0 && now.saturating_sub(at) <= grace {
             let token = self.by_id.get(id.as_str())?;
             return Some(Rotated::Lately(RotatedAway {
                 id: token.key().0.id.clone(),
