@@ -21,7 +21,7 @@ use http::{HeaderMap, StatusCode};
 
 use compact_str::CompactString;
 
-use crate::store::token_cache::{CachedToken, Retired, Rotated, TokenCache};
+use crate::store::token_cache::{CachedToken, Retired, Rotated, RotatedAway, TokenCache};
 use credentials::{Credential, CredentialError};
 pub use orgs::{InvalidOrg, Orgs};
 use rules::Requirement;
@@ -32,6 +32,14 @@ use token::TokenHash;
 /// that the proxy takes out of `Cookie` before forwarding (a browser sends a host's
 /// cookies to every port of it).
 pub const SESSION_COOKIE: &str = "patgate_session";
+
+/// The value of the console's session cookie if `pair` (one `name=value` of a `Cookie`
+/// header) is it: the one reading of that cookie, for the admin listener that reads it
+/// and the proxy that takes it out.
+pub fn session_cookie_value(pair: &str) -> Option<&str> {
+    let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+    (name.trim() == SESSION_COOKIE).then(|| value.trim())
+}
 
 /// The body of every 401, on the proxy and the admin API alike, whatever the reason.
 pub const UNAUTHORIZED_BODY: &str = "authentication required: give a valid patgate token";
@@ -94,6 +102,12 @@ pub enum AuthError {
 pub struct KnownToken {
     pub id: CompactString,
     pub owner: Arc<str>,
+}
+
+impl From<RotatedAway> for KnownToken {
+    fn from(t: RotatedAway) -> Self {
+        KnownToken { id: t.id, owner: t.owner }
+    }
 }
 
 impl AuthError {
@@ -227,12 +241,7 @@ pub fn authenticate(headers: &HeaderMap, tokens: &TokenCache, now: i64, client: 
 pub fn authenticate_digest(hash: &TokenHash, tokens: &TokenCache, now: i64, client: Option<IpAddr>) -> Result<Identity, AuthError> {
     if tokens.get(hash).is_none() {
         if let Some(token) = tokens.rotated_away_quietly(hash) {
-            return Err(AuthError::Superseded {
-                token: KnownToken {
-                    id: token.id,
-                    owner: token.owner,
-                },
-            });
+            return Err(AuthError::Superseded { token: token.into() });
         }
     }
     live_token(tokens, hash, now, client, || true)
@@ -284,14 +293,8 @@ fn live_token(
 ) -> Result<Identity, AuthError> {
     let Some(token) = tokens.get(hash) else {
         match tokens.rotated_away(hash, now) {
-            Some(Rotated::Reused(t)) => {
-                let token = KnownToken { id: t.id, owner: t.owner };
-                return Err(AuthError::RotatedReused { token });
-            }
-            Some(Rotated::Lately(t)) => {
-                let token = KnownToken { id: t.id, owner: t.owner };
-                return Err(AuthError::Superseded { token });
-            }
+            Some(Rotated::Reused(t)) => return Err(AuthError::RotatedReused { token: t.into() }),
+            Some(Rotated::Lately(t)) => return Err(AuthError::Superseded { token: t.into() }),
             None => {}
         }
         if let Some(r) = tokens.retired(hash, now) {

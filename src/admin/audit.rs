@@ -137,10 +137,10 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestInfo {
 }
 
 impl RequestInfo {
-    /// The actor of a change `who` makes: its owner, from this request's client.
-    pub fn actor(&self, who: &Who) -> Actor {
+    /// The actor of a change the caller owned by `owner` makes, from this request's client.
+    pub fn actor(&self, owner: &str) -> Actor {
         Actor {
-            name: Some(who.owner.clone()),
+            name: Some(owner.to_owned()),
             client: self.client,
         }
     }

@@ -185,8 +185,9 @@ pub fn session_id(headers: &HeaderMap) -> Option<&str> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='));
-    let first = ids.next().filter(|id| !id.is_empty())?;
+        .filter_map(auth::session_cookie_value)
+        .filter(|id| !id.is_empty());
+    let first = ids.next()?;
     ids.all(|other| other == first).then_some(first)
 }
 

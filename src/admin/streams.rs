@@ -25,9 +25,7 @@ use super::request::{self, Body, Segment};
 use super::AdminState;
 use crate::audit::streams::{is_inside, Streams, WebhookTarget, MAX_TARGET};
 use crate::audit::webhook_allow::WebhookAllow;
-use crate::audit::Actor;
 use crate::auth::scope::Scope;
-use crate::auth::Permit;
 use crate::store::format_time;
 use crate::store::streams::{NewStream, StreamChange, StreamError, StreamKind, StreamRecord, StreamSecret};
 
@@ -204,14 +202,6 @@ fn only_for(kind: StreamKind, url: bool, path: bool, secret: bool) -> Result<(),
     }
 }
 
-/// Who makes a change: the caller's owner, from the request's client.
-fn actor(permit: &Permit, info: &RequestInfo) -> Actor {
-    Actor {
-        name: Some(permit.owner().to_owned()),
-        client: info.client,
-    }
-}
-
 fn changed(s: &AdminState) {
     if let Some(st) = s.streams() {
         st.changed();
@@ -249,7 +239,7 @@ pub async fn create(
         secret: b.secret.map(secret).transpose()?,
         enabled: b.enabled.unwrap_or(true),
     };
-    let record = s.store().create_stream(new, &actor(&permit, &info)).await?;
+    let record = s.store().create_stream(new, &info.actor(permit.owner())).await?;
     tracing::info!(target: "patgate::admin", actor = permit.owner(), stream.id = %record.id, stream.name = %record.name, kind = record.kind.as_str(), "Audit stream created");
     changed(&s);
     Ok((StatusCode::CREATED, Json(record.into())))
@@ -304,7 +294,7 @@ pub async fn update(
         secret: b.secret.map(secret).transpose()?,
         enabled: b.enabled,
     };
-    let record = s.store().change_stream(&id, change, &actor(&permit, &info)).await?;
+    let record = s.store().change_stream(&id, change, &info.actor(permit.owner())).await?;
     tracing::info!(target: "patgate::admin", actor = permit.owner(), stream.id = %record.id, stream.name = %record.name, enabled = record.enabled, "Audit stream changed");
     changed(&s);
     Ok(Json(record.into()))
@@ -318,7 +308,7 @@ pub async fn delete(
     Segment(id): Segment,
 ) -> Result<Json<StreamJson>, AdminError> {
     let permit = caller.require_scope(*MANAGE)?;
-    let record = s.store().delete_stream(stream_id(&id)?, &actor(&permit, &info)).await?;
+    let record = s.store().delete_stream(stream_id(&id)?, &info.actor(permit.owner())).await?;
     tracing::info!(target: "patgate::admin", actor = permit.owner(), stream.id = %record.id, stream.name = %record.name, "Audit stream deleted");
     changed(&s);
     Ok(Json(record.into()))

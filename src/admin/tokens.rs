@@ -176,7 +176,7 @@ pub async fn create(
         scopes,
         lifespan: std::time::Duration::from_secs(expires_at.abs_diff(now)),
     };
-    let created = s.store().create(new, &info.actor(&who)).await?;
+    let created = s.store().create(new, &info.actor(&who.owner)).await?;
     s.applied().await;
     Ok((StatusCode::CREATED, Json(created.into())))
 }
@@ -274,7 +274,7 @@ pub async fn update(
         allow_from: b.allow_from,
         expires_at,
     };
-    let record = s.store().update(&id, update, &info.actor(&who)).await?;
+    let record = s.store().update(&id, update, &info.actor(&who.owner)).await?;
     s.applied().await;
     Ok(Json(TokenJson::new(record)))
 }
@@ -295,7 +295,7 @@ pub async fn regenerate(
     let refused = |e| info.policy_refusal(&s, &who, Some(&current.id), &current.owner, e);
     policy.check_grant(&Grant::of(&current), who.grantor()).map_err(refused)?;
     policy.check_life(current.life_from(), current.expires_at).map_err(refused)?;
-    let created = s.store().regenerate(&id, &info.actor(&who)).await?;
+    let created = s.store().regenerate(&id, &info.actor(&who.owner)).await?;
     s.applied().await;
     Ok(Json(created.into()))
 }
@@ -324,7 +324,7 @@ pub async fn rotate(
     let refused = |e| info.policy_refusal(&s, &who, Some(&current.id), &current.owner, e);
     policy.check_grant(&Grant::of(&current), who.grantor()).map_err(refused)?;
     policy.check_life(now, expires_at).map_err(refused)?;
-    let created = s.store().rotate(&id, expires_at, &info.actor(&who)).await?;
+    let created = s.store().rotate(&id, expires_at, &info.actor(&who.owner)).await?;
     s.applied().await;
     Ok(Json(created.into()))
 }
@@ -338,7 +338,7 @@ pub async fn revoke(
 ) -> Result<Json<TokenJson>, AdminError> {
     let who = caller.require(Access::Manage)?;
     visible(&s, &who, &id).await?;
-    let record = s.store().revoke(&id, &info.actor(&who)).await?;
+    let record = s.store().revoke(&id, &info.actor(&who.owner)).await?;
     s.applied().await;
     Ok(Json(TokenJson::new(record)))
 }
@@ -355,7 +355,7 @@ pub async fn revoke_owner(
         who.require_admin()?;
         request::owner(&owner)?;
     }
-    let revoked = s.store().revoke_owner(&owner, &info.actor(&who)).await?;
+    let revoked = s.store().revoke_owner(&owner, &info.actor(&who.owner)).await?;
     s.applied().await;
     Ok(Json(Revoked { revoked }))
 }

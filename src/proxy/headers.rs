@@ -271,7 +271,7 @@ fn strip_session_cookie(headers: &mut HeaderMap) {
             let pairs: Vec<&str> = text
                 .split(';')
                 .map(str::trim)
-                .filter(|p| !p.is_empty() && p.split('=').next().map(str::trim) != Some(crate::auth::SESSION_COOKIE))
+                .filter(|p| !p.is_empty() && crate::auth::session_cookie_value(p).is_none())
                 .collect();
             (!pairs.is_empty()).then(|| HeaderValue::from_str(&pairs.join("; ")).ok()).flatten()
         })

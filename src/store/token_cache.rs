@@ -284,17 +284,12 @@ impl TokenCache {
         // grace after the rotation.
         let grace = self.rotation_grace.load(Ordering::Relaxed);
         if grace > 0 && now.saturating_sub(at) <= grace {
-            let token = self.by_id.get(id.as_str())?;
-            return Some(Rotated::Lately(RotatedAway {
-                id: token.key().0.id.clone(),
-                owner: token.key().0.owner.clone(),
-            }));
+            return self.rotated_away_quietly(hash).map(Rotated::Lately);
         }
         let (token, ()) = self.by_id.remove(id.as_str())?;
         let token = token.0;
         self.by_hash.remove(&token.hash);
         self.keep_unflushed_use(&token);
-        let now = super::now();
         self.retire(token.hash, &token.id, token.owner.clone(), Retired::Revoked, now);
         let found = RotatedAway {
             id: token.id.clone(),
